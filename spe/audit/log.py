@@ -1,0 +1,190 @@
+"""Recording audit events inside the caller's transaction, and the guard that enforces it.
+
+``record()`` queues an event on the session; the events are inserted (one multi-row insert)
+when the session flushes or commits, so the state change and its event commit or roll back
+together. A transaction that changes any other table without recording an event is refused
+at commit: no change without its event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import event, insert
+from sqlalchemy.orm import ORMExecuteState, Session
+
+from spe.audit.canonical import CanonicalisationError, canonical_details
+from spe.audit.models import AuditCheckpoint, AuditEvent
+from spe.errors import SPEError
+
+_PENDING = "spe_audit_pending"
+_RECORDED = "spe_audit_recorded"
+_CHANGED = "spe_state_changed"
+AUDIT_TABLES = frozenset({AuditEvent.__tablename__, AuditCheckpoint.__tablename__})
+_ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_insert_events = insert(AuditEvent.__table__)
+
+
+class AuditError(SPEError):
+    """The audit log refuses or finds a problem; the message says what."""
+
+    exit_code = 7
+
+
+def now_text() -> str:
+    """The current UTC time in the fixed-width form audit events store."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def actor_name(actor: Any) -> str:
+    if isinstance(actor, str):
+        return actor
+    username = getattr(actor, "username", None)
+    if isinstance(username, str):
+        return username
+    raise AuditError("An audit event needs an actor: a user or a 'system:...' name.")
+
+
+def record(
+    session: Session,
+    actor: Any,
+    action: str,
+    target: str,
+    details: Mapping[str, Any] | None = None,
+    *,
+    project: str | None = None,
+    dataset: str | None = None,
+) -> None:
+    """Append an event to the log as part of ``session``'s transaction."""
+    if not _ACTION.match(action):
+        raise AuditError(f"Audit action {action!r} must look like 'noun.verb' in lower case.")
+    try:
+        details_text = canonical_details(details)
+    except CanonicalisationError as exc:
+        raise AuditError(f"The details of audit event {action} {exc}.") from None
+    info = session.info
+    pending = info.get(_PENDING)
+    if pending is None:
+        pending = info[_PENDING] = []
+    pending.append(
+        {
+            "time": now_text(),
+            "actor": actor_name(actor),
+            "action": action,
+            "target": target,
+            "project": None if project is None else str(project),
+            "dataset": None if dataset is None else str(dataset),
+            "details": details_text,
+        }
+    )
+    info[_RECORDED] = info.get(_RECORDED, 0) + 1
+
+
+def recorded_count(session: Session) -> int:
+    """How many events this transaction has recorded so far."""
+    return int(session.info.get(_RECORDED, 0))
+
+
+def flush_events(session: Session) -> None:
+    """Insert the queued events now (they are otherwise inserted at flush or commit)."""
+    pending = session.info.get(_PENDING)
+    if pending:
+        session.info[_PENDING] = []
+        session.connection().execute(_insert_events, pending)
+
+
+def _mark_changed(session: Session) -> None:
+    if session.info.get("spe_readonly"):
+        raise AuditError("A read-only transaction tried to change data.")
+    session.info[_CHANGED] = session.info.get(_CHANGED, 0) + 1
+
+
+def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
+    for obj in (*session.new, *session.deleted, *session.dirty):
+        table = getattr(getattr(obj, "__table__", None), "name", None)
+        if table in AUDIT_TABLES:
+            continue
+        if obj in session.dirty and not session.is_modified(obj):
+            continue
+        _mark_changed(session)
+        break
+
+
+def _before_flush_events(session: Session, _ctx: Any, _instances: Any) -> None:
+    flush_events(session)
+
+
+def _on_execute(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        table = getattr(state.statement, "table", None)
+        if getattr(table, "name", None) not in AUDIT_TABLES:
+            _mark_changed(state.session)
+
+
+def _before_commit(session: Session) -> None:
+    session.flush()
+    flush_events(session)
+    if session.info.get(_CHANGED) and not session.info.get(_RECORDED):
+        raise AuditError(
+            "This transaction changed data without recording an audit event, so it was "
+            "rolled back; every state change must call spe.audit.record()."
+        )
+
+
+def _clear(session: Session, *_args: Any) -> None:
+    for key in (_PENDING, _RECORDED, _CHANGED):
+        session.info.pop(key, None)
+
+
+def install(session_class: type[Session]) -> None:
+    """Install the audit guard on a session class (done once for SPESession)."""
+    event.listen(session_class, "before_flush", _before_flush)
+    event.listen(session_class, "before_flush", _before_flush_events)
+    event.listen(session_class, "do_orm_execute", _on_execute)
+    event.listen(session_class, "before_commit", _before_commit)
+    event.listen(session_class, "after_commit", _clear)
+    event.listen(session_class, "after_rollback", _clear)
+    event.listen(session_class, "after_soft_rollback", _clear)
+
+
+# ---------------------------------------------------------------------------------------------
+# The register of state-changing functions: each public function that changes state is marked
+# with @state_change("noun.verb"); at run time it must record at least one event, and a test
+# walks the register and exercises every entry.
+
+P = ParamSpec("P")
+R = TypeVar("R")
+STATE_CHANGES: dict[str, Callable[..., Any]] = {}
+
+
+def state_change(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a public function as state-changing; whenever it changes anything it must record
+    an event (``action`` names the main one)."""
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            session = args[0] if args else kwargs.get("session")
+            if not isinstance(session, Session):
+                raise TypeError(f"{func.__qualname__} must take the session first")
+            before = recorded_count(session)
+            changes = session.info.get(_CHANGED, 0)
+            result = func(*args, **kwargs)
+            session.flush()
+            changed = session.info.get(_CHANGED, 0) > changes
+            if changed and recorded_count(session) == before:
+                raise AuditError(
+                    f"{func.__module__}.{func.__qualname__} changed state without an audit "
+                    "event; the transaction is rolled back."
+                )
+            return result
+
+        wrapper.__spe_action__ = action  # type: ignore[attr-defined]
+        STATE_CHANGES[f"{func.__module__}.{func.__qualname__}"] = wrapper
+        return wrapper
+
+    return decorate

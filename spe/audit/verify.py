@@ -1,0 +1,290 @@
+"""Verification of the audit log against its signed checkpoints (and an external copy of them).
+
+It recomputes every sealed event's leaf hash from the stored fields, rebuilds the Merkle tree,
+and checks each signed checkpoint's root at its tree size. It names the first bad ``seq`` for
+each kind of tampering: an edited, deleted, inserted or reordered event, a truncated tail, a
+forged or altered checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from spe.audit.canonical import event_bytes
+from spe.audit.log import AuditError
+from spe.audit.merkle import MerkleTree
+from spe.audit.seal import checkpoint_message
+from spe.keys.signing import key_id_of, verify_signature
+
+_EVENT_COLUMNS = "seq, time, actor, action, target, project, dataset, details, leaf_hash"
+
+
+@dataclass(frozen=True)
+class Finding:
+    seq: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"seq {self.seq}: " if self.seq is not None else ""
+        return where + self.problem
+
+
+@dataclass
+class VerifyReport:
+    events_verified: int = 0
+    checkpoints_verified: int = 0
+    external_checkpoints_verified: int = 0
+    unsealed: int = 0
+    oldest_unsealed: str | None = None
+    late_unsealed: int = 0
+    last_checkpoint: dict[str, Any] | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def first_bad_seq(self) -> int | None:
+        seqs = [f.seq for f in self.findings if f.seq is not None]
+        return min(seqs) if seqs else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events_verified": self.events_verified,
+            "checkpoints_verified": self.checkpoints_verified,
+            "external_checkpoints_verified": self.external_checkpoints_verified,
+            "unsealed": self.unsealed,
+            "oldest_unsealed": self.oldest_unsealed,
+            "late_unsealed": self.late_unsealed,
+            "first_bad_seq": self.first_bad_seq,
+            "last_checkpoint": self.last_checkpoint,
+            "findings": [{"seq": f.seq, "problem": f.problem} for f in self.findings],
+        }
+
+
+class _Snapshot:
+    """One reading transaction on a raw driver connection, so checkpoints and events agree.
+
+    SQLite (WAL) gives a snapshot from the first read; PostgreSQL runs REPEATABLE READ.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
+
+    def __enter__(self) -> _Snapshot:
+        self.raw = self.engine.raw_connection()
+        if self.postgres:
+            import psycopg
+
+            self.raw.rollback()
+            self.raw.driver_connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        else:
+            self.raw.driver_connection.execute("BEGIN")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.raw.rollback()
+            if self.postgres:
+                self.raw.driver_connection.isolation_level = None
+        finally:
+            self.raw.close()
+
+    def all(self, query: str) -> list[tuple[Any, ...]]:
+        cursor = self.raw.cursor()
+        cursor.execute(query)
+        rows = cursor.fetchall()
+        cursor.close()
+        return rows
+
+    def stream(self, query: str, batch: int = 20000) -> Iterator[list[tuple[Any, ...]]]:
+        if self.postgres:
+            cursor = self.raw.driver_connection.cursor(name="spe_audit_verify")  # server-side
+            cursor.itersize = batch
+        else:
+            cursor = self.raw.cursor()
+        cursor.execute(query)
+        while rows := cursor.fetchmany(batch):
+            yield rows
+        cursor.close()
+
+
+def load_external_checkpoints(path: Path) -> list[dict[str, Any]]:
+    """Parse a checkpoint file; a malformed line is an error naming the line."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise AuditError(f"Cannot read the checkpoint file {path}: {exc.strerror}.") from None
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            cp = {
+                "tree_size": int(obj["tree_size"]),
+                "root_hash": str(obj["root_hash"]),
+                "time": str(obj["time"]),
+                "key_id": str(obj["key_id"]),
+                "signature": str(obj["signature"]),
+            }
+            bytes.fromhex(cp["root_hash"])
+            bytes.fromhex(cp["signature"])
+        except (ValueError, KeyError, TypeError):
+            raise AuditError(
+                f"The checkpoint file {path} is corrupt at line {number}: each line must be a "
+                "JSON checkpoint as written by SPE; restore the file from its off-site copy."
+            ) from None
+        out.append(cp)
+    return out
+
+
+def verify_log(
+    engine: Engine,
+    public_key_hex: str,
+    external: list[dict[str, Any]] | None = None,
+    seal_bound_seconds: float = 1.0,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Verify the whole log; the report lists every problem found, in seq order."""
+    report = VerifyReport()
+    key_id = key_id_of(bytes.fromhex(public_key_hex))
+
+    # 1. Checkpoints in the database: each must carry a valid signature by the audit key.
+    with _Snapshot(engine) as snapshot:
+        return _verify_in(
+            snapshot, report, key_id, public_key_hex, external, seal_bound_seconds, progress
+        )
+
+
+def _verify_in(
+    snapshot: _Snapshot,
+    report: VerifyReport,
+    key_id: str,
+    public_key_hex: str,
+    external: list[dict[str, Any]] | None,
+    seal_bound_seconds: float,
+    progress: Callable[[int], None] | None,
+) -> VerifyReport:
+    findings = report.findings
+    checkpoints = [
+        {"tree_size": int(r[0]), "root_hash": r[1], "time": r[2], "key_id": r[3], "signature": r[4]}
+        for r in snapshot.all(
+            "SELECT tree_size, root_hash, time, key_id, signature FROM audit_checkpoints "
+            "ORDER BY tree_size"
+        )
+    ]
+    unsealed = snapshot.all("SELECT count(*), min(time) FROM audit_events WHERE seq IS NULL")[0]
+    report.unsealed, report.oldest_unsealed = int(unsealed[0]), unsealed[1]
+    if report.unsealed and report.oldest_unsealed:
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seal_bound_seconds * 5 + 5)
+        if report.oldest_unsealed < cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ"):
+            report.late_unsealed = report.unsealed
+
+    def check_signature(cp: dict[str, Any], origin: str) -> bool:
+        msg = checkpoint_message(cp["tree_size"], cp["root_hash"], cp["time"])
+        if cp["key_id"] != key_id or not verify_signature(public_key_hex, msg, cp["signature"]):
+            findings.append(
+                Finding(
+                    cp["tree_size"],
+                    f"{origin} checkpoint at tree size {cp['tree_size']} has an invalid "
+                    "signature: it was forged or altered",
+                )
+            )
+            return False
+        return True
+
+    valid_db = [cp for cp in checkpoints if check_signature(cp, "database")]
+    valid_ext = [cp for cp in (external or []) if check_signature(cp, "external")]
+
+    # 2. Events: contiguous seq, content matching its sealed leaf hash.
+    leaves: list[bytes] = []
+    append = leaves.append
+    expected = 1
+    sha256 = hashlib.sha256
+    query = f"SELECT {_EVENT_COLUMNS} FROM audit_events WHERE seq IS NOT NULL ORDER BY seq"  # noqa: S608
+    for rows in snapshot.stream(query):
+        for seq, t, actor, action, target, project, dataset, details, stored in rows:
+            if seq != expected:
+                if seq > expected:
+                    findings.append(
+                        Finding(expected, f"events {expected}..{seq - 1} are missing (deleted)")
+                    )
+                else:
+                    findings.append(Finding(seq, "this seq appears twice"))
+                # Keep positions aligned with seq so later checks name the right events.
+                while expected < seq:
+                    append(b"\x00" * 32)
+                    expected += 1
+            leaf = sha256(
+                b"\x00" + event_bytes(seq, t, actor, action, target, project, dataset, details)
+            ).digest()
+            if stored is None or bytes(stored) != leaf:
+                findings.append(
+                    Finding(
+                        seq,
+                        "the event does not match its sealed hash: it was edited, moved or "
+                        "inserted",
+                    )
+                )
+            append(leaf)
+            expected += 1
+        if progress:
+            progress(len(leaves))
+    total = len(leaves)
+    report.events_verified = total
+
+    # 3. Roots at every checkpoint size, and the tail against the newest checkpoints.
+    tree = MerkleTree(leaves)
+    previous = 0
+    for origin, cps in (("database", valid_db), ("external", valid_ext)):
+        previous = 0
+        for cp in cps:
+            size = cp["tree_size"]
+            if size > total:
+                findings.append(
+                    Finding(
+                        total + 1,
+                        f"the log is truncated: the {origin} checkpoint of {cp['time']} covers "
+                        f"{size} events but only {total} are present",
+                    )
+                )
+                break
+            if tree.root(size).hex() != cp["root_hash"]:
+                findings.append(
+                    Finding(
+                        previous + 1,
+                        f"events {previous + 1}..{size} do not match the {origin} checkpoint at "
+                        f"tree size {size}: an event in that range was edited, inserted, "
+                        "deleted or reordered",
+                    )
+                )
+            previous = size
+        if origin == "database":
+            report.checkpoints_verified = len(cps)
+        else:
+            report.external_checkpoints_verified = len(cps)
+    covered = max([cp["tree_size"] for cp in valid_db] or [0])
+    if total > covered:
+        findings.append(
+            Finding(
+                covered + 1,
+                f"events {covered + 1}..{total} are sealed but no signed checkpoint covers "
+                "them: they were inserted",
+            )
+        )
+    if checkpoints:
+        report.last_checkpoint = checkpoints[-1]
+    findings.sort(key=lambda f: (f.seq is None, f.seq or 0))
+    return report

@@ -1,0 +1,149 @@
+"""All of SPE's settings in one typed place (environment prefix ``SPE_``).
+
+No other module reads ``os.environ``: they call :func:`get_settings`. ``spe config show`` prints
+the effective values with secrets masked.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from spe.errors import SPEError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(SPEError):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+class Settings(BaseSettings):
+    """SPE's settings. Each field has a default that needs nothing installed."""
+
+    model_config = SettingsConfigDict(env_prefix="SPE_", extra="ignore", validate_default=True)
+
+    state_dir: Path = Field(
+        default=Path("var"),
+        description="Directory for all local state: database, keys, checkpoint file.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means a SQLite file (WAL) under state_dir.",
+    )
+    platform_key: SecretStr | None = Field(
+        default=None,
+        description="The platform key, 32 bytes base64; when unset it is read from "
+        "platform_key_file (created on first run).",
+    )
+    platform_key_file: Path | None = Field(
+        default=None,
+        description="File holding the platform key (mode 0600); "
+        "default state_dir/keys/platform.key.",
+    )
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description="Append-only file of signed audit checkpoints to ship off the machine; "
+        "default state_dir/audit/checkpoints.jsonl.",
+    )
+    policies_dir: Path = Field(
+        default=REPO_ROOT / "policies",
+        description="Directory of policies: terms of use, dataset and disclosure policies.",
+    )
+    seal_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Longest time between an audit event's commit and its sealing.",
+    )
+    seal_batch_max: int = Field(
+        default=20000, ge=1, description="Most audit events sealed under one checkpoint."
+    )
+    inactivity_days: int = Field(
+        default=548,
+        ge=1,
+        description="Accounts with no activity for this many days are deactivated (18 months).",
+    )
+    cli_user: str | None = Field(
+        default=None,
+        description="The SPE user the `spe` command acts as when --as is not given.",
+    )
+    db_busy_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="How long a SQLite writer waits for the write lock."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError(
+                "must start with sqlite:/// or postgresql+psycopg:// "
+                "(other databases are not supported)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        state = self.state_dir
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(state / 'spe.db').as_posix()}"
+        if self.platform_key_file is None:
+            self.platform_key_file = state / "keys" / "platform.key"
+        if self.checkpoint_file is None:
+            self.checkpoint_file = state / "audit" / "checkpoints.jsonl"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, effective value with secrets masked, description) for every setting."""
+        rows = []
+        for name, field in type(self).model_fields.items():
+            value: Any = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown = "********" if value.get_secret_value() else ""
+            elif value is None:
+                shown = ""
+            elif name == "database_url":
+                shown = mask_url(str(value))
+            else:
+                shown = str(value)
+            rows.append((f"SPE_{name.upper()}", shown, field.description or ""))
+        return rows
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a database URL."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:********@", url)
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = "SPE_" + "_".join(str(p) for p in first["loc"]).upper()
+    return f"Setting {name} is wrong: {first['msg']}; fix or unset that environment variable."
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and overrides); raise ConfigError on bad values."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,69 @@
+"""Tables of projects and their members."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+
+from sqlalchemy import Enum, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from spe.accounts.models import Organisation, User
+from spe.db.base import Base, new_id, utcnow
+
+
+class ProjectStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    CLOSED = "closed"
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(Text)
+    holder_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"), index=True)
+    institution_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organisations.id"), index=True)
+    start_date: Mapped[dt.date]
+    end_date: Mapped[dt.date]
+    status: Mapped[ProjectStatus] = mapped_column(
+        Enum(ProjectStatus, native_enum=False, length=16), default=ProjectStatus.PENDING
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    decided_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    closed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    close_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+    holder: Mapped[Organisation] = relationship(foreign_keys=[holder_id], lazy="joined")
+    institution: Mapped[Organisation] = relationship(foreign_keys=[institution_id], lazy="joined")
+    members: Mapped[list[ProjectMember]] = relationship(back_populates="project", lazy="selectin")
+
+    def __repr__(self) -> str:
+        return f"Project({self.slug!r}, {self.status.value})"
+
+
+class MemberRole(enum.StrEnum):
+    LEAD = "lead"
+    MEMBER = "member"
+
+
+class ProjectMember(Base):
+    __tablename__ = "project_members"
+    __table_args__ = (UniqueConstraint("project_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    role: Mapped[MemberRole] = mapped_column(Enum(MemberRole, native_enum=False, length=16))
+    added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    removed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    project: Mapped[Project] = relationship(back_populates="members")
+    user: Mapped[User] = relationship(lazy="joined")
