@@ -560,16 +560,17 @@ def audit_verify(checkpoint_file: Path | None, public_key: str | None, as_json: 
             "--public-key must be the hex audit public key (`spe audit public-key`)."
         ) from None
     started = time.perf_counter()
-    with click.progressbar(length=0, label="verifying", file=sys.stderr) as bar:
-        last = [0]
+    interactive = sys.stderr.isatty()
 
-        def progress(n: int) -> None:
-            bar.update(n - last[0])
-            last[0] = n
+    def progress(n: int) -> None:
+        if interactive:
+            click.echo(f"\rverified {n:,} events", nl=False, err=True)
 
-        report = verify_log(
-            get_engine(), public_key, external, settings.seal_interval_seconds, progress
-        )
+    report = verify_log(
+        get_engine(), public_key, external, settings.seal_interval_seconds, progress
+    )
+    if interactive:
+        click.echo("", err=True)
     elapsed = time.perf_counter() - started
     if as_json:
         click.echo(json.dumps({**report.to_json(), "seconds": round(elapsed, 3)}, indent=2))
