@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -49,9 +50,10 @@ def _date(value: str, option: str) -> dt.date:
 
 @click.group()
 @click.option("--as", "as_user", metavar="USER", help="The SPE user this command acts as.")
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error.")
 @click.version_option(package_name="spe")
 @click.pass_context
-def cli(ctx: click.Context, as_user: str | None) -> None:
+def cli(ctx: click.Context, as_user: str | None, debug: bool) -> None:
     """SPE: a secure processing environment for pseudonymised registry data."""
     from spe.config import get_settings
 
@@ -440,14 +442,25 @@ def project_create(
 @project.command("approve")
 @click.argument("slug")
 @click.option("--note", default="")
+@click.option("--inline", is_flag=True, help="Build the extracts here instead of on a worker.")
 @click.pass_context
-def project_approve(ctx: click.Context, slug: str, note: str) -> None:
-    """Approve a project's application (data holder reviewers)."""
+def project_approve(ctx: click.Context, slug: str, note: str, inline: bool) -> None:
+    """Approve a project's application (data holder reviewers); its extracts are built."""
+    from spe.projects.extracts import granted_datasets
     from spe.projects.service import approve_project, get_project
+    from spe.tasks import submit_and_dispatch
 
     with _acting(ctx) as (session, actor):
-        approve_project(session, actor, get_project(session, slug), note)
+        project_row = get_project(session, slug)
+        approve_project(session, actor, project_row, note)
+        names = granted_datasets(session, project_row)
+        username = actor.username
     click.echo(f"Approved project {slug}.")
+    for name in names:
+        job_id = submit_and_dispatch(
+            username, "extract", {"project": slug, "dataset": name}, inline
+        )
+        click.echo(f"Extraction of {name}: job {job_id} {'done' if inline else 'queued'}.")
 
 
 @project.command("close")
@@ -758,6 +771,308 @@ def audit_check_proof(proof_file: Path, public_key: str) -> None:
     click.echo("OK: " + check_proof(proof, public_key))
 
 
+# --- synthetic data, datasets, catalogue, jobs ---------------------------------------------------
+
+
+@cli.group()
+def synth() -> None:
+    """Synthetic data to develop, demo and benchmark against (never real people)."""
+
+
+@synth.command("registry")
+@click.option("--persons", type=click.IntRange(min=1), required=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+def synth_registry(persons: int, seed: int, out_dir: Path) -> None:
+    """Write a synthetic Norwegian-style registry (CSV files and a ground-truth manifest)."""
+    from spe.ingest.synth import generate_registry
+
+    with click.progressbar(length=persons, label="generating", file=sys.stderr) as bar:
+        last = [0]
+
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - last[0])
+            last[0] = done
+
+        manifest = generate_registry(out_dir, persons, seed, progress)
+    for name, info in sorted(manifest.get("files", {}).items()):
+        rows = info.get("rows", "?") if isinstance(info, dict) else info
+        click.echo(f"{out_dir / name}: {rows} rows")
+    click.echo(f"Ground truth of the deliberate defects: {out_dir / 'manifest.json'}")
+
+
+def _job_progress_bar(job_id: str, label: str) -> Any:
+    from spe.jobs.service import wait
+    from spe.tasks import describe
+
+    state = {"shown": 0, "warned": False, "started": time.monotonic()}
+    interactive = sys.stderr.isatty()
+
+    def show(view: Any) -> None:
+        waited = time.monotonic() - state["started"]
+        if view.status == "queued" and not state["warned"] and waited > 5:
+            click.echo("still queued: is a worker running (`spe worker`)?", err=True)
+            state["warned"] = True
+        if interactive and view.total:
+            click.echo(
+                f"\r{label}: {view.done:,}/{view.total:,} rows ({view.percent:.0f} %)",
+                nl=False,
+                err=True,
+            )
+
+    view = wait(job_id, show)
+    if interactive:
+        click.echo("", err=True)
+    if view.status == "failed":
+        raise SPEError(view.error or "the job failed")
+    return view, describe
+
+
+@cli.group()
+def dataset() -> None:
+    """Datasets: ingest registry extracts, see versions and ingest reports."""
+
+
+@dataset.command("ingest")
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--policy", "policy_name", required=True, help="Policy file or name in policies/datasets."
+)
+@click.option(
+    "--id-history",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="CSV old,new of changed identifiers, applied before pseudonymisation.",
+)
+@click.option("--inline", is_flag=True, help="Run here instead of on a worker.")
+@click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+@click.pass_context
+def dataset_ingest(
+    ctx: click.Context,
+    source: Path,
+    policy_name: str,
+    id_history: Path | None,
+    inline: bool,
+    no_wait: bool,
+) -> None:
+    """Ingest an extract (CSV or Parquet) as a new version of its dataset (data holders)."""
+    from spe.config import get_settings
+    from spe.ingest.policy import find_policy
+    from spe.tasks import submit_and_dispatch
+
+    policy = find_policy(policy_name, Path(get_settings().policies_dir))
+    if not source.exists():
+        raise SPEError(f"There is no file {source}.")
+    with _acting(ctx) as (_session, actor):
+        username = actor.username
+    params = {
+        "actor": username,
+        "source": str(source.resolve()),
+        "policy": str(policy.path.resolve()),
+        "history": str(id_history.resolve()) if id_history else None,
+    }
+    job_id = submit_and_dispatch(username, "ingest", params, inline=inline)
+    if no_wait:
+        click.echo(job_id)
+        return
+    view, _ = _job_progress_bar(job_id, "ingesting")
+    r = view.result or {}
+    verb = "Ingested" if r.get("created") else "Already ingested"
+    click.echo(
+        f"{verb} {r.get('dataset')} version {r.get('version')}: "
+        f"{r.get('accepted', 0):,} rows accepted, "
+        f"{sum((r.get('rejected') or {}).values()):,} rejected."
+    )
+    for reason, count in sorted((r.get("rejected") or {}).items()):
+        click.echo(f"  rejected {count:,}: {reason}")
+
+
+@dataset.command("report")
+@click.argument("name")
+@click.option("--version", "number", type=int, help="Default: the newest.")
+def dataset_report(name: str, number: int | None) -> None:
+    """Show a dataset version's ingest report (counts accepted and rejected by reason)."""
+    from spe.catalogue.service import get_dataset
+    from spe.db import readonly
+
+    with readonly() as session:
+        ds = get_dataset(session, name)
+        versions = [v for v in ds.versions if number is None or v.version == number]
+        if not versions:
+            raise SPEError(f"{name} has no version {number}.")
+        click.echo(json.dumps(json.loads(versions[-1].report), indent=2, sort_keys=True))
+
+
+@dataset.command("quarantine")
+@click.argument("name")
+@click.option("--version", "number", type=int, help="Default: the newest.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.pass_context
+def dataset_quarantine(ctx: click.Context, name: str, number: int | None, out: Path) -> None:
+    """Decrypt a version's quarantine (rejected rows with reasons) for the data holder."""
+    from spe.accounts.permissions import Action, Target, check_can
+    from spe.audit import record
+    from spe.catalogue.service import get_dataset
+    from spe.ingest.pipeline import read_quarantine
+
+    with _acting(ctx) as (session, actor):
+        ds = get_dataset(session, name)
+        check_can(session, actor, Action.DATASET_QUARANTINE_READ, Target(organisation=ds.holder))
+        versions = [v for v in ds.versions if number is None or v.version == number]
+        if not versions:
+            raise SPEError(f"{name} has no version {number}.")
+        text = read_quarantine(session, versions[-1])
+        record(
+            session,
+            actor,
+            "dataset.quarantine_read",
+            f"dataset:{name}",
+            {"version": versions[-1].version},
+            dataset=name,
+        )
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("line,reason,fields of the rejected row...\n")
+        fh.write(text)
+    click.echo(f"Wrote {text.count(chr(10)):,} rejected rows to {out} (mode 0600).")
+
+
+@cli.group()
+def catalogue() -> None:
+    """The public catalogue of datasets (DGA Art. 8 information point)."""
+
+
+@catalogue.command("list")
+def catalogue_list() -> None:
+    """List datasets."""
+    from spe.catalogue.service import describe, list_datasets
+    from spe.db import readonly
+
+    with readonly() as session:
+        for ds in list_datasets(session):
+            d = describe(ds)
+            click.echo(
+                f"{d['name']}\tv{d['version']}\t{d['rows']:,} rows\t{d['holder']}\t{d['title']}"
+            )
+
+
+@catalogue.command("show")
+@click.argument("name")
+def catalogue_show(name: str) -> None:
+    """Show one dataset: variables, size, coverage, conditions, versions."""
+    from spe.catalogue.service import describe, get_dataset
+    from spe.db import readonly
+
+    with readonly() as session:
+        click.echo(json.dumps(describe(get_dataset(session, name)), indent=2, ensure_ascii=False))
+
+
+@catalogue.command("export")
+@click.option("--out", type=click.Path(path_type=Path), help="Default: stdout.")
+def catalogue_export(out: Path | None) -> None:
+    """Export the catalogue as DCAT-AP JSON-LD."""
+    from spe.catalogue.service import dcat_text, list_datasets
+    from spe.db import readonly
+
+    with readonly() as session:
+        text = dcat_text(list_datasets(session))
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
+    else:
+        click.echo(text)
+
+
+@project.command("grant")
+@click.argument("slug")
+@click.argument("dataset_name", metavar="DATASET")
+@click.option("--variables", required=True, help="Comma-separated variables to grant.")
+@click.option("--generalise", "generalise", multiple=True, metavar="VAR=year|county")
+@click.option("--inline", is_flag=True, help="Extract here instead of on a worker.")
+@click.pass_context
+def project_grant(
+    ctx: click.Context,
+    slug: str,
+    dataset_name: str,
+    variables: str,
+    generalise: tuple[str, ...],
+    inline: bool,
+) -> None:
+    """Grant a project variables of a dataset (data holder reviewers); extracts if approved."""
+    from spe.projects.extracts import grant_dataset
+    from spe.projects.models import ProjectStatus
+    from spe.projects.service import get_project
+    from spe.tasks import submit_and_dispatch
+
+    gens = {}
+    for item in generalise:
+        name, sep, how = item.partition("=")
+        if not sep:
+            raise SPEError(f"--generalise {item!r} must look like birth_date=year.")
+        gens[name.strip()] = how.strip()
+    with _acting(ctx) as (session, actor):
+        project_row = get_project(session, slug)
+        grant_dataset(
+            session,
+            actor,
+            project_row,
+            dataset_name,
+            [v.strip() for v in variables.split(",") if v.strip()],
+            gens,
+        )
+        approved = project_row.status == ProjectStatus.APPROVED
+        username = actor.username
+    click.echo(f"Granted {slug} access to {dataset_name}.")
+    if approved:
+        job_id = submit_and_dispatch(
+            username, "extract", {"project": slug, "dataset": dataset_name}, inline
+        )
+        click.echo(f"Extraction job {job_id} {'done' if inline else 'queued'}.")
+
+
+@project.command("extract")
+@click.argument("slug")
+@click.option("--inline", is_flag=True, help="Run here instead of on a worker.")
+@click.pass_context
+def project_extract(ctx: click.Context, slug: str, inline: bool) -> None:
+    """(Re)build the project's extracts of all its granted datasets."""
+    from spe.projects.extracts import granted_datasets
+    from spe.projects.service import get_project
+    from spe.tasks import submit_and_dispatch
+
+    with _acting(ctx) as (session, actor):
+        names = granted_datasets(session, get_project(session, slug))
+        username = actor.username
+    for name in names:
+        job_id = submit_and_dispatch(
+            username, "extract", {"project": slug, "dataset": name}, inline
+        )
+        view, describe = _job_progress_bar(job_id, f"extracting {name}")
+        click.echo(describe(view))
+
+
+@cli.command("worker")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+def worker(concurrency: int) -> None:
+    """Run a Celery worker for ingest and extraction jobs."""
+    from spe.tasks import worker_main
+
+    worker_main(concurrency)
+
+
+@cli.group()
+def task() -> None:
+    """Jobs run by the workers."""
+
+
+@task.command("status")
+@click.argument("job_id")
+def task_status(job_id: str) -> None:
+    """Show a job's status and progress."""
+    from spe.jobs.service import get
+    from spe.tasks import describe
+
+    click.echo(describe(get(job_id)))
+
+
 # --- demo and platform -------------------------------------------------------------------------
 
 
@@ -792,7 +1107,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(error.exit_code)
     except SPEError as error:
         _fail(error.message, error.exit_code)
-    except sa_exc.SQLAlchemyError as error:
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as error:
         from spe.config import get_settings
         from spe.db.session import describe_operational_error
 

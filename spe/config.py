@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         description="Append-only file of signed audit checkpoints to ship off the machine; "
         "default state_dir/audit/checkpoints.jsonl.",
     )
+    data_dir: Path | None = Field(
+        default=None,
+        description="Where datasets, project extracts and quarantine files are kept; "
+        "default state_dir/data.",
+    )
+    ingest_max_line_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Longest CSV line accepted by the ingest."
+    )
     policies_dir: Path = Field(
         default=REPO_ROOT / "policies",
         description="Directory of policies: terms of use, dataset and disclosure policies.",
@@ -68,6 +76,11 @@ class Settings(BaseSettings):
         default=548,
         ge=1,
         description="Accounts with no activity for this many days are deactivated (18 months).",
+    )
+    broker_url: str = Field(
+        default="",
+        description="Celery broker; empty means Celery's SQLAlchemy transport on a SQLite file "
+        "in state_dir (no broker to run); redis://host:6379/0 in production.",
     )
     cli_user: str | None = Field(
         default=None,
@@ -94,6 +107,10 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(state / 'spe.db').as_posix()}"
         if self.platform_key_file is None:
             self.platform_key_file = state / "keys" / "platform.key"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{(state / 'celery-broker.sqlite').as_posix()}"
+        if self.data_dir is None:
+            self.data_dir = state / "data"
         if self.checkpoint_file is None:
             self.checkpoint_file = state / "audit" / "checkpoints.jsonl"
         return self
@@ -111,7 +128,7 @@ class Settings(BaseSettings):
                 shown = "********" if value.get_secret_value() else ""
             elif value is None:
                 shown = ""
-            elif name == "database_url":
+            elif name in ("database_url", "broker_url"):
                 shown = mask_url(str(value))
             else:
                 shown = str(value)

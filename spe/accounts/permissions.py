@@ -39,6 +39,9 @@ class Action(enum.StrEnum):
     PROJECT_MEMBER_ADD = "project.member_add"
     PROJECT_MEMBER_REMOVE = "project.member_remove"
     PROJECT_DATA_ACCESS = "project.data_access"
+    DATASET_INGEST = "dataset.ingest"
+    DATASET_QUARANTINE_READ = "dataset.quarantine_read"
+    PROJECT_GRANT = "project.grant"
     AUDIT_READ = "audit.read"
     AUDIT_VERIFY = "audit.verify"
 
@@ -222,6 +225,20 @@ def _data_access(session: Session, actor: User, t: Target) -> str | None:
     return None
 
 
+def _holder_reviewer(what: str) -> Rule:
+    def rule(_s: Session, actor: User, t: Target) -> str | None:
+        org_id = (
+            t.project.holder_id
+            if t.project is not None
+            else (t.organisation.id if t.organisation is not None else None)
+        )
+        if org_id is not None and holds(actor, Role.HOLDER_REVIEWER, org_id):
+            return None
+        return f"Only a reviewer of the data holder may {what}."
+
+    return rule
+
+
 def _auditor(_s: Session, actor: User, _t: Target) -> str | None:
     if holds(actor, Role.AUDITOR):
         return None
@@ -249,6 +266,9 @@ RULES: dict[Action, Rule] = {
     Action.PROJECT_MEMBER_ADD: _project_members,
     Action.PROJECT_MEMBER_REMOVE: _project_members,
     Action.PROJECT_DATA_ACCESS: _data_access,
+    Action.DATASET_INGEST: _holder_reviewer("publish its datasets"),
+    Action.DATASET_QUARANTINE_READ: _holder_reviewer("open its quarantine files"),
+    Action.PROJECT_GRANT: _holder_reviewer("grant a project access to its datasets"),
     Action.AUDIT_READ: _auditor,
     Action.AUDIT_VERIFY: _verifier,
 }

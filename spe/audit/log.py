@@ -25,6 +25,9 @@ _PENDING = "spe_audit_pending"
 _RECORDED = "spe_audit_recorded"
 _CHANGED = "spe_state_changed"
 AUDIT_TABLES = frozenset({AuditEvent.__tablename__, AuditCheckpoint.__tablename__})
+# Tables whose writes need no event of their own: the log itself, and job bookkeeping (progress
+# and heartbeats of work whose submission and result are audited).
+EXEMPT_TABLES = AUDIT_TABLES | {"jobs"}
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _insert_events = insert(AuditEvent.__table__)
 
@@ -106,7 +109,7 @@ def _mark_changed(session: Session) -> None:
 def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
     for obj in (*session.new, *session.deleted, *session.dirty):
         table = getattr(getattr(obj, "__table__", None), "name", None)
-        if table in AUDIT_TABLES:
+        if table in EXEMPT_TABLES:
             continue
         if obj in session.dirty and not session.is_modified(obj):
             continue
@@ -121,7 +124,7 @@ def _before_flush_events(session: Session, _ctx: Any, _instances: Any) -> None:
 def _on_execute(state: ORMExecuteState) -> None:
     if state.is_insert or state.is_update or state.is_delete:
         table = getattr(state.statement, "table", None)
-        if getattr(table, "name", None) not in AUDIT_TABLES:
+        if getattr(table, "name", None) not in EXEMPT_TABLES:
             _mark_changed(state.session)
 
 

@@ -2,19 +2,27 @@
 
 from spe.accounts.models import Organisation, RoleGrant, TermsAcceptance, User
 from spe.audit.models import AuditCheckpoint, AuditEvent
+from spe.catalogue.models import Dataset, DatasetVersion, Variable
 from spe.db.base import Base
+from spe.jobs.models import Job
 from spe.keys.models import WrappedKey
-from spe.projects.models import Project, ProjectMember
+from spe.projects.models import Project, ProjectExtract, ProjectGrant, ProjectMember
 
 __all__ = [
     "AuditCheckpoint",
     "AuditEvent",
     "Base",
+    "Dataset",
+    "DatasetVersion",
+    "Job",
     "Organisation",
     "Project",
+    "ProjectExtract",
+    "ProjectGrant",
     "ProjectMember",
     "RoleGrant",
     "TermsAcceptance",
     "User",
+    "Variable",
     "WrappedKey",
 ]

@@ -67,3 +67,40 @@ class ProjectMember(Base):
 
     project: Mapped[Project] = relationship(back_populates="members")
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class ProjectGrant(Base):
+    """A project's access to one dataset: which variables, and how quasi-identifiers are
+    generalised (data minimisation)."""
+
+    __tablename__ = "project_grants"
+    __table_args__ = (UniqueConstraint("project_id", "dataset_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"), index=True)
+    # JSON list of variable names, and JSON object {variable: generalisation}.
+    variables: Mapped[str] = mapped_column(Text)
+    generalisations: Mapped[str] = mapped_column(Text, default="{}")
+    granted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    granted_by: Mapped[str] = mapped_column(String(64))
+
+
+class ProjectExtract(Base):
+    """The project's own copy of a granted dataset version, under the project's pseudonyms."""
+
+    __tablename__ = "project_extracts"
+    __table_args__ = (UniqueConstraint("project_id", "extract_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
+    dataset_version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("dataset_versions.id"))
+    extract_key: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(500))
+    data_sha256: Mapped[str] = mapped_column(String(64))
+    row_count: Mapped[int] = mapped_column()
+    size_bytes: Mapped[int] = mapped_column()
+    current: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)

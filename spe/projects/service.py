@@ -111,6 +111,8 @@ def close_project(session: Session, actor: User, project: Project, reason: str) 
     if not reason.strip():
         raise ProjectError("Give a reason for closing the project; the researchers will see it.")
     check_transition(project, ProjectStatus.CLOSED)
+    from spe.projects.extracts import destroy_project_data
+
     was = project.status
     project.status = ProjectStatus.CLOSED
     project.closed_at = utcnow()
@@ -124,6 +126,7 @@ def close_project(session: Session, actor: User, project: Project, reason: str) 
         {"reason": reason, "was": was.value},
         project=project.slug,
     )
+    destroy_project_data(session, actor, project)
 
 
 @state_change("project.member_add")

@@ -55,6 +55,9 @@ EXPECTED: dict[Action, set[Role]] = {
     Action.PROJECT_MEMBER_ADD: {REV, RES},
     Action.PROJECT_MEMBER_REMOVE: {REV, RES},
     Action.PROJECT_DATA_ACCESS: {RES},
+    Action.DATASET_INGEST: {REV},
+    Action.DATASET_QUARANTINE_READ: {REV},
+    Action.PROJECT_GRANT: {REV},
     Action.AUDIT_READ: {AUD},
     Action.AUDIT_VERIFY: {AUD, OP},
 }
@@ -73,6 +76,8 @@ def _target(session, action: Action, actor) -> Target:
     researcher2 = get_user(session, "researcher2")
     if action in (Action.USER_CREATE, Action.TERMS_VIEW_STATUS, Action.PROJECT_CREATE):
         return Target(organisation=uni)
+    if action in (Action.DATASET_INGEST, Action.DATASET_QUARANTINE_READ):
+        return Target(organisation=get_organisation(session, "Holder Agency"))
     if action in (Action.USER_DEACTIVATE, Action.USER_REACTIVATE):
         return Target(user=researcher2)
     if action in (Action.ROLE_GRANT, Action.ROLE_REVOKE):

@@ -1,0 +1,137 @@
+"""The catalogue as people and machines read it: list, show, and DCAT-AP JSON-LD.
+
+It shows what a dataset is (variables, size, format, coverage, conditions, versions), never
+what is in it: no minimum, maximum, rare category or any other statistic of a variable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from spe.catalogue.models import Dataset
+from spe.errors import NotFound
+
+_ACCESS_RIGHTS = "http://publications.europa.eu/resource/authority/access-right/RESTRICTED"
+_FORMAT_PARQUET = "http://publications.europa.eu/resource/authority/file-type/PARQUET"
+
+
+def list_datasets(session: Session) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).order_by(Dataset.name)))
+
+
+def get_dataset(session: Session, name: str) -> Dataset:
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    if dataset is None:
+        raise NotFound(f"There is no dataset {name!r} in the catalogue.")
+    return dataset
+
+
+def describe(dataset: Dataset) -> dict[str, Any]:
+    """The public description of a dataset (the information point's entry)."""
+    latest = dataset.latest
+    return {
+        "name": dataset.name,
+        "title": dataset.title,
+        "description": dataset.description,
+        "holder": dataset.holder.name,
+        "conditions": dataset.conditions,
+        "access": dataset.access,
+        "format": "Parquet (pseudonymised)",
+        "rows": latest.row_count if latest else 0,
+        "size_bytes": latest.size_bytes if latest else 0,
+        "temporal_coverage": latest.temporal_coverage if latest else "",
+        "version": latest.version if latest else None,
+        "variables": [
+            {
+                "name": v.name,
+                "type": v.type,
+                "classification": v.classification,
+                "generalisation": v.generalisation,
+                "description": v.description,
+            }
+            for v in (latest.variables if latest else [])
+        ],
+        "versions": [
+            {
+                "version": v.version,
+                "created_at": v.created_at.isoformat(),
+                "rows": v.row_count,
+                "rejected": v.rejected_count,
+                "source_sha256": v.source_sha256,
+            }
+            for v in dataset.versions
+        ],
+        "how_to_apply": (
+            f"Apply for a project at {dataset.holder.name} naming this dataset and the variables "
+            "you need; the data holder decides within two months (DGA Art. 9)."
+        ),
+    }
+
+
+def dcat_jsonld(datasets: list[Dataset], base: str = "urn:spe:") -> dict[str, Any]:
+    """The catalogue as DCAT-AP JSON-LD."""
+    entries = []
+    for ds in datasets:
+        d = describe(ds)
+        entry: dict[str, Any] = {
+            "@id": f"{base}dataset:{ds.name}",
+            "@type": "dcat:Dataset",
+            "dct:identifier": ds.name,
+            "dct:title": {"@value": d["title"], "@language": "en"},
+            "dct:description": {"@value": d["description"], "@language": "en"},
+            "dct:publisher": {"@type": "foaf:Agent", "foaf:name": d["holder"]},
+            "dct:accessRights": {"@id": _ACCESS_RIGHTS},
+            "dct:rights": {"@type": "dct:RightsStatement", "rdfs:label": d["conditions"]},
+            "dcat:version": str(d["version"]) if d["version"] is not None else None,
+            "dcat:distribution": [
+                {
+                    "@type": "dcat:Distribution",
+                    "dct:format": {"@id": _FORMAT_PARQUET},
+                    "dcat:byteSize": {
+                        "@value": str(d["size_bytes"]),
+                        "@type": "xsd:nonNegativeInteger",
+                    },
+                    "dct:accessRights": {"@id": _ACCESS_RIGHTS},
+                    "spe:rows": d["rows"],
+                }
+            ],
+            "spe:variable": [
+                {
+                    "spe:name": v["name"],
+                    "spe:type": v["type"],
+                    "spe:classification": v["classification"],
+                    "dct:description": v["description"],
+                }
+                for v in d["variables"]
+            ],
+        }
+        if d["temporal_coverage"]:
+            start, _, end = d["temporal_coverage"].partition("/")
+            entry["dct:temporal"] = {
+                "@type": "dct:PeriodOfTime",
+                "dcat:startDate": start,
+                "dcat:endDate": end or start,
+            }
+        entries.append(entry)
+    return {
+        "@context": {
+            "dcat": "http://www.w3.org/ns/dcat#",
+            "dct": "http://purl.org/dc/terms/",
+            "foaf": "http://xmlns.com/foaf/0.1/",
+            "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
+            "xsd": "http://www.w3.org/2001/XMLSchema#",
+            "spe": "urn:spe:vocab:",
+        },
+        "@id": f"{base}catalogue",
+        "@type": "dcat:Catalog",
+        "dct:title": {"@value": "SPE data catalogue", "@language": "en"},
+        "dcat:dataset": entries,
+    }
+
+
+def dcat_text(datasets: list[Dataset]) -> str:
+    return json.dumps(dcat_jsonld(datasets), indent=2, ensure_ascii=False)

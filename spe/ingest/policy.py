@@ -1,0 +1,304 @@
+"""Dataset policies (policies/datasets/*.yaml): what each column is and how it is treated.
+
+Every column of an extract must be classified: ``person_id`` (pseudonymised), ``direct_identifier``
+(dropped), ``quasi_identifier`` (kept, or generalised) or ``attribute`` (kept). A policy is
+validated at load; an error names the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spe.errors import SPEError
+
+
+class PolicyError(SPEError):
+    """A dataset policy is wrong; the message names file, line and fix."""
+
+
+class ColumnClass(enum.StrEnum):
+    PERSON_ID = "person_id"
+    DIRECT_IDENTIFIER = "direct_identifier"
+    QUASI_IDENTIFIER = "quasi_identifier"
+    ATTRIBUTE = "attribute"
+
+
+class ColumnType(enum.StrEnum):
+    STRING = "string"
+    INT = "int64"
+    FLOAT = "float64"
+    DATE = "date"
+
+
+class Generalisation(enum.StrEnum):
+    YEAR = "year"  # a date becomes its year
+    COUNTY = "county"  # a 4-digit municipality number becomes its 2-digit county
+
+
+GENERALISABLE = {Generalisation.YEAR: ColumnType.DATE, Generalisation.COUNTY: ColumnType.STRING}
+
+
+@dataclass(frozen=True)
+class ColumnPolicy:
+    name: str
+    cls: ColumnClass
+    type: ColumnType = ColumnType.STRING
+    description: str = ""
+    generalise: Generalisation | None = None
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class IdentifierPolicy:
+    allow_synthetic: bool = False
+    allow_d_number: bool = False
+    allow_h_number: bool = False
+    allow_2032_rule: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetPolicy:
+    path: Path
+    dataset: str
+    title: str
+    description: str
+    holder: str
+    conditions: str
+    columns: tuple[ColumnPolicy, ...]
+    identifiers: IdentifierPolicy = field(default_factory=IdentifierPolicy)
+    one_row_per_person: bool = False
+    encoding: str = "auto"
+    delimiter: str | None = None
+    access: str = "rows"
+    temporal_coverage: str = ""
+    sha256: str = ""
+
+    @property
+    def person_column(self) -> ColumnPolicy:
+        return next(c for c in self.columns if c.cls == ColumnClass.PERSON_ID)
+
+    def column(self, name: str) -> ColumnPolicy | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+    @property
+    def kept_columns(self) -> list[ColumnPolicy]:
+        """Columns that stay in the held dataset (the person id becomes its pseudonym)."""
+        return [c for c in self.columns if c.cls != ColumnClass.DIRECT_IDENTIFIER]
+
+
+_TOP_KEYS = {
+    "dataset": True,
+    "title": True,
+    "description": False,
+    "holder": True,
+    "conditions": True,
+    "columns": True,
+    "identifiers": False,
+    "one_row_per_person": False,
+    "encoding": False,
+    "delimiter": False,
+    "access": False,
+    "temporal_coverage": False,
+}
+_COLUMN_KEYS = {"class", "type", "description", "generalise", "required"}
+_ID_KEYS = {"allow_synthetic", "allow_d_number", "allow_h_number", "allow_2032_rule"}
+
+
+class _Located:
+    """A YAML node tree walker that knows line numbers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, node: yaml.Node | None, message: str) -> PolicyError:
+        line = f", line {node.start_mark.line + 1}" if node is not None else ""
+        return PolicyError(f"{self.path}{line}: {message}")
+
+
+def _suggest(word: str, options: set[str] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _mapping(loc: _Located, node: yaml.Node, what: str) -> list[tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise loc.fail(node, f"{what} must be a mapping of names to values.")
+    return node.value
+
+
+def _scalar(loc: _Located, node: yaml.Node, what: str) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise loc.fail(node, f"{what} must be a single value.")
+    return str(node.value)
+
+
+def _bool(loc: _Located, node: yaml.Node, what: str) -> bool:
+    text = _scalar(loc, node, what).lower()
+    if text in ("true", "yes", "on"):
+        return True
+    if text in ("false", "no", "off"):
+        return False
+    raise loc.fail(node, f"{what} must be true or false, not {text!r}.")
+
+
+def _enum(loc: _Located, node: yaml.Node, kind: type[enum.StrEnum], what: str) -> Any:
+    text = _scalar(loc, node, what)
+    try:
+        return kind(text)
+    except ValueError:
+        options = [m.value for m in kind]
+        raise loc.fail(
+            node,
+            f"{what} is {text!r}; use one of {', '.join(options)}{_suggest(text, options)}",
+        ) from None
+
+
+def _column(loc: _Located, name_node: yaml.Node, node: yaml.Node) -> ColumnPolicy:
+    name = _scalar(loc, name_node, "a column name")
+    if isinstance(node, yaml.ScalarNode):  # shorthand: `name: attribute`
+        return ColumnPolicy(name, _enum(loc, node, ColumnClass, f"column {name!r}'s class"))
+    values: dict[str, Any] = {}
+    nodes: dict[str, yaml.Node] = {}
+    for key_node, value_node in _mapping(loc, node, f"column {name!r}"):
+        key = _scalar(loc, key_node, "a key")
+        if key not in _COLUMN_KEYS:
+            raise loc.fail(
+                key_node,
+                f"column {name!r} has an unknown key {key!r}{_suggest(key, _COLUMN_KEYS)}",
+            )
+        nodes[key] = value_node
+    if "class" not in nodes:
+        raise loc.fail(
+            node,
+            f"column {name!r} needs a class: person_id, direct_identifier, quasi_identifier or "
+            "attribute.",
+        )
+    values["cls"] = _enum(loc, nodes["class"], ColumnClass, f"column {name!r}'s class")
+    if "type" in nodes:
+        values["type"] = _enum(loc, nodes["type"], ColumnType, f"column {name!r}'s type")
+    if "description" in nodes:
+        values["description"] = _scalar(loc, nodes["description"], "description")
+    if "required" in nodes:
+        values["required"] = _bool(loc, nodes["required"], f"column {name!r}'s required")
+    if "generalise" in nodes:
+        gen = _enum(loc, nodes["generalise"], Generalisation, f"column {name!r}'s generalise")
+        if values["cls"] != ColumnClass.QUASI_IDENTIFIER:
+            raise loc.fail(nodes["generalise"], "only a quasi_identifier can be generalised.")
+        needed = GENERALISABLE[gen]
+        if values.get("type", ColumnType.STRING) != needed:
+            raise loc.fail(
+                nodes["generalise"],
+                f"generalise: {gen.value} needs a column of type {needed.value}.",
+            )
+        values["generalise"] = gen
+    return ColumnPolicy(name=name, **values)
+
+
+def load_policy(path: Path) -> DatasetPolicy:
+    """Load and validate one dataset policy file."""
+    path = Path(path)
+    loc = _Located(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"There is no dataset policy at {path}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"Cannot read the dataset policy {path}: {exc}.") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f", line {mark.line + 1}" if mark else ""
+        raise PolicyError(f"{path}{line}: not valid YAML ({exc.problem}).") from None
+    if root is None:
+        raise PolicyError(f"{path}: the policy is empty.")
+    top: dict[str, yaml.Node] = {}
+    for key_node, value_node in _mapping(loc, root, "the policy"):
+        key = _scalar(loc, key_node, "a key")
+        if key not in _TOP_KEYS:
+            raise loc.fail(key_node, f"unknown key {key!r}{_suggest(key, set(_TOP_KEYS))}")
+        top[key] = value_node
+    for key, required in _TOP_KEYS.items():
+        if required and key not in top:
+            raise loc.fail(root, f"the policy needs a {key!r} entry.")
+    columns = tuple(_column(loc, k, v) for k, v in _mapping(loc, top["columns"], "columns"))
+    names = [c.name for c in columns]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise loc.fail(top["columns"], f"column {sorted(duplicates)[0]!r} is listed twice.")
+    persons = [c for c in columns if c.cls == ColumnClass.PERSON_ID]
+    if len(persons) != 1:
+        raise loc.fail(
+            top["columns"],
+            f"exactly one column must be the person_id; found {len(persons)}.",
+        )
+    identifiers = IdentifierPolicy()
+    if "identifiers" in top:
+        flags = {}
+        for key_node, value_node in _mapping(loc, top["identifiers"], "identifiers"):
+            key = _scalar(loc, key_node, "a key")
+            if key not in _ID_KEYS:
+                raise loc.fail(
+                    key_node, f"unknown identifier rule {key!r}{_suggest(key, _ID_KEYS)}"
+                )
+            flags[key] = _bool(loc, value_node, key)
+        identifiers = IdentifierPolicy(**flags)
+    dataset = _scalar(loc, top["dataset"], "dataset")
+    if not dataset.replace("-", "").replace("_", "").isalnum() or not dataset.islower():
+        raise loc.fail(top["dataset"], "dataset must be a short lower-case name like 'income'.")
+    encoding = _scalar(loc, top["encoding"], "encoding").lower() if "encoding" in top else "auto"
+    if encoding not in ("auto", "utf-8", "latin-1"):
+        raise loc.fail(top["encoding"], "encoding must be auto, utf-8 or latin-1.")
+    delimiter = _scalar(loc, top["delimiter"], "delimiter") if "delimiter" in top else None
+    if delimiter not in (None, ",", ";"):
+        raise loc.fail(top["delimiter"], "delimiter must be ',' or ';'.")
+    access = _scalar(loc, top["access"], "access") if "access" in top else "rows"
+    if access not in ("rows", "aggregate_only"):
+        raise loc.fail(top["access"], "access must be rows or aggregate_only.")
+    return DatasetPolicy(
+        path=path,
+        dataset=dataset,
+        title=_scalar(loc, top["title"], "title"),
+        description=_scalar(loc, top["description"], "description") if "description" in top else "",
+        holder=_scalar(loc, top["holder"], "holder"),
+        conditions=_scalar(loc, top["conditions"], "conditions"),
+        columns=columns,
+        identifiers=identifiers,
+        one_row_per_person=(
+            _bool(loc, top["one_row_per_person"], "one_row_per_person")
+            if "one_row_per_person" in top
+            else False
+        ),
+        encoding=encoding,
+        delimiter=delimiter,
+        access=access,
+        temporal_coverage=(
+            _scalar(loc, top["temporal_coverage"], "temporal_coverage")
+            if "temporal_coverage" in top
+            else ""
+        ),
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def find_policy(name_or_path: str, policies_dir: Path) -> DatasetPolicy:
+    """A policy by file path, or by name in policies/datasets/."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return load_policy(candidate)
+    folder = policies_dir / "datasets"
+    path = folder / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise PolicyError(
+            f"There is no dataset policy {name_or_path!r} in {folder}"
+            + (f"; known: {', '.join(known)}." if known else ".")
+        )
+    return load_policy(path)

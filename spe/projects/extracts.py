@@ -1,0 +1,347 @@
+"""Grants and project extracts: each project gets its own minimised, re-pseudonymised copy.
+
+For every granted dataset the project's extract holds only the granted variables, with the
+grant's generalisations applied, and the holder-level pseudonym replaced by the project's own
+(keyed with the project key): joins work inside a project and nowhere else. Closing a project
+destroys its key and its extracts and writes a signed deletion certificate to the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from spe.accounts.models import User
+from spe.accounts.permissions import Action, Target, check_can
+from spe.audit import record, state_change
+from spe.audit.canonical import canonical_json
+from spe.catalogue.models import Dataset, DatasetVersion
+from spe.db import transaction
+from spe.db.base import utcnow
+from spe.errors import NotFound, SPEError
+from spe.ingest.pipeline import PERSON_COLUMN, generalise
+from spe.ingest.policy import Generalisation
+from spe.keys.pseudonyms import (
+    PROJECT_PSEUDONYM,
+    destroy_scope_key,
+    ensure_scope_key,
+    project_pseudonymiser,
+)
+from spe.keys.signing import checkpoint_signer
+from spe.projects.models import Project, ProjectExtract, ProjectGrant, ProjectStatus
+from spe.storage import data_storage, sha256_file
+
+# Which generalisations fit which stored variable types.
+_FITS = {Generalisation.YEAR: {"date32[day]"}, Generalisation.COUNTY: {"string"}}
+
+
+class ExtractError(SPEError):
+    pass
+
+
+def _dataset(session: Session, name: str) -> Dataset:
+    dataset = session.scalar(select(Dataset).where(Dataset.name == name))
+    if dataset is None:
+        raise NotFound(f"There is no dataset {name!r}; `spe catalogue list` shows them.")
+    return dataset
+
+
+@state_change("project.grant")
+def grant_dataset(
+    session: Session,
+    actor: User,
+    project: Project,
+    dataset_name: str,
+    variables: list[str],
+    generalisations: dict[str, str] | None = None,
+) -> ProjectGrant:
+    """Grant (or change) a project's access to a dataset's variables."""
+    check_can(session, actor, Action.PROJECT_GRANT, Target(project=project))
+    dataset = _dataset(session, dataset_name)
+    if dataset.holder_id != project.holder_id:
+        raise ExtractError(
+            f"The dataset {dataset_name!r} belongs to another data holder than project "
+            f"{project.slug}."
+        )
+    if project.status == ProjectStatus.CLOSED:
+        raise ExtractError(f"Project {project.slug} is closed.")
+    latest = dataset.latest
+    if latest is None:
+        raise ExtractError(f"The dataset {dataset_name!r} has no version yet.")
+    types = {v.name: v.type for v in latest.variables}
+    variables = [v for v in dict.fromkeys(variables) if v != PERSON_COLUMN]
+    if not variables:
+        raise ExtractError("Grant at least one variable (the person pseudonym always comes along).")
+    unknown = [v for v in variables if v not in types]
+    if unknown:
+        raise ExtractError(
+            f"The dataset {dataset_name!r} has no variable {unknown[0]!r}; its variables are "
+            f"{', '.join(n for n in types if n != PERSON_COLUMN)}."
+        )
+    gens: dict[str, str] = {}
+    for name, how in (generalisations or {}).items():
+        if name not in variables:
+            raise ExtractError(f"Generalising {name!r} needs it among the granted variables.")
+        try:
+            kind = Generalisation(how)
+        except ValueError:
+            raise ExtractError(
+                f"Unknown generalisation {how!r} for {name!r}; use year or county."
+            ) from None
+        if types[name] not in _FITS[kind]:
+            raise ExtractError(f"{name!r} ({types[name]}) cannot be generalised to {how}.")
+        gens[name] = kind.value
+    grant = session.scalar(
+        select(ProjectGrant).where(
+            ProjectGrant.project_id == project.id, ProjectGrant.dataset_id == dataset.id
+        )
+    )
+    if grant is None:
+        grant = ProjectGrant(
+            project_id=project.id, dataset_id=dataset.id, granted_by=actor.username
+        )
+        session.add(grant)
+    grant.variables = json.dumps(variables)
+    grant.generalisations = json.dumps(gens, sort_keys=True)
+    grant.granted_at = utcnow()
+    grant.granted_by = actor.username
+    session.flush()
+    record(
+        session,
+        actor,
+        "project.grant",
+        f"project:{project.slug}",
+        {"dataset": dataset_name, "variables": variables, "generalisations": gens},
+        project=project.slug,
+        dataset=dataset_name,
+    )
+    return grant
+
+
+@dataclass
+class ExtractResult:
+    project: str
+    dataset: str
+    version: int
+    created: bool
+    rows: int
+    path: str
+
+
+def _extract_key(version: DatasetVersion, grant: ProjectGrant, project_id: str) -> str:
+    material = "\n".join(
+        [version.data_sha256, grant.variables, grant.generalisations, project_id, "v1"]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def extract(
+    project_slug: str, dataset_name: str, progress: Callable[[int, int], None] | None = None
+) -> ExtractResult:
+    """Build (or find) the project's extract of a granted dataset; idempotent."""
+    with transaction() as session:
+        project = session.scalar(select(Project).where(Project.slug == project_slug))
+        if project is None:
+            raise NotFound(f"There is no project {project_slug!r}.")
+        if project.status != ProjectStatus.APPROVED:
+            raise ExtractError(
+                f"Project {project_slug} is {project.status.value}; only approved projects get "
+                "data."
+            )
+        dataset = _dataset(session, dataset_name)
+        grant = session.scalar(
+            select(ProjectGrant).where(
+                ProjectGrant.project_id == project.id, ProjectGrant.dataset_id == dataset.id
+            )
+        )
+        if grant is None:
+            raise ExtractError(f"Project {project_slug} has no grant for {dataset_name!r}.")
+        version = dataset.latest
+        assert version is not None
+        project_id = str(project.id)
+        if ensure_scope_key(session, PROJECT_PSEUDONYM, project_id):
+            record(
+                session,
+                "system:keys",
+                "key.create",
+                f"key:{PROJECT_PSEUDONYM}:{project_slug}",
+                project=project_slug,
+            )
+        key = _extract_key(version, grant, project_id)
+        done = session.scalar(
+            select(ProjectExtract).where(
+                ProjectExtract.project_id == project.id, ProjectExtract.extract_key == key
+            )
+        )
+        if done is not None and done.deleted_at is None:
+            return ExtractResult(
+                project_slug, dataset_name, version.version, False, done.row_count, done.path
+            )
+        pseudonymiser = project_pseudonymiser(session, project_id)
+        variables = json.loads(grant.variables)
+        gens = {k: Generalisation(v) for k, v in json.loads(grant.generalisations).items()}
+        source_path, number, version_id = version.path, version.version, version.id
+    storage = data_storage()
+    relative = f"projects/{project_id}/extracts/{dataset_name}/{key[:24]}"
+    source = pq.ParquetFile(storage.path(source_path))
+    total = source.metadata.num_rows
+    rows = 0
+    with storage.atomic_dir(relative) as tmp:
+        writer = None
+        try:
+            for batch in source.iter_batches(
+                batch_size=262144, columns=[PERSON_COLUMN, *variables]
+            ):
+                person = batch.column(0)
+                blocks = _blocks(person)
+                hexes = pseudonymiser.pseudonyms(blocks)
+                arrays = [_hex_strings(hexes)]
+                for i, name in enumerate(variables, start=1):
+                    col = batch.column(i)
+                    if name in gens:
+                        col = generalise(col, gens[name])
+                    arrays.append(col)
+                table = pa.Table.from_arrays(arrays, names=[PERSON_COLUMN, *variables])
+                if writer is None:
+                    writer = pq.ParquetWriter(
+                        tmp / "data.parquet", table.schema, compression="zstd"
+                    )
+                writer.write_table(table)
+                rows += batch.num_rows
+                if progress:
+                    progress(rows, total)
+        finally:
+            if writer is not None:
+                writer.close()
+        data_sha = sha256_file(tmp / "data.parquet")
+        size = (tmp / "data.parquet").stat().st_size
+    with transaction() as session:
+        project = session.scalar(select(Project).where(Project.slug == project_slug))
+        assert project is not None
+        again = session.scalar(
+            select(ProjectExtract).where(
+                ProjectExtract.project_id == project.id, ProjectExtract.extract_key == key
+            )
+        )
+        if again is not None:
+            again.deleted_at, again.current = None, True
+        else:
+            for old in session.scalars(
+                select(ProjectExtract).where(
+                    ProjectExtract.project_id == project.id,
+                    ProjectExtract.dataset_id == dataset.id,
+                    ProjectExtract.current.is_(True),
+                )
+            ):
+                old.current = False
+            session.add(
+                ProjectExtract(
+                    project_id=project.id,
+                    dataset_id=dataset.id,
+                    dataset_version_id=version_id,
+                    extract_key=key,
+                    path=f"{relative}/data.parquet",
+                    data_sha256=data_sha,
+                    row_count=rows,
+                    size_bytes=size,
+                )
+            )
+        record(
+            session,
+            "system:extract",
+            "project.extract",
+            f"project:{project_slug}",
+            {
+                "dataset": dataset_name,
+                "version": number,
+                "variables": variables,
+                "generalisations": {k: v.value for k, v in gens.items()},
+                "rows": rows,
+                "data_sha256": data_sha,
+            },
+            project=project_slug,
+            dataset=dataset_name,
+        )
+    return ExtractResult(project_slug, dataset_name, number, True, rows, f"{relative}/data.parquet")
+
+
+def _hex_strings(hexes: Any) -> pa.Array:
+    """numpy 'S32' → a pyarrow string array, built straight from the buffers."""
+    import numpy as np
+
+    n = len(hexes)
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(hexes.tobytes()))
+
+
+def _blocks(person: pa.Array) -> Any:
+    import numpy as np
+
+    buffer = person.buffers()[1]
+    raw = np.frombuffer(buffer, dtype=np.uint8)
+    offset = person.offset * 16
+    return raw[offset : offset + len(person) * 16].reshape(-1, 16)
+
+
+def granted_datasets(session: Session, project: Project) -> list[str]:
+    return list(
+        session.scalars(
+            select(Dataset.name)
+            .join(ProjectGrant, ProjectGrant.dataset_id == Dataset.id)
+            .where(ProjectGrant.project_id == project.id)
+            .order_by(Dataset.name)
+        )
+    )
+
+
+def current_extracts(session: Session, project: Project) -> dict[str, ProjectExtract]:
+    rows = session.scalars(
+        select(ProjectExtract).where(
+            ProjectExtract.project_id == project.id,
+            ProjectExtract.current.is_(True),
+            ProjectExtract.deleted_at.is_(None),
+        )
+    )
+    names = {d.id: d.name for d in session.scalars(select(Dataset))}
+    return {names[r.dataset_id]: r for r in rows}
+
+
+def destroy_project_data(session: Session, actor: User | str, project: Project) -> dict[str, Any]:
+    """Crypto-shred the project key, delete its extracts, and record a signed deletion
+    certificate. Part of closing a project (the caller's transaction)."""
+    project_id = str(project.id)
+    key_destroyed = destroy_scope_key(session, PROJECT_PSEUDONYM, project_id)
+    removed = data_storage().remove_tree(f"projects/{project_id}")
+    for row in session.scalars(
+        select(ProjectExtract).where(ProjectExtract.project_id == project.id)
+    ):
+        row.deleted_at, row.current = utcnow(), False
+    certificate = {
+        "kind": "spe-deletion-certificate/v1",
+        "project": project.slug,
+        "project_id": project_id,
+        "destroyed_at": utcnow().isoformat(),
+        "destroyed_by": actor if isinstance(actor, str) else actor.username,
+        "project_key_destroyed": key_destroyed,
+        "files": [{"path": p, "bytes": b, "sha256": h} for p, b, h in removed],
+    }
+    signer = checkpoint_signer(session)
+    message = b"SPE deletion certificate v1\n" + canonical_json(certificate).encode()
+    signed = {**certificate, "key_id": signer.key_id, "signature": signer.sign(message)}
+    record(
+        session,
+        actor,
+        "project.deletion_certificate",
+        f"project:{project.slug}",
+        signed,
+        project=project.slug,
+    )
+    return signed

@@ -1,0 +1,145 @@
+"""The Celery app and its tasks. Tasks take job ids, not objects, and can run twice.
+
+Embedded default: Celery's SQLAlchemy transport on a SQLite file in the state directory, so one
+machine needs no broker. Production: Redis (``SPE_BROKER_URL=redis://...``). Delivery is
+``acks_late`` with one message prefetched; besides, the job table is the source of truth: a
+worker that starts re-sends jobs whose worker died (stale heartbeat), and a job already running
+elsewhere or finished is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+
+from spe.config import get_settings
+from spe.jobs import service as jobs
+
+app = Celery("spe")
+
+
+def configure() -> Celery:
+    """(Re)configure the app from the current settings."""
+    settings = get_settings()
+    if settings.broker_url.startswith("sqla+sqlite:///"):
+        Path(settings.broker_url.removeprefix("sqla+sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+    app.conf.update(
+        broker_url=settings.broker_url,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # Redis: redeliver a message whose worker vanished after an hour at most; the job table
+        # recovers much sooner (see reap_stale_jobs).
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+configure()
+
+
+def _ingest(params: dict[str, Any], progress: jobs.Progress) -> dict[str, Any]:
+    from spe.ingest.pipeline import ingest
+    from spe.ingest.policy import load_policy
+
+    history = params.get("history")
+    result = ingest(
+        params["actor"],
+        Path(params["source"]),
+        load_policy(Path(params["policy"])),
+        Path(history) if history else None,
+        progress,
+    )
+    return asdict(result)
+
+
+def _extract(params: dict[str, Any], progress: jobs.Progress) -> dict[str, Any]:
+    from spe.projects.extracts import extract
+
+    return asdict(extract(params["project"], params["dataset"], progress))
+
+
+WORK = {"ingest": _ingest, "extract": _extract}
+
+
+@app.task(name="spe.run_job", bind=True)
+def run_job(self: Any, job_id: str) -> None:
+    view = jobs.get(job_id)
+    jobs.run(job_id, WORK[view.kind])
+
+
+@app.task(name="spe.reap_stale_jobs")
+def reap_stale_jobs() -> list[str]:
+    """Re-send jobs whose worker died; safe because a job runs only once it is claimed."""
+    stale = jobs.stale_jobs()
+    for job_id in stale:
+        run_job.delay(job_id)
+    return stale
+
+
+@signals.worker_ready.connect
+def _recover_on_start(**_kwargs: Any) -> None:
+    reap_stale_jobs()
+
+
+def dispatch(job_id: str) -> None:
+    """Send a job to the workers."""
+    configure()
+    run_job.delay(job_id)
+
+
+def run_inline(job_id: str) -> jobs.JobView:
+    """Run a job in this process (the CLI's --inline, tests, the demo's set-up)."""
+    view = jobs.get(job_id)
+    return jobs.run(job_id, WORK[view.kind])
+
+
+def submit_and_dispatch(actor: Any, kind: str, params: dict[str, Any], inline: bool) -> str:
+    from spe.db import transaction
+
+    with transaction() as session:
+        job = jobs.submit(session, actor, kind, params)
+        job_id = str(job.id)
+    if inline:
+        run_inline(job_id)
+    else:
+        dispatch(job_id)
+    return job_id
+
+
+def worker_main(concurrency: int = 1, loglevel: str = "INFO") -> None:
+    configure()
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={loglevel}",
+            f"--concurrency={concurrency}",
+            "--pool=solo" if concurrency == 1 else "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname=spe@%h",
+        ]
+    )
+
+
+def describe(view: jobs.JobView) -> str:
+    text = f"job {view.id} ({view.kind}): {view.status}"
+    if view.total:
+        text += f", {view.done:,}/{view.total:,} ({view.percent:.0f} %)"
+    if view.error:
+        text += f"\n  error: {view.error}"
+    if view.result:
+        text += "\n  result: " + json.dumps(view.result, sort_keys=True)
+    return text
