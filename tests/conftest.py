@@ -81,19 +81,6 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-_TABLES = [
-    "terms_acceptances",
-    "project_members",
-    "projects",
-    "role_grants",
-    "users",
-    "organisations",
-    "audit_checkpoints",
-    "audit_events",
-    "wrapped_keys",
-]
-
-
 def _reset_spe() -> None:
     from spe.config import reset_settings
     from spe.db.session import reset_engine
@@ -147,9 +134,12 @@ def spe_env(
     if backend == "postgresql":
         from spe.db.session import get_engine
 
+        from spe.db.models import Base
+
         engine = get_engine(check_schema=False)
+        names = ", ".join(t.name for t in Base.metadata.sorted_tables)
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE " + ", ".join(_TABLES) + " CASCADE"))
+            conn.execute(text(f"TRUNCATE {names} CASCADE"))
     _reset_spe()
 
 
@@ -250,3 +240,84 @@ def table_snapshot() -> dict[str, list[tuple[Any, ...]]]:
             rows = conn.execute(table.select()).all()
             out[table.name] = sorted(tuple(map(repr, r)) for r in rows)
     return out
+
+
+TEST_POLICY = """\
+dataset: {name}
+title: People ({name})
+description: Test people.
+holder: Holder Agency
+conditions: For tests.
+one_row_per_person: {one_row}
+encoding: {encoding}
+identifiers:
+  allow_synthetic: true
+  allow_d_number: true
+columns:
+  fnr: {{class: person_id}}
+  name: {{class: direct_identifier}}
+  birth_date: {{class: quasi_identifier, type: date}}
+  municipality: {{class: quasi_identifier}}
+  income: {{class: attribute, type: int64}}
+"""
+
+
+def synthetic_numbers(n: int, start: int = 0) -> list[str]:
+    """n distinct valid synthetic fødselsnummer (month + 80)."""
+    import datetime as dt
+
+    from spe.ingest.identifiers import IdKind, make_fnr
+
+    out: list[str] = []
+    k = start
+    while len(out) < n:
+        day = dt.date(1950, 1, 1) + dt.timedelta(days=k % 20000)
+        individual = 1 + 2 * ((k // 20000) % 240)
+        number = make_fnr(day, individual, "M", IdKind.SYNTHETIC)
+        if number is not None:
+            out.append(number)
+        k += 1
+    return out
+
+
+def write_people_csv(
+    path: Path, numbers: list[str], delimiter: str = ",", encoding: str = "utf-8"
+) -> Path:
+    lines = [delimiter.join(["fnr", "name", "birth_date", "municipality", "income"])]
+    for i, number in enumerate(numbers):
+        lines.append(
+            delimiter.join(
+                [
+                    number,
+                    f"Åse Ødegård {i}",
+                    "1970-05-17",
+                    ["0301", "4601", "5001"][i % 3],
+                    str(1000 * i),
+                ]
+            )
+        )
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def write_policy(
+    folder: Path, name: str = "people", one_row: bool = True, encoding: str = "utf-8"
+) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        TEST_POLICY.format(name=name, one_row="true" if one_row else "false", encoding=encoding)
+    )
+    return path
+
+
+@pytest.fixture
+def people(world: World, tmp_path: Path) -> dict[str, Any]:
+    """A small dataset 'people' ingested for Holder Agency (by 'reviewer')."""
+    from spe.ingest.pipeline import ingest
+    from spe.ingest.policy import load_policy
+
+    numbers = synthetic_numbers(60)
+    csv_path = write_people_csv(tmp_path / "people.csv", numbers)
+    policy = load_policy(write_policy(tmp_path))
+    result = ingest("reviewer", csv_path, policy)
+    return {"numbers": numbers, "csv": csv_path, "policy": policy, "result": result}

@@ -1,8 +1,8 @@
-"""spine: organisations, users, roles, projects, audit, keys
+"""initial schema: accounts, projects, audit log, keys, catalogue, grants, extracts, jobs
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 03:22:09.003306
+Create Date: 2026-11-23 03:37:37.729539
 """
 
 from collections.abc import Sequence
@@ -62,6 +62,27 @@ def upgrade() -> None:
         batch_op.create_index("ix_audit_events_time", ["time"], unique=False)
 
     op.create_table(
+        "jobs",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("params", sa.Text(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("done", sa.BigInteger(), nullable=False),
+        sa.Column("total", sa.BigInteger(), nullable=False),
+        sa.Column("result", sa.Text(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+    )
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_jobs_status"), ["status"], unique=False)
+
+    op.create_table(
         "organisations",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
@@ -86,8 +107,27 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_wrapped_keys")),
-        sa.UniqueConstraint("purpose", "scope", name=op.f("uq_wrapped_keys_purpose")),
+        sa.UniqueConstraint("purpose", "scope", name=op.f("uq_wrapped_keys_purpose_scope")),
     )
+    op.create_table(
+        "datasets",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("holder_id", sa.Uuid(), nullable=False),
+        sa.Column("title", sa.String(length=200), nullable=False),
+        sa.Column("description", sa.Text(), nullable=False),
+        sa.Column("conditions", sa.Text(), nullable=False),
+        sa.Column("access", sa.String(length=32), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["holder_id"], ["organisations.id"], name=op.f("fk_datasets_holder_id_organisations")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_datasets")),
+        sa.UniqueConstraint("name", name=op.f("uq_datasets_name")),
+    )
+    with op.batch_alter_table("datasets", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_datasets_holder_id"), ["holder_id"], unique=False)
+
     op.create_table(
         "projects",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -159,6 +199,71 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "dataset_versions",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("dataset_id", sa.Uuid(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("ingest_key", sa.String(length=64), nullable=False),
+        sa.Column("source_name", sa.String(length=255), nullable=False),
+        sa.Column("source_sha256", sa.String(length=64), nullable=False),
+        sa.Column("source_format", sa.String(length=16), nullable=False),
+        sa.Column("source_encoding", sa.String(length=16), nullable=False),
+        sa.Column("policy_sha256", sa.String(length=64), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("data_sha256", sa.String(length=64), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("row_count", sa.BigInteger(), nullable=False),
+        sa.Column("rejected_count", sa.BigInteger(), nullable=False),
+        sa.Column("report", sa.Text(), nullable=False),
+        sa.Column("quarantine_path", sa.String(length=500), nullable=True),
+        sa.Column("temporal_coverage", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["dataset_id"], ["datasets.id"], name=op.f("fk_dataset_versions_dataset_id_datasets")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_dataset_versions")),
+        sa.UniqueConstraint(
+            "dataset_id", "ingest_key", name=op.f("uq_dataset_versions_dataset_id_ingest_key")
+        ),
+        sa.UniqueConstraint(
+            "dataset_id", "version", name=op.f("uq_dataset_versions_dataset_id_version")
+        ),
+    )
+    with op.batch_alter_table("dataset_versions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_dataset_versions_dataset_id"), ["dataset_id"], unique=False
+        )
+
+    op.create_table(
+        "project_grants",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("project_id", sa.Uuid(), nullable=False),
+        sa.Column("dataset_id", sa.Uuid(), nullable=False),
+        sa.Column("variables", sa.Text(), nullable=False),
+        sa.Column("generalisations", sa.Text(), nullable=False),
+        sa.Column("granted_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("granted_by", sa.String(length=64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["dataset_id"], ["datasets.id"], name=op.f("fk_project_grants_dataset_id_datasets")
+        ),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name=op.f("fk_project_grants_project_id_projects")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_project_grants")),
+        sa.UniqueConstraint(
+            "project_id", "dataset_id", name=op.f("uq_project_grants_project_id_dataset_id")
+        ),
+    )
+    with op.batch_alter_table("project_grants", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_project_grants_dataset_id"), ["dataset_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_project_grants_project_id"), ["project_id"], unique=False
+        )
+
+    op.create_table(
         "project_members",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("project_id", sa.Uuid(), nullable=False),
@@ -177,7 +282,9 @@ def upgrade() -> None:
             ["user_id"], ["users.id"], name=op.f("fk_project_members_user_id_users")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_project_members")),
-        sa.UniqueConstraint("project_id", "user_id", name=op.f("uq_project_members_project_id")),
+        sa.UniqueConstraint(
+            "project_id", "user_id", name=op.f("uq_project_members_project_id_user_id")
+        ),
     )
     with op.batch_alter_table("project_members", schema=None) as batch_op:
         batch_op.create_index(
@@ -216,7 +323,10 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_role_grants")),
         sa.UniqueConstraint(
-            "user_id", "role", "organisation_id", name=op.f("uq_role_grants_user_id")
+            "user_id",
+            "role",
+            "organisation_id",
+            name=op.f("uq_role_grants_user_id_role_organisation_id"),
         ),
     )
     with op.batch_alter_table("role_grants", schema=None) as batch_op:
@@ -233,16 +343,82 @@ def upgrade() -> None:
             ["user_id"], ["users.id"], name=op.f("fk_terms_acceptances_user_id_users")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_terms_acceptances")),
-        sa.UniqueConstraint("user_id", "version", name=op.f("uq_terms_acceptances_user_id")),
+        sa.UniqueConstraint(
+            "user_id", "version", name=op.f("uq_terms_acceptances_user_id_version")
+        ),
     )
     with op.batch_alter_table("terms_acceptances", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_terms_acceptances_user_id"), ["user_id"], unique=False)
+
+    op.create_table(
+        "project_extracts",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("project_id", sa.Uuid(), nullable=False),
+        sa.Column("dataset_id", sa.Uuid(), nullable=False),
+        sa.Column("dataset_version_id", sa.Uuid(), nullable=False),
+        sa.Column("extract_key", sa.String(length=64), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("data_sha256", sa.String(length=64), nullable=False),
+        sa.Column("row_count", sa.Integer(), nullable=False),
+        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        sa.Column("current", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["dataset_id"], ["datasets.id"], name=op.f("fk_project_extracts_dataset_id_datasets")
+        ),
+        sa.ForeignKeyConstraint(
+            ["dataset_version_id"],
+            ["dataset_versions.id"],
+            name=op.f("fk_project_extracts_dataset_version_id_dataset_versions"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["project_id"], ["projects.id"], name=op.f("fk_project_extracts_project_id_projects")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_project_extracts")),
+        sa.UniqueConstraint(
+            "project_id", "extract_key", name=op.f("uq_project_extracts_project_id_extract_key")
+        ),
+    )
+    with op.batch_alter_table("project_extracts", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_project_extracts_project_id"), ["project_id"], unique=False
+        )
+
+    op.create_table(
+        "variables",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("version_id", sa.Uuid(), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("type", sa.String(length=32), nullable=False),
+        sa.Column("classification", sa.String(length=32), nullable=False),
+        sa.Column("generalisation", sa.String(length=32), nullable=True),
+        sa.Column("description", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["version_id"],
+            ["dataset_versions.id"],
+            name=op.f("fk_variables_version_id_dataset_versions"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_variables")),
+        sa.UniqueConstraint("version_id", "name", name=op.f("uq_variables_version_id_name")),
+    )
+    with op.batch_alter_table("variables", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_variables_version_id"), ["version_id"], unique=False)
 
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("variables", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_variables_version_id"))
+
+    op.drop_table("variables")
+    with op.batch_alter_table("project_extracts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_project_extracts_project_id"))
+
+    op.drop_table("project_extracts")
     with op.batch_alter_table("terms_acceptances", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_terms_acceptances_user_id"))
 
@@ -256,6 +432,15 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_project_members_project_id"))
 
     op.drop_table("project_members")
+    with op.batch_alter_table("project_grants", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_project_grants_project_id"))
+        batch_op.drop_index(batch_op.f("ix_project_grants_dataset_id"))
+
+    op.drop_table("project_grants")
+    with op.batch_alter_table("dataset_versions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_dataset_versions_dataset_id"))
+
+    op.drop_table("dataset_versions")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_users_organisation_id"))
 
@@ -265,8 +450,16 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_projects_holder_id"))
 
     op.drop_table("projects")
+    with op.batch_alter_table("datasets", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_datasets_holder_id"))
+
+    op.drop_table("datasets")
     op.drop_table("wrapped_keys")
     op.drop_table("organisations")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_jobs_status"))
+
+    op.drop_table("jobs")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index("ix_audit_events_time")
         batch_op.drop_index("ix_audit_events_project_seq")
