@@ -132,9 +132,8 @@ def spe_env(
         ensure_keys()
     yield env
     if backend == "postgresql":
-        from spe.db.session import get_engine
-
         from spe.db.models import Base
+        from spe.db.session import get_engine
 
         engine = get_engine(check_schema=False)
         names = ", ".join(t.name for t in Base.metadata.sorted_tables)

@@ -4,7 +4,6 @@ idempotency, and a clear error (naming the row or column) for every kind of bad 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -262,7 +261,7 @@ def test_killed_ingest_leaves_no_visible_dataset(policy, tmp_path, monkeypatch):
 
     def dying(self, batch, first_line):
         calls["n"] += 1
-        out = real(self, batch, first_line)
+        real(self, batch, first_line)
         raise KeyboardInterrupt("killed")  # as abrupt as it gets inside Python
 
     monkeypatch.setattr(pipeline._Batcher, "process", dying)
