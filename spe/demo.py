@@ -4,6 +4,7 @@ project, with one-time passwords printed once; then the platform starts."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import click
 from sqlalchemy import select
@@ -31,6 +32,8 @@ HOLDER = "Demo Registry Agency"
 INSTITUTION = "Demo University"
 OPERATOR = "demo-operator"
 PROJECT = "demo-income-study"
+OTHER_PROJECT = "demo-county-study"
+DEMO_PERSONS = 20_000
 
 # username, organisation, role, what they do
 DEMO_USERS = [
@@ -79,30 +82,133 @@ def set_up_demo() -> list[tuple[str, str, str]]:
             else:
                 password = reset_password(session, operator, existing)
             logins.append((username, password, what))
+    _demo_project(
+        PROJECT,
+        "demo-researcher",
+        holder,
+        institution,
+        "Income and education in the demo registry",
+        "How education relates to income over the life course (synthetic data).",
+    )
+    _demo_project(
+        OTHER_PROJECT,
+        "demo-researcher",
+        holder,
+        institution,
+        "Another study (shows that pseudonyms do not link across projects)",
+        "Population structure by county (synthetic data).",
+    )
     with transaction() as session:
-        if session.scalar(select(Project.id).where(Project.slug == PROJECT)) is None:
-            researcher = get_user(session, "demo-researcher")
+        accept_terms(session, get_user(session, "demo-researcher"))
+    return logins
+
+
+def _demo_project(
+    slug: str, lead: str, holder: Organisation, institution: Organisation, title: str, purpose: str
+) -> None:
+    with transaction() as session:
+        if session.scalar(select(Project.id).where(Project.slug == slug)) is None:
             today = dt.datetime.now(dt.UTC).date()
-            project = create_project(
+            create_project(
                 session,
-                researcher,
-                PROJECT,
-                "Income and education in the demo registry",
-                "How education relates to income over the life course (synthetic data).",
+                get_user(session, lead),
+                slug,
+                title,
+                purpose,
                 holder,
                 institution,
                 today,
                 today + dt.timedelta(days=365),
             )
-            accept_terms(session, researcher)
-            approve_project(session, get_user(session, "demo-holder"), project, "demo")
-    return logins
+
+
+def publish_demo_data(persons: int = DEMO_PERSONS) -> list[str]:
+    """Generate the synthetic registry, ingest it, grant and extract; returns report lines."""
+    from spe.ingest.pipeline import ingest
+    from spe.ingest.policy import find_policy
+    from spe.ingest.synth import generate_registry
+    from spe.projects.extracts import extract, grant_dataset
+
+    settings = get_settings()
+    folder = Path(settings.state_dir) / "demo-registry"
+    if not (folder / "manifest.json").exists():
+        click.echo(f"Generating a synthetic registry of {persons:,} persons in {folder} ...")
+        generate_registry(folder, persons, seed=2026)
+    lines = []
+    for name in ("population", "income", "education", "employment"):
+        policy = find_policy(name, Path(settings.policies_dir))
+        result = ingest("demo-holder", folder / f"{name}.csv", policy)
+        rejected = sum(result.rejected.values())
+        lines.append(
+            f"  {name:<11} v{result.version}: {result.accepted:,} rows, "
+            f"{rejected:,} rejected to quarantine"
+        )
+    grants = {
+        PROJECT: {
+            "population": (
+                ["birth_date", "sex", "municipality"],
+                {"birth_date": "year", "municipality": "county"},
+            ),
+            "income": (["year", "wage_income", "capital_income"], {}),
+        },
+        OTHER_PROJECT: {"population": (["sex", "municipality"], {"municipality": "county"})},
+    }
+    for slug, datasets in grants.items():
+        with transaction() as session:
+            project = session.scalar(select(Project).where(Project.slug == slug))
+            holder_user = get_user(session, "demo-holder")
+            for name, (variables, gens) in datasets.items():
+                grant_dataset(session, holder_user, project, name, variables, gens)
+            if project.status.value == "pending":
+                approve_project(session, holder_user, project, "demo")
+        for name in datasets:
+            extract(slug, name)
+    lines.append(_join_check())
+    return lines
+
+
+def _join_check() -> str:
+    """Show that pseudonyms join within a project and not across projects."""
+    import pyarrow.parquet as pq
+
+    from spe.projects.extracts import current_extracts
+    from spe.storage import data_storage
+
+    storage = data_storage()
+    with transaction() as session:
+        ours = current_extracts(
+            session, session.scalar(select(Project).where(Project.slug == PROJECT))
+        )
+        theirs = current_extracts(
+            session, session.scalar(select(Project).where(Project.slug == OTHER_PROJECT))
+        )
+    population = set(
+        pq.read_table(storage.path(ours["population"].path), columns=["person_id"])[
+            "person_id"
+        ].to_pylist()
+    )
+    income = set(
+        pq.read_table(storage.path(ours["income"].path), columns=["person_id"])[
+            "person_id"
+        ].to_pylist()
+    )
+    other = set(
+        pq.read_table(storage.path(theirs["population"].path), columns=["person_id"])[
+            "person_id"
+        ].to_pylist()
+    )
+    return (
+        f"  pseudonyms: {len(income & population):,} of {len(income):,} persons in {PROJECT}'s "
+        f"income extract join its population extract; {len(population & other)} match "
+        f"{OTHER_PROJECT}'s pseudonyms"
+    )
 
 
 def run_demo(start: bool = True) -> None:
     settings = get_settings()
     click.echo(f"Setting up the SPE demo in {settings.state_dir} ...")
     logins = set_up_demo()
+    report = publish_demo_data()
     from spe.audit.seal import seal_all
 
     seal_all()
@@ -112,7 +218,11 @@ def run_demo(start: bool = True) -> None:
     for username, password, what in logins:
         click.echo(f"  {username:<{width}}  {password}   {what}")
     click.echo("")
-    click.echo(f"Demo project: {PROJECT} (approved). Try, for example:")
+    click.echo("Published the synthetic registry (never real people):")
+    for line in report:
+        click.echo(line)
+    click.echo("")
+    click.echo(f"Demo projects: {PROJECT} and {OTHER_PROJECT} (approved). Try, for example:")
     click.echo("  .venv/bin/spe --as demo-auditor audit tail")
     click.echo("  .venv/bin/spe audit verify")
     click.echo("  .venv/bin/spe --as demo-researcher project list")

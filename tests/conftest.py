@@ -270,8 +270,8 @@ def synthetic_numbers(n: int, start: int = 0) -> list[str]:
     out: list[str] = []
     k = start
     while len(out) < n:
-        day = dt.date(1950, 1, 1) + dt.timedelta(days=k % 20000)
-        individual = 1 + 2 * ((k // 20000) % 240)
+        day = dt.date(1950, 1, 1) + dt.timedelta(days=k % 18000)
+        individual = 1 + 2 * ((k // 18000) % 240)
         number = make_fnr(day, individual, "M", IdKind.SYNTHETIC)
         if number is not None:
             out.append(number)

@@ -1,0 +1,198 @@
+"""Ingest benchmark (issue 3): pseudonym floor, end-to-end ingest, project extraction.
+
+Prints one JSON line per figure. Sizes: 1 M and 10 M persons (``--quick``: 100 k and 1 M).
+Each ingest runs in a fresh ``spe`` process pinned to one core (``taskset -c 0``) so its
+rows/s is a one-core figure and its peak RSS is its own. The peer is the per-item keyed hash
+the issue measured (HMAC-SHA256 with a precomputed key context, ``.copy()`` per item), timed
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SPE = [sys.executable, "-m", "spe.cli"]
+
+
+def emit(name: str, value: float, unit: str, **extra: object) -> None:
+    print(json.dumps({"name": name, "value": round(value, 3), "unit": unit, **extra}), flush=True)
+
+
+def floor(n: int) -> float:
+    from spe.keys.pseudonyms import HolderPseudonymiser
+
+    rng = np.random.default_rng(1)
+    numbers = rng.integers(10**10, 10**11 - 1, n, dtype=np.int64)
+    kinds = np.full(n, 4, dtype=np.uint8)
+    p = HolderPseudonymiser(os.urandom(32))
+    started = time.perf_counter()
+    step = 1_000_000
+    for i in range(0, n, step):
+        p.pseudonyms(numbers[i : i + step], kinds[i : i + step])
+    rate = n / (time.perf_counter() - started)
+    emit("ingest.pseudonym_floor", rate, "identifiers/s", n=n, primitive="AES-256 PRP, batched")
+    return rate
+
+
+def hmac_peer(n: int) -> float:
+    key = os.urandom(32)
+    base = hmac.new(key, digestmod=hashlib.sha256)
+    items = [str(10**10 + i).encode() for i in range(n)]
+    started = time.perf_counter()
+    for item in items:
+        h = base.copy()
+        h.update(item)
+        h.digest()
+    rate = n / (time.perf_counter() - started)
+    emit("ingest.peer_hmac_per_item", rate, "identifiers/s", n=n)
+    return rate
+
+
+def _env(state: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPE_")}
+    env["SPE_STATE_DIR"] = str(state)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str], pin: bool = True) -> tuple[float, float, str]:
+    """Run an spe command; returns (seconds, peak RSS MiB of the child, stdout)."""
+    prefix = ["taskset", "-c", "0"] if pin and shutil.which("taskset") else []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    out = subprocess.run(
+        [*prefix, *SPE, *args], env=env, capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if out.returncode != 0:
+        raise SystemExit(f"spe {' '.join(args)} failed: {out.stderr.strip()}")
+    # ru_maxrss of children is the max over all waited children: measure in growing order.
+    return seconds, max(after, before) / 1024, out.stdout
+
+
+def ingest_run(persons: int, work: Path, peer: float, floor_rate: float) -> None:
+    from spe.ingest.synth import generate_registry
+
+    state = work / f"state-{persons}"
+    registry = work / f"registry-{persons}"
+    env = _env(state)
+    started = time.perf_counter()
+    generate_registry(registry, persons, seed=7)
+    emit(
+        "ingest.synth_generate",
+        persons / (time.perf_counter() - started),
+        "persons/s",
+        persons=persons,
+    )
+    for args in (
+        ["init", "--operator", "op"],
+        ["--as", "op", "org", "add", "Demo Registry Agency", "--kind", "holder"],
+        ["--as", "op", "org", "add", "Uni", "--kind", "institution"],
+        [
+            "--as",
+            "op",
+            "user",
+            "add",
+            "holder",
+            "--org",
+            "Demo Registry Agency",
+            "--role",
+            "holder_reviewer",
+        ],
+        ["--as", "op", "user", "add", "res", "--org", "Uni", "--role", "researcher"],
+    ):
+        _run(args, env, pin=False)
+    source = registry / "population.csv"
+    seconds, rss, _ = _run(
+        ["--as", "holder", "dataset", "ingest", str(source), "--policy", "population", "--inline"],
+        env,
+    )
+    with open(source, "rb") as fh:
+        rows = sum(1 for _ in fh) - 1
+    rate = rows / seconds
+    emit(
+        "ingest.end_to_end",
+        rate,
+        "rows/s",
+        rows=rows,
+        seconds=round(seconds, 2),
+        one_core=True,
+        ratio_to_floor=round(rate / floor_rate, 3),
+        ratio_to_peer_hmac=round(rate / peer, 3),
+    )
+    emit("ingest.peak_rss", rss, "MiB", rows=rows)
+    _run(
+        [
+            "--as",
+            "res",
+            "project",
+            "create",
+            "p",
+            "--holder",
+            "Demo Registry Agency",
+            "--purpose",
+            "bench",
+            "--end",
+            "2030-01-01",
+        ],
+        env,
+        pin=False,
+    )
+    _run(["--as", "holder", "project", "approve", "p"], env, pin=False)
+    seconds, rss, _ = _run(
+        [
+            "--as",
+            "holder",
+            "project",
+            "grant",
+            "p",
+            "population",
+            "--variables",
+            "birth_date,sex,municipality",
+            "--generalise",
+            "birth_date=year",
+            "--inline",
+        ],
+        env,
+    )
+    emit(
+        "ingest.project_extraction",
+        rows / seconds,
+        "rows/s",
+        rows=rows,
+        seconds=round(seconds, 2),
+        one_core=True,
+    )
+    shutil.rmtree(registry, ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000]
+    floor_rate = floor(sizes[-1])
+    peer = hmac_peer(1_000_000)
+    emit("ingest.floor_vs_peer", floor_rate / peer, "ratio")
+    with tempfile.TemporaryDirectory(prefix="spe-bench-ingest-") as tmp:
+        for persons in sizes:
+            ingest_run(persons, Path(tmp), peer, floor_rate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Registry ingest: identifier validation, pseudonymisation and the synthetic registry."""
