@@ -152,7 +152,7 @@ def ingest_run(persons: int, work: Path, peer: float, floor_rate: float) -> None
         env,
         pin=False,
     )
-    _run(["--as", "holder", "project", "approve", "p"], env, pin=False)
+    _run(["--as", "holder", "project", "approve", "bench-p"], env, pin=False)
     seconds, rss, _ = _run(
         [
             "--as",

@@ -134,9 +134,9 @@ def scan_csv(path: Path, declared: str, delimiter: str | None, max_line: int) ->
                 except UnicodeDecodeError as exc:
                     utf8_ok = False
                     first_bad_line = _line_of(chunk, exc.start, lines)
-            if not non_ascii and max(chunk) > 127:
-                non_ascii = True
             arr = np.frombuffer(chunk, dtype=np.uint8)
+            if not non_ascii and int(arr.max()) > 127:
+                non_ascii = True
             newlines = np.flatnonzero(arr == 10)
             if len(newlines):
                 gaps = np.diff(newlines, prepend=-1)
@@ -213,16 +213,18 @@ class _Dedup:
     def duplicates(self, values: np.ndarray) -> np.ndarray:
         """Mask of values already seen (earlier batches, or earlier in this batch)."""
         dup = np.zeros(len(values), dtype=bool)
+        # A stable sort keeps each value's first occurrence first within the batch.
+        order = np.argsort(values, kind="stable")
+        ordered = values[order]
+        repeat = np.concatenate(([False], ordered[1:] == ordered[:-1]))
         if len(self.seen):
-            pos = np.searchsorted(self.seen, values)
+            # Sorted queries into the sorted history: cache-friendly binary searches.
+            pos = np.searchsorted(self.seen, ordered)
             pos[pos == len(self.seen)] = 0
-            dup |= self.seen[pos] == values
-        _, first = np.unique(values, return_index=True)
-        within = np.ones(len(values), dtype=bool)
-        within[first] = False
-        dup |= within
-        fresh = np.unique(values[~dup])
-        self.seen = np.union1d(self.seen, fresh)
+            repeat |= self.seen[pos] == ordered
+        dup[order[repeat]] = True
+        # Two sorted runs: the stable sort (timsort) merges them in linear time.
+        self.seen = np.sort(np.concatenate((self.seen, ordered[~repeat])), kind="stable")
         return dup
 
 
