@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         description="Celery broker; empty means Celery's SQLAlchemy transport on a SQLite file "
         "in state_dir (no broker to run); redis://host:6379/0 in production.",
     )
+    job_stale_after_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A running job whose heartbeat is older than this is taken as dead and "
+        "re-run by the next worker (jobs are idempotent).",
+    )
     cli_user: str | None = Field(
         default=None,
         description="The SPE user the `spe` command acts as when --as is not given.",

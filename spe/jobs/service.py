@@ -25,8 +25,7 @@ from spe.db.base import utcnow
 from spe.errors import NotFound, SPEError
 from spe.jobs.models import Job
 
-HEARTBEAT_SECONDS = 2.0
-STALE_AFTER_SECONDS = 15.0
+HEARTBEAT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,15 @@ def get(job_id: str) -> JobView:
         return _view(job)
 
 
-def claim(job_id: str, stale_after: float = STALE_AFTER_SECONDS) -> dict[str, Any] | None:
+def _stale_after(value: float | None) -> float:
+    from spe.config import get_settings
+
+    return value if value is not None else get_settings().job_stale_after_seconds
+
+
+def claim(job_id: str, stale_after: float | None = None) -> dict[str, Any] | None:
     """Mark the job running if nobody else is; returns its params, or None if not ours to run."""
+    stale_after = _stale_after(stale_after)
     now = utcnow()
     stale = now - dt.timedelta(seconds=stale_after)
     with transaction() as session:
@@ -164,8 +170,9 @@ def run(job_id: str, work: Callable[[dict[str, Any], Progress], dict[str, Any]])
     return get(job_id)
 
 
-def stale_jobs(stale_after: float = STALE_AFTER_SECONDS) -> list[str]:
+def stale_jobs(stale_after: float | None = None) -> list[str]:
     """Jobs that should be running but whose worker is gone (or that were never picked up)."""
+    stale_after = _stale_after(stale_after)
     stale = utcnow() - dt.timedelta(seconds=stale_after)
     with transaction() as session:
         rows = session.scalars(
