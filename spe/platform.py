@@ -1,11 +1,15 @@
 """Running the platform on one machine (`spe up`): every long-running part, stopped by Ctrl-C.
 
-So far that is the audit sealer; later parts (hub, API, worker) join here.
+So far: the audit sealer (in this process) and a Celery worker for ingest and extraction jobs
+(a child process). Later parts (hub, API) join here.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -15,20 +19,45 @@ from spe.audit.seal import run_sealer
 from spe.config import get_settings
 
 
+def _start_worker() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "spe.cli", "worker"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.devnull, "wb"),  # noqa: SIM115 - lives as long as the child
+    )
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is not None:
+        return
+    os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
 def run_platform(announce: bool = True) -> None:
     stop = threading.Event()
 
-    def _stop(_sig: int, _frame: Any) -> None:
+    def _on_signal(_sig: int, _frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     settings = get_settings()
+    worker = _start_worker()
     if announce:
         click.echo(
             f"SPE is running: the audit sealer seals every {settings.seal_interval_seconds:g} s "
-            f"and appends signed checkpoints to {settings.checkpoint_file}."
+            f"and appends signed checkpoints to {settings.checkpoint_file}; a task worker "
+            f"(pid {worker.pid}) runs ingest and extraction jobs."
         )
         click.echo("Press Ctrl-C to stop.")
-    run_sealer(should_stop=stop.is_set)
+    try:
+        run_sealer(should_stop=stop.is_set)
+    finally:
+        _stop(worker)
     click.echo("SPE stopped cleanly.")

@@ -39,11 +39,14 @@ def configure() -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        # Redis: redeliver a message whose worker vanished after an hour at most; the job table
-        # recovers much sooner (see reap_stale_jobs).
-        broker_transport_options={"visibility_timeout": 3600},
         worker_hijack_root_logger=False,
     )
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Redeliver a message whose worker vanished after an hour at most; the job table
+        # recovers much sooner (see reap_stale_jobs).
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+    else:
+        app.conf.broker_transport_options = {}
     return app
 
 
