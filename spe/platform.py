@@ -24,7 +24,7 @@ def _start_worker() -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "spe.cli", "worker"],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
-        stderr=open(os.devnull, "wb"),  # noqa: SIM115 - lives as long as the child
+        stderr=open(os.devnull, "wb"),
     )
 
 
