@@ -20,12 +20,15 @@ from spe.config import get_settings
 
 
 def _start_worker() -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "spe.cli", "worker"],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.devnull, "wb"),
-    )
+    logs = get_settings().state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "worker.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "spe.cli", "worker"],
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
@@ -53,7 +56,7 @@ def run_platform(announce: bool = True) -> None:
         click.echo(
             f"SPE is running: the audit sealer seals every {settings.seal_interval_seconds:g} s "
             f"and appends signed checkpoints to {settings.checkpoint_file}; a task worker "
-            f"(pid {worker.pid}) runs ingest and extraction jobs."
+            f"(pid {worker.pid}, log in {settings.state_dir / 'logs'}) runs ingest and extraction jobs."
         )
         click.echo("Press Ctrl-C to stop.")
     try:
