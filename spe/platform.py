@@ -56,7 +56,8 @@ def run_platform(announce: bool = True) -> None:
         click.echo(
             f"SPE is running: the audit sealer seals every {settings.seal_interval_seconds:g} s "
             f"and appends signed checkpoints to {settings.checkpoint_file}; a task worker "
-            f"(pid {worker.pid}, log in {settings.state_dir / 'logs'}) runs ingest and extraction jobs."
+            f"(pid {worker.pid}, log in {settings.state_dir / 'logs'}) runs ingest and "
+            "extraction jobs."
         )
         click.echo("Press Ctrl-C to stop.")
     try:
