@@ -42,6 +42,21 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
         child.wait()
 
 
+def maintenance(stop: threading.Event, every_seconds: float = 3600.0) -> None:
+    """Periodic upkeep: deactivate accounts idle for SPE_INACTIVITY_DAYS (audited)."""
+    from spe.accounts.service import deactivate_inactive
+    from spe.db import transaction
+    from spe.errors import SPEError
+
+    while not stop.is_set():
+        try:
+            with transaction() as session:
+                deactivate_inactive(session, get_settings().inactivity_days)
+        except SPEError as exc:  # keep running; the next round tries again
+            click.echo(f"maintenance: {exc}", err=True)
+        stop.wait(every_seconds)
+
+
 def run_platform(announce: bool = True) -> None:
     stop = threading.Event()
 
@@ -52,6 +67,7 @@ def run_platform(announce: bool = True) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     settings = get_settings()
     worker = _start_worker()
+    threading.Thread(target=maintenance, args=(stop,), daemon=True, name="maintenance").start()
     if announce:
         click.echo(
             f"SPE is running: the audit sealer seals every {settings.seal_interval_seconds:g} s "
