@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import event, insert
+from sqlalchemy import Engine, event, insert
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from spe.audit.canonical import CanonicalisationError, canonical_details
@@ -29,6 +29,13 @@ AUDIT_TABLES = frozenset({AuditEvent.__tablename__, AuditCheckpoint.__tablename_
 # and heartbeats of work whose submission and result are audited).
 EXEMPT_TABLES = AUDIT_TABLES | {"jobs"}
 _ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# Any data-changing SQL statement and the table it changes, however it was issued.
+_DML = re.compile(
+    r"^\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE(?:\s+OR\s+\w+)?|DELETE\s+FROM|"
+    r"REPLACE\s+INTO|MERGE\s+INTO|TRUNCATE(?:\s+TABLE)?)\s+(?:ONLY\s+)?"
+    r'(?:"?\w+"?\.)?"?(\w+)"?',
+    re.IGNORECASE,
+)
 _insert_events = insert(AuditEvent.__table__)
 
 
@@ -65,6 +72,17 @@ def record(
     """Append an event to the log as part of ``session``'s transaction."""
     if not _ACTION.match(action):
         raise AuditError(f"Audit action {action!r} must look like 'noun.verb' in lower case.")
+    actor_text = actor_name(actor)
+    for label, text in (
+        ("actor", actor_text),
+        ("target", target),
+        ("project", project),
+        ("dataset", dataset),
+    ):
+        if text is not None and not _clean_text(str(text)):
+            raise AuditError(
+                f"The {label} of audit event {action} is not clean text (NUL or invalid Unicode)."
+            )
     try:
         details_text = canonical_details(details)
     except CanonicalisationError as exc:
@@ -76,7 +94,7 @@ def record(
     pending.append(
         {
             "time": now_text(),
-            "actor": actor_name(actor),
+            "actor": actor_text,
             "action": action,
             "target": target,
             "project": None if project is None else str(project),
@@ -85,6 +103,16 @@ def record(
         }
     )
     info[_RECORDED] = info.get(_RECORDED, 0) + 1
+
+
+def _clean_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def recorded_count(session: Session) -> int:
@@ -128,10 +156,25 @@ def _on_execute(state: ORMExecuteState) -> None:
             _mark_changed(state.session)
 
 
+def _before_cursor_execute(
+    conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+) -> None:
+    match = _DML.match(statement)
+    if match and match.group(1).lower() not in EXEMPT_TABLES:
+        conn.info[_CHANGED] = conn.info.get(_CHANGED, 0) + 1
+
+
+def _after_begin(_session: Session, _transaction: Any, connection: Any) -> None:
+    connection.info[_CHANGED] = 0
+
+
 def _before_commit(session: Session) -> None:
     session.flush()
     flush_events(session)
-    if session.info.get(_CHANGED) and not session.info.get(_RECORDED):
+    raw_changes = session.connection().info.get(_CHANGED, 0)
+    if raw_changes and session.info.get("spe_readonly"):
+        raise AuditError("A read-only transaction tried to change data.")
+    if (session.info.get(_CHANGED) or raw_changes) and not session.info.get(_RECORDED):
         raise AuditError(
             "This transaction changed data without recording an audit event, so it was "
             "rolled back; every state change must call spe.audit.record()."
@@ -143,8 +186,14 @@ def _clear(session: Session, *_args: Any) -> None:
         session.info.pop(key, None)
 
 
+def install_engine(engine: Engine) -> None:
+    """Count every data-changing statement on ``engine``'s connections, raw SQL included."""
+    event.listen(engine, "before_cursor_execute", _before_cursor_execute)
+
+
 def install(session_class: type[Session]) -> None:
     """Install the audit guard on a session class (done once for SPESession)."""
+    event.listen(session_class, "after_begin", _after_begin)
     event.listen(session_class, "before_flush", _before_flush)
     event.listen(session_class, "before_flush", _before_flush_events)
     event.listen(session_class, "do_orm_execute", _on_execute)

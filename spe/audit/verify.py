@@ -245,12 +245,14 @@ def _verify_in(
     total = len(leaves)
     report.events_verified = total
 
-    # 3. Roots at every checkpoint size, and the tail against the newest checkpoints.
+    # 3. Roots at every checkpoint size, and the tail against the newest checkpoints. Only the
+    # first mismatching checkpoint of each origin is reported: later ones cover the same damage.
     tree = MerkleTree(leaves)
-    previous = 0
+    direct = sorted(f.seq for f in findings if f.seq is not None)
     for origin, cps in (("database", valid_db), ("external", valid_ext)):
-        previous = 0
-        for cp in cps:
+        good = 0
+        blamed = False
+        for cp in sorted(cps, key=lambda c: c["tree_size"]):
             size = cp["tree_size"]
             if size > total:
                 findings.append(
@@ -261,16 +263,22 @@ def _verify_in(
                     )
                 )
                 break
-            if tree.root(size).hex() != cp["root_hash"]:
-                findings.append(
-                    Finding(
-                        previous + 1,
-                        f"events {previous + 1}..{size} do not match the {origin} checkpoint at "
-                        f"tree size {size}: an event in that range was edited, inserted, "
-                        "deleted or reordered",
-                    )
+            if tree.root(size).hex() == cp["root_hash"]:
+                good = size
+                continue
+            if blamed:
+                continue
+            blamed = True
+            # Name the first event already caught in this range, else the range's start.
+            first = next((seq for seq in direct if good < seq <= size), good + 1)
+            findings.append(
+                Finding(
+                    first,
+                    f"events {good + 1}..{size} do not match the {origin} checkpoint at "
+                    f"tree size {size}: an event in that range was edited, inserted, "
+                    "deleted or reordered",
                 )
-            previous = size
+            )
         if origin == "database":
             report.checkpoints_verified = len(cps)
         else:

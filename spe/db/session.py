@@ -87,6 +87,9 @@ def create_spe_engine(settings: Settings, **kwargs: Any) -> Engine:
         _configure_sqlite(engine, settings)
     else:
         engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    from spe.audit.log import install_engine
+
+    install_engine(engine)
     return engine
 
 
