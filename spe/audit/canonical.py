@@ -57,6 +57,8 @@ def canonical_json(value: Any) -> str:
 def canonical_details(details: Mapping[str, Any] | None) -> str:
     if details is None:
         return "{}"
+    if type(details) is dict:
+        return canonical_json(details)
     if not isinstance(details, Mapping):
         raise CanonicalisationError("audit details must be a JSON object")
     return canonical_json(dict(details))

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, event, insert
+from sqlalchemy import Connection, Engine, event, insert
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from spe.audit.canonical import CanonicalisationError, canonical_details
@@ -47,7 +47,8 @@ class AuditError(SPEError):
 
 def now_text() -> str:
     """The current UTC time in the fixed-width form audit events store."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat(timespec) is fixed-width and faster than strftime.
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def actor_name(actor: Any) -> str:
@@ -60,7 +61,7 @@ def actor_name(actor: Any) -> str:
 
 
 def record(
-    session: Session,
+    session: Session | Connection,
     actor: Any,
     action: str,
     target: str,
@@ -69,7 +70,13 @@ def record(
     project: str | None = None,
     dataset: str | None = None,
 ) -> None:
-    """Append an event to the log as part of ``session``'s transaction."""
+    """Append an event to the log as part of the caller's transaction.
+
+    With an ORM session the event is queued and inserted at flush or commit (one multi-row
+    insert per transaction). With a Core connection, for events that change nothing else
+    (logins, reads, cell audit), it is inserted at once; the connection's transaction commits
+    or rolls it back.
+    """
     if not _ACTION.match(action):
         raise AuditError(f"Audit action {action!r} must look like 'noun.verb' in lower case.")
     actor_text = actor_name(actor)
@@ -87,21 +94,25 @@ def record(
         details_text = canonical_details(details)
     except CanonicalisationError as exc:
         raise AuditError(f"The details of audit event {action} {exc}.") from None
+    row = {
+        "time": now_text(),
+        "actor": actor_text,
+        "action": action,
+        "target": target,
+        "project": None if project is None else str(project),
+        "dataset": None if dataset is None else str(dataset),
+        "details": details_text,
+    }
+    if isinstance(session, Connection):
+        if not session.in_transaction():
+            raise AuditError("record() on a connection needs an open transaction (engine.begin()).")
+        session.execute(_insert_events, row)
+        return
     info = session.info
     pending = info.get(_PENDING)
     if pending is None:
         pending = info[_PENDING] = []
-    pending.append(
-        {
-            "time": now_text(),
-            "actor": actor_text,
-            "action": action,
-            "target": target,
-            "project": None if project is None else str(project),
-            "dataset": None if dataset is None else str(dataset),
-            "details": details_text,
-        }
-    )
+    pending.append(row)
     info[_RECORDED] = info.get(_RECORDED, 0) + 1
 
 

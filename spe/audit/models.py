@@ -7,7 +7,7 @@ which keeps verification fast.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Index, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spe.db.base import Base, BigIntPK
@@ -20,6 +20,13 @@ class AuditEvent(Base):
         Index("ix_audit_events_project_seq", "project", "seq"),
         Index("ix_audit_events_action_seq", "action", "seq"),
         Index("ix_audit_events_time", "time"),
+        # The sealer's "what is not sealed yet" stays cheap however long the log grows.
+        Index(
+            "ix_audit_events_unsealed",
+            "id",
+            postgresql_where=text("seq IS NULL"),
+            sqlite_where=text("seq IS NULL"),
+        ),
     )
 
     # Insertion order; events are sealed in this order and given their seq then.

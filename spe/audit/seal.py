@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import func, insert, select, text
 
 from spe.audit.canonical import event_bytes
 from spe.audit.log import AuditError, now_text
@@ -28,12 +28,6 @@ from spe.keys.signing import checkpoint_signer
 # An arbitrary constant naming the sealer's advisory lock on PostgreSQL.
 _SEAL_LOCK = 0x5E_A1_0001
 
-_update_seal = (
-    update(AuditEvent.__table__)
-    .where(AuditEvent.__table__.c.id == bindparam("b_id"))
-    .values(seq=bindparam("b_seq"), leaf_hash=bindparam("b_leaf"))
-)
-
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -42,6 +36,7 @@ class Checkpoint:
     time: str
     key_id: str
     signature: str
+    sealed: int = 0  # events sealed by this checkpoint (not part of the signed statement)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -100,14 +95,16 @@ def seal_once(batch_max: int | None = None) -> Checkpoint | None:
                 f"The audit log has sealed events beyond its last checkpoint (seq {taken} > "
                 f"{frontier.size}); run `spe audit verify` before sealing again."
             )
-        updates = []
+        ids, seqs, leaves = [], [], []
         seq = frontier.size
         for row_id, t, actor, action, target, project, dataset, details in rows:
             seq += 1
             leaf = leaf_hash(event_bytes(seq, t, actor, action, target, project, dataset, details))
             frontier.append(leaf)
-            updates.append({"b_id": row_id, "b_seq": seq, "b_leaf": leaf})
-        session.connection().execute(_update_seal, updates)
+            ids.append(row_id)
+            seqs.append(seq)
+            leaves.append(leaf)
+        _write_seals(session, ids, seqs, leaves)
         signer = checkpoint_signer(session)
         stamp = now_text()
         root_hex = frontier.root().hex()
@@ -117,6 +114,7 @@ def seal_once(batch_max: int | None = None) -> Checkpoint | None:
             time=stamp,
             key_id=signer.key_id,
             signature=signer.sign(checkpoint_message(frontier.size, root_hex, stamp)),
+            sealed=len(rows),
         )
         session.connection().execute(
             insert(AuditCheckpoint.__table__),
@@ -124,6 +122,23 @@ def seal_once(batch_max: int | None = None) -> Checkpoint | None:
         )
     append_checkpoint_file(checkpoint)
     return checkpoint
+
+
+def _write_seals(session: SPESession, ids: list[int], seqs: list[int], leaves: list[bytes]) -> None:
+    """Give sealed events their seq and leaf hash: one set-based statement per batch."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "UPDATE audit_events AS e SET seq = v.seq, leaf_hash = v.leaf "
+            "FROM (SELECT unnest(%(ids)s::bigint[]) AS id, unnest(%(seqs)s::bigint[]) AS seq, "
+            "unnest(%(leaves)s::bytea[]) AS leaf) AS v WHERE e.id = v.id",
+            {"ids": ids, "seqs": seqs, "leaves": leaves},
+        )
+    else:
+        conn.exec_driver_sql(
+            "UPDATE audit_events SET seq = ?, leaf_hash = ? WHERE id = ?",
+            list(zip(seqs, leaves, ids, strict=True)),
+        )
 
 
 def seal_all() -> list[Checkpoint]:
@@ -153,10 +168,15 @@ def run_sealer(
     on_seal: Callable[[Checkpoint], None] | None = None,
 ) -> None:
     """Seal every ``interval`` seconds (default: the configured bound) until told to stop."""
-    interval = interval or get_settings().seal_interval_seconds
+    settings = get_settings()
+    interval = interval or settings.seal_interval_seconds
     while not should_stop():
         started = _time.monotonic()
+        # Seal what is pending; keep going only while batches come back full (a backlog),
+        # so that under steady load there is about one checkpoint per interval.
         while (checkpoint := seal_once()) is not None:
             if on_seal:
                 on_seal(checkpoint)
-        _time.sleep(max(0.0, interval - (_time.monotonic() - started)) or 0.01)
+            if checkpoint.sealed < settings.seal_batch_max:
+                break
+        _time.sleep(max(0.01, interval - (_time.monotonic() - started)))

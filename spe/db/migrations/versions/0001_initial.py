@@ -60,6 +60,13 @@ def upgrade() -> None:
         batch_op.create_index("ix_audit_events_actor_seq", ["actor", "seq"], unique=False)
         batch_op.create_index("ix_audit_events_project_seq", ["project", "seq"], unique=False)
         batch_op.create_index("ix_audit_events_time", ["time"], unique=False)
+        batch_op.create_index(
+            "ix_audit_events_unsealed",
+            ["id"],
+            unique=False,
+            postgresql_where=sa.text("seq IS NULL"),
+            sqlite_where=sa.text("seq IS NULL"),
+        )
 
     op.create_table(
         "jobs",
@@ -461,6 +468,7 @@ def downgrade() -> None:
 
     op.drop_table("jobs")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_events_unsealed")
         batch_op.drop_index("ix_audit_events_time")
         batch_op.drop_index("ix_audit_events_project_seq")
         batch_op.drop_index("ix_audit_events_actor_seq")
