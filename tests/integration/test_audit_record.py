@@ -44,9 +44,9 @@ def test_event_on_a_connection_without_a_transaction_is_refused(spe_env):
 
 def test_unclean_text_is_refused_with_a_sentence(spe_env):
     with get_engine().begin() as conn:
-        with pytest.raises(AuditError, match="target .* not clean text"):
+        with pytest.raises(AuditError, match=r"target .* not clean text"):
             record(conn, "alice", "user.login", "user:\x00alice")
-        with pytest.raises(AuditError, match="actor .* not clean text"):
+        with pytest.raises(AuditError, match=r"actor .* not clean text"):
             record(conn, "al\udc80ice", "user.login", "user:alice")
-        with pytest.raises(AuditError, match="noun.verb"):
+        with pytest.raises(AuditError, match=r"noun\.verb"):
             record(conn, "alice", "Login", "user:alice")
