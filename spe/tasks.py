@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
+from kombu import pools
 
 from spe.config import get_settings
 from spe.jobs import service as jobs
@@ -29,6 +30,12 @@ def configure() -> Celery:
         Path(settings.broker_url.removeprefix("sqla+sqlite:///")).parent.mkdir(
             parents=True, exist_ok=True
         )
+    if app.conf.broker_url not in (None, settings.broker_url):
+        # Celery builds its connection and producer pools once, for the first broker it sees;
+        # drop them, or a re-configured process keeps sending its jobs to the old broker.
+        pools.reset()
+        app._pool = None
+        app.amqp._producer_pool = None
     app.conf.update(
         broker_url=settings.broker_url,
         task_acks_late=True,
@@ -95,6 +102,10 @@ def reap_stale_jobs() -> list[str]:
 @signals.worker_ready.connect
 def _recover_on_start(**_kwargs: Any) -> None:
     reap_stale_jobs()
+    # A worker restarted soon after a crash finds the crashed job's heartbeat still fresh, and
+    # the broker does not redeliver its message (SQLAlchemy: never; Redis: after an hour): look
+    # again once that heartbeat has gone stale.
+    reap_stale_jobs.apply_async(countdown=get_settings().job_stale_after_seconds + 1)
 
 
 def dispatch(job_id: str) -> None:
