@@ -43,18 +43,26 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
 
 
 def maintenance(stop: threading.Event, every_seconds: float = 3600.0) -> None:
-    """Periodic upkeep: deactivate accounts idle for SPE_INACTIVITY_DAYS (audited)."""
+    """Periodic upkeep: deactivate accounts idle for SPE_INACTIVITY_DAYS (audited), and re-send
+    jobs whose worker died or whose message the broker lost (every SPE_JOB_STALE_AFTER_SECONDS)."""
+    import time
+
     from spe.accounts.service import deactivate_inactive
     from spe.db import transaction
-    from spe.errors import SPEError
+    from spe.tasks import reap_stale_jobs
 
+    settings = get_settings()
+    last_accounts = 0.0
     while not stop.is_set():
         try:
-            with transaction() as session:
-                deactivate_inactive(session, get_settings().inactivity_days)
-        except SPEError as exc:  # keep running; the next round tries again
+            if time.monotonic() - last_accounts >= every_seconds:
+                with transaction() as session:
+                    deactivate_inactive(session, settings.inactivity_days)
+                last_accounts = time.monotonic()
+            reap_stale_jobs()
+        except Exception as exc:
             click.echo(f"maintenance: {exc}", err=True)
-        stop.wait(every_seconds)
+        stop.wait(settings.job_stale_after_seconds)
 
 
 def run_platform(announce: bool = True) -> None:

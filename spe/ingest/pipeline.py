@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -55,7 +56,7 @@ from spe.keys.pseudonyms import (
 from spe.storage import data_storage, sha256_file
 
 PERSON_COLUMN = "person_id"
-BLOCK_SIZE = 1 << 23  # bytes of CSV per batch: ~100k rows, bounded memory
+BLOCK_SIZE = 1 << 23  # bytes of CSV per batch: ~400k rows, bounded memory
 _SCAN_CHUNK = 1 << 24
 # Stable context codes inside the pseudonym block (never renumber: pseudonyms depend on them).
 _KIND_CONTEXT = {
@@ -111,7 +112,13 @@ def _line_of(data: bytes, offset: int, lines_before: int) -> int:
     return lines_before + data.count(b"\n", 0, offset) + 1
 
 
-def scan_csv(path: Path, declared: str, delimiter: str | None, max_line: int) -> ScanResult:
+def scan_csv(
+    path: Path,
+    declared: str,
+    delimiter: str | None,
+    max_line: int,
+    tick: Callable[[], None] | None = None,
+) -> ScanResult:
     """One pass over the raw bytes: hash, encoding check, longest line, header."""
     size = path.stat().st_size
     if size == 0:
@@ -125,6 +132,8 @@ def scan_csv(path: Path, declared: str, delimiter: str | None, max_line: int) ->
     header_bytes = b""
     with open(path, "rb") as fh:
         while chunk := fh.read(_SCAN_CHUNK):
+            if tick:
+                tick()
             digest.update(chunk)
             if not header_bytes:
                 header_bytes = chunk[: chunk.find(b"\n") + 1 or len(chunk)]
@@ -205,10 +214,14 @@ def check_columns(header: list[str], policy: DatasetPolicy, source: str) -> None
 
 
 class _Dedup:
-    """Remembers the person numbers seen so far (sorted int64), for one-row-per-person data."""
+    """Remembers the person numbers seen so far, for one-row-per-person data.
+
+    Seen numbers are kept as a few sorted runs of decreasing size (merged when a run grows to
+    half its elder's size), so each batch costs a sort of itself plus a binary search per run.
+    """
 
     def __init__(self) -> None:
-        self.seen = np.empty(0, dtype=np.int64)
+        self.runs: list[np.ndarray] = []
 
     def duplicates(self, values: np.ndarray) -> np.ndarray:
         """Mask of values already seen (earlier batches, or earlier in this batch)."""
@@ -217,19 +230,22 @@ class _Dedup:
         order = np.argsort(values, kind="stable")
         ordered = values[order]
         repeat = np.concatenate(([False], ordered[1:] == ordered[:-1]))
-        if len(self.seen):
-            # Sorted queries into the sorted history: cache-friendly binary searches.
-            pos = np.searchsorted(self.seen, ordered)
-            pos[pos == len(self.seen)] = 0
-            repeat |= self.seen[pos] == ordered
+        for run in self.runs:
+            pos = np.searchsorted(run, ordered)
+            pos[pos == len(run)] = 0
+            repeat |= run[pos] == ordered
         dup[order[repeat]] = True
-        # Two sorted runs: the stable sort (timsort) merges them in linear time.
-        self.seen = np.sort(np.concatenate((self.seen, ordered[~repeat])), kind="stable")
+        self.runs.append(ordered[~repeat])
+        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
+            newer = self.runs.pop()
+            # Two sorted runs: the stable sort (timsort) merges them in linear time.
+            self.runs[-1] = np.sort(np.concatenate((self.runs[-1], newer)), kind="stable")
         return dup
 
 
-def _empty_to_null(col: pa.Array) -> pa.Array:
-    col = pc.utf8_trim_whitespace(col)
+def _empty_to_null(col: pa.Array, trim: bool = False) -> pa.Array:
+    if trim:
+        col = pc.utf8_trim_whitespace(col)
     return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
 
 
@@ -337,7 +353,7 @@ class _Batcher:
         n = batch.num_rows
         self.rows += n
         person = self.policy.person_column
-        raw_ids = _empty_to_null(batch.column(person.name))
+        raw_ids = _empty_to_null(batch.column(person.name), trim=True)
         if self.history is not None:
             raw_ids = self.history.apply(raw_ids)
         reason_codes, kind_codes = ids.check_fnr_array(raw_ids, self.rules)
@@ -445,6 +461,7 @@ def ingest(
 ) -> IngestResult:
     """Ingest ``source`` under ``policy`` as ``actor_name``; idempotent for the same input."""
     settings = get_settings()
+    started = time.perf_counter()
     source = Path(source)
     if not source.exists():
         raise IngestError(f"There is no file {source}.")
@@ -462,7 +479,13 @@ def ingest(
     history = IdentifierHistory.load(history_path, rules) if history_path else None
     fmt = "parquet" if source.suffix.lower() in (".parquet", ".pq") else "csv"
     if fmt == "csv":
-        scan = scan_csv(source, policy.encoding, policy.delimiter, settings.ingest_max_line_bytes)
+        scan = scan_csv(
+            source,
+            policy.encoding,
+            policy.delimiter,
+            settings.ingest_max_line_bytes,
+            (lambda: progress(0, 0)) if progress else None,
+        )
         check_columns(scan.header, policy, source.name)
         source_sha, encoding, total = scan.sha256, scan.encoding, scan.lines - 1
     else:
@@ -498,6 +521,8 @@ def ingest(
 
     storage = data_storage()
     relative = f"holders/{holder_id}/datasets/{policy.dataset}/{key[:24]}"
+    # Leftovers of a killed run (never visible as a dataset) go before we write again.
+    storage.clean_stale_temporaries(f"holders/{holder_id}/datasets/{policy.dataset}")
     schema = output_schema(policy)
     batcher = _Batcher(
         policy,
@@ -509,7 +534,14 @@ def ingest(
     )
     q_context = f"quarantine:{policy.dataset}:{key}"
     with storage.atomic_dir(relative) as tmp:
-        writer = pq.ParquetWriter(tmp / "data.parquet", schema, compression="zstd")
+        writer = pq.ParquetWriter(
+            tmp / "data.parquet",
+            schema,
+            compression="zstd",
+            # Pseudonyms are random: dictionaries and statistics would only cost time.
+            use_dictionary=[f.name for f in schema if f.name != PERSON_COLUMN],
+            write_statistics=[f.name for f in schema if f.name != PERSON_COLUMN],
+        )
         quarantine = open(tmp / "quarantine.sealed", "wb")  # noqa: SIM115 - closed below
         frame = 0
         try:
@@ -545,6 +577,7 @@ def ingest(
             c.name for c in policy.columns if c.cls == ColumnClass.DIRECT_IDENTIFIER
         ],
         "generalised": {c.name: c.generalise.value for c in policy.columns if c.generalise},
+        "seconds": round(time.perf_counter() - started, 3),
     }
     return _register(
         actor_name, policy, holder_id, key, source, fmt, encoding, relative, data_sha, size, report

@@ -128,7 +128,8 @@ class Progress:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if now - self.last < 1.0 and done < total:
+        finished = total > 0 and done >= total
+        if now - self.last < HEARTBEAT_SECONDS and not finished:
             return
         self.last = now
         with transaction() as session:
@@ -157,14 +158,19 @@ def finish(job_id: str, result: dict[str, Any] | None = None, error: str | None 
 
 
 def run(job_id: str, work: Callable[[dict[str, Any], Progress], dict[str, Any]]) -> JobView:
-    """Claim and run a job; a user error fails the job with its sentence, a crash leaves it
-    running until its heartbeat goes stale, so another worker retries it."""
+    """Claim and run a job; a user error fails the job with its sentence, a bug fails it as an
+    internal error, and a killed worker leaves it running until its heartbeat goes stale, so
+    another worker retries it."""
     params = claim(job_id)
     if params is not None:
         try:
             result = work(params, Progress(job_id))
         except SPEError as exc:
             finish(job_id, error=exc.message)
+        except Exception as exc:
+            # A bug, not bad input: the job fails visibly instead of being retried forever.
+            finish(job_id, error=f"internal error ({type(exc).__name__}: {exc}); please report it")
+            raise
         else:
             finish(job_id, result=result)
     return get(job_id)

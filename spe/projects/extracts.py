@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,11 +135,19 @@ class ExtractResult:
     created: bool
     rows: int
     path: str
+    seconds: float = 0.0
 
 
 def _extract_key(version: DatasetVersion, grant: ProjectGrant, project_id: str) -> str:
     material = "\n".join(
-        [version.data_sha256, grant.variables, grant.generalisations, project_id, "v1"]
+        [
+            str(version.dataset_id),
+            version.data_sha256,
+            grant.variables,
+            grant.generalisations,
+            project_id,
+            "v1",
+        ]
     )
     return hashlib.sha256(material.encode()).hexdigest()
 
@@ -147,6 +156,7 @@ def extract(
     project_slug: str, dataset_name: str, progress: Callable[[int, int], None] | None = None
 ) -> ExtractResult:
     """Build (or find) the project's extract of a granted dataset; idempotent."""
+    started = time.perf_counter()
     with transaction() as session:
         project = session.scalar(select(Project).where(Project.slug == project_slug))
         if project is None:
@@ -191,6 +201,7 @@ def extract(
         source_path, number, version_id = version.path, version.version, version.id
     storage = data_storage()
     relative = f"projects/{project_id}/extracts/{dataset_name}/{key[:24]}"
+    storage.clean_stale_temporaries(f"projects/{project_id}/extracts/{dataset_name}")
     source = pq.ParquetFile(storage.path(source_path))
     total = source.metadata.num_rows
     rows = 0
@@ -270,7 +281,15 @@ def extract(
             project=project_slug,
             dataset=dataset_name,
         )
-    return ExtractResult(project_slug, dataset_name, number, True, rows, f"{relative}/data.parquet")
+    return ExtractResult(
+        project_slug,
+        dataset_name,
+        number,
+        True,
+        rows,
+        f"{relative}/data.parquet",
+        round(time.perf_counter() - started, 3),
+    )
 
 
 def _hex_strings(hexes: Any) -> pa.Array:
