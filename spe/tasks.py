@@ -93,6 +93,7 @@ def run_job(self: Any, job_id: str) -> None:
 @app.task(name="spe.reap_stale_jobs")
 def reap_stale_jobs() -> list[str]:
     """Re-send jobs whose worker died; safe because a job runs only once it is claimed."""
+    configure()  # the broker of the current settings (a no-op when it has not changed)
     stale = jobs.stale_jobs()
     for job_id in stale:
         run_job.delay(job_id)

@@ -444,21 +444,18 @@ def test_redis_restarted_mid_ingest_the_job_completes_once_with_the_uninterrupte
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a queued job whose message a restarted broker lost is re-sent only when a "
-    "worker starts (spe/tasks.py reaps stale jobs at worker_ready only), so it waits while the "
-    "workers live; proposed fix: `spe up` (spe/platform.py, its maintenance loop) calls "
-    "spe.tasks.reap_stale_jobs() every SPE_JOB_STALE_AFTER_SECONDS",
-)
 def test_job_queued_when_redis_restarts_still_runs_while_the_worker_lives(
     private_redis, spe_env, workers, run_spe, registry
 ):
     """A job waiting in the broker's queue (the only worker is busy) when a Redis without
-    persistence restarts loses its message; the job table still says queued, and a live
-    worker should take it up once it has waited longer than the staleness limit."""
+    persistence restarts loses its message; the job table still says queued, and the platform's
+    maintenance loop (what `spe up` runs beside the worker) re-sends it once it has waited
+    longer than the staleness limit, so the live worker takes it up."""
+    import threading
+
+    from spe.config import reset_settings
     from spe.jobs.service import get
+    from spe.platform import maintenance
 
     stale = 3
     source = registry / "income.csv"
@@ -470,6 +467,18 @@ def test_job_queued_when_redis_restarts_still_runs_while_the_worker_lives(
     waiting = _send_income_ingest(run_spe, source, private_redis.url)
     private_redis.restart()
     assert get(waiting).status == "queued"
-    assert wait_for_job(running, RECOVERY_SECONDS).status == "done"
-    view = wait_for_job(waiting, 3 * stale)  # fails: still queued
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPE_BROKER_URL", private_redis.url)
+        mp.setenv("SPE_JOB_STALE_AFTER_SECONDS", str(stale))
+        reset_settings()
+        stop = threading.Event()
+        loop = threading.Thread(target=maintenance, args=(stop,), daemon=True)
+        loop.start()
+        try:
+            assert wait_for_job(running, RECOVERY_SECONDS).status == "done"
+            view = wait_for_job(waiting, RECOVERY_SECONDS)
+        finally:
+            stop.set()
+            loop.join(timeout=10)
+    reset_settings()
     assert view.status == "done"
