@@ -1073,6 +1073,117 @@ def task_status(job_id: str) -> None:
     click.echo(describe(get(job_id)))
 
 
+# --- disclosure control -------------------------------------------------------------------------
+
+
+@cli.group()
+def sdc() -> None:
+    """Disclosure control checks (exit 0 pass, 9 fail, 10 needs a human review)."""
+
+
+_SDC_EXIT = {"pass": 0, "fail": 9, "review": 10}
+
+
+def _sdc_print(report: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        data = report.to_dict()
+        click.echo(f"status: {data['status']}")
+        for cell in data.get("cells", []):
+            for rule in cell.get("failing", []):
+                labels = ", ".join(str(x) for x in (*cell["index"], *cell["columns"]))
+                click.echo(f"  [{labels}] {rule['verdict']}: {rule['sentence']}")
+        for rule in data.get("failing", []):
+            click.echo(f"  {rule['verdict']}: {rule['sentence']}")
+        for note in data.get("notes", []):
+            click.echo(f"  note: {note}")
+    sys.exit(_SDC_EXIT.get(report.to_dict()["status"], 9))
+
+
+@sdc.command("crosstab")
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="CSV or Parquet file.",
+)
+@click.option("--index", required=True, help="Comma-separated row variables.")
+@click.option("--columns", required=True, help="Comma-separated column variables.")
+@click.option("--values", help="The variable to aggregate (with --agg other than count).")
+@click.option(
+    "--agg",
+    default="count",
+    show_default=True,
+    type=click.Choice(["count", "sum", "mean", "median", "std", "min", "max", "mode"]),
+)
+@click.option("--person-id", help="The pseudonymised person column (counts persons, not rows).")
+@click.option(
+    "--policy",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A stricter rules file (it can only tighten the rules).",
+)
+@click.option("--holder", help="Apply this data holder's rules.")
+@click.option("--dataset", "dataset_name", help="Apply this dataset's rules.")
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable report.")
+def sdc_crosstab(
+    data: Path,
+    index: str,
+    columns: str,
+    values: str | None,
+    agg: str,
+    person_id: str | None,
+    policy: Path | None,
+    holder: str | None,
+    dataset_name: str | None,
+    as_json: bool,
+) -> None:
+    """Check a table: every cell, every rule, with the numbers behind each verdict."""
+    from spe.sdc.commands import crosstab_command
+
+    report = crosstab_command(
+        data, index, columns, values, agg, person_id, policy, holder=holder, dataset=dataset_name
+    )
+    _sdc_print(report, as_json)
+
+
+@sdc.command("model")
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="CSV or Parquet file.",
+)
+@click.option("--formula", required=True, help='A model formula, e.g. "y ~ x1 + x2".')
+@click.option(
+    "--kind", default="ols", show_default=True, type=click.Choice(["ols", "logit", "probit"])
+)
+@click.option("--person-id", help="The pseudonymised person column.")
+@click.option("--policy", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--holder", help="Apply this data holder's rules.")
+@click.option("--dataset", "dataset_name", help="Apply this dataset's rules.")
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable report.")
+def sdc_model(
+    data: Path,
+    formula: str,
+    kind: str,
+    person_id: str | None,
+    policy: Path | None,
+    holder: str | None,
+    dataset_name: str | None,
+    as_json: bool,
+) -> None:
+    """Check a model (residual degrees of freedom and more)."""
+    from spe.sdc.commands import model_command
+
+    report = model_command(
+        data, formula, kind, person_id, policy, holder=holder, dataset=dataset_name
+    )
+    _sdc_print(report, as_json)
+
+
 # --- demo and platform -------------------------------------------------------------------------
 
 
