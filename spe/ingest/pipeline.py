@@ -112,6 +112,41 @@ def _line_of(data: bytes, offset: int, lines_before: int) -> int:
     return lines_before + data.count(b"\n", 0, offset) + 1
 
 
+def _check_line_lengths(
+    path: Path, chunk: bytes, current: int, lines_before: int, max_line: int
+) -> int:
+    """Refuse a line longer than ``max_line``; returns the length of the line left open.
+
+    A line that long must contain a whole aligned window of ``max_line // 2`` bytes, so one
+    ``find`` per window clears a chunk; only a window without a newline is looked at closely.
+    """
+    first = chunk.find(b"\n")
+    if first < 0:
+        if current + len(chunk) > max_line:
+            _too_long(path, lines_before + 1, max_line)
+        return current + len(chunk)
+    if current + first > max_line:
+        _too_long(path, lines_before + 1, max_line)
+    last = chunk.rfind(b"\n")
+    half = max(1, max_line // 2)
+    for start in range(first + 1, last, half):
+        end = min(start + half, last)
+        if chunk.find(b"\n", start, end) >= 0:
+            continue
+        before = chunk.rfind(b"\n", 0, start)
+        after = chunk.find(b"\n", end)
+        if after - before - 1 > max_line:
+            _too_long(path, lines_before + chunk.count(b"\n", 0, before + 1) + 1, max_line)
+    return len(chunk) - last - 1
+
+
+def _too_long(path: Path, line: int, max_line: int) -> None:
+    raise IngestError(
+        f"{path.name} line {line} is longer than {max_line:,} bytes; lines that long are "
+        "refused (is the file really CSV with one record per line?)."
+    )
+
+
 def scan_csv(
     path: Path,
     declared: str,
@@ -137,37 +172,21 @@ def scan_csv(
             digest.update(chunk)
             if not header_bytes:
                 header_bytes = chunk[: chunk.find(b"\n") + 1 or len(chunk)]
-            if utf8_ok:
+            # ASCII needs no decoding, unless a multi-byte character is still open.
+            if utf8_ok and (not chunk.isascii() or decoder.getstate()[0]):
+                non_ascii = True
                 try:
                     decoder.decode(chunk)
                 except UnicodeDecodeError as exc:
                     utf8_ok = False
                     first_bad_line = _line_of(chunk, exc.start, lines)
-            arr = np.frombuffer(chunk, dtype=np.uint8)
-            if not non_ascii and int(arr.max()) > 127:
-                non_ascii = True
-            newlines = np.flatnonzero(arr == 10)
-            if len(newlines):
-                gaps = np.diff(newlines, prepend=-1)
-                gaps[0] += current_line
-                longest = int(gaps.max())
-                if longest > max_line:
-                    index = int(np.argmax(gaps > max_line))
-                    raise IngestError(
-                        f"{path.name} line {lines + index + 1} is {longest:,} bytes long; lines "
-                        f"over {max_line:,} bytes are refused (is the file really CSV with one "
-                        "record per line?)."
-                    )
-                current_line = len(chunk) - int(newlines[-1]) - 1
-            else:
-                current_line += len(chunk)
-            if current_line > max_line:
-                raise IngestError(
-                    f"{path.name} line {lines + len(newlines) + 1} is longer than {max_line:,} "
-                    "bytes; lines that long are refused (is the file really CSV with one record "
-                    "per line?)."
-                )
-            lines += len(newlines)
+            current_line = _check_line_lengths(path, chunk, current_line, lines, max_line)
+            lines += chunk.count(b"\n")
+    if utf8_ok:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            utf8_ok, first_bad_line = False, lines + 1
     if current_line:
         lines += 1
     if declared == "utf-8" and not utf8_ok:
