@@ -21,6 +21,7 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff format .

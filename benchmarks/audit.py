@@ -11,7 +11,7 @@ in the ``test`` database, dropped at the end.
     and 8 concurrent writers; ``record()`` inside ``spe.db.transaction()`` (an ORM session, the
     path of state changes) is reported beside it as ``record_session``. The sealer runs as in
     production: a background thread running ``run_sealer``'s loop; its own figures ride along
-    as ``sealer_*`` keys. ``--sealer interval|off`` changes that.
+    as ``sealer_*`` keys. ``--sealer off`` measures without sealing.
 (b) The same with 1,000 events per transaction (one executemany against 1,000 record() calls
     in an ORM session, which queues them into one multi-row insert).
 (c) ``verify_log`` over N events (default 1,000,000): bulk-inserted, sealed with ``seal_all``
@@ -26,7 +26,7 @@ the table affects both alike.
 
     .venv/bin/python benchmarks/audit.py [--quick] [--events N] [--backend sqlite|postgresql]
         [--part a|b|c] [--seconds S] [--rounds R] [--batch N] [--checkpoints M]
-        [--sealer loop|interval|off]
+        [--sealer loop|off]
 """
 
 from __future__ import annotations
@@ -167,9 +167,8 @@ def sqlite_path() -> str:
 class Sealer:
     """A background thread sealing every ``interval`` seconds, each ``seal_once`` call timed.
 
-    ``loop`` is ``run_sealer``'s loop (seal until nothing is pending, then sleep out the
-    interval); ``interval`` calls ``seal_once`` once a second (again at once only when it
-    sealed a full batch); ``off`` does not seal.
+    ``loop`` is ``run_sealer``'s loop as in production: ``seal_once`` every ``interval``, again
+    at once only while batches come back full (a backlog); ``off`` does not seal.
     """
 
     def __init__(self, mode: str = "loop", interval: float = 1.0) -> None:
@@ -201,7 +200,7 @@ class Sealer:
                     sealed = checkpoint.tree_size - self._size_before - self.sealed
                     self.sealed += sealed
                     self.checkpoints += 1
-                    if self.mode == "interval" and sealed < self.batch_max:
+                    if sealed < self.batch_max:
                         break
                 self.busy += time.monotonic() - started
                 remaining = self.interval - (time.monotonic() - started)
@@ -236,8 +235,8 @@ class Sealer:
 
 
 SEALER_NOTE = {
-    "loop": "thread in this process running run_sealer's loop: seal until idle, every 1 s",
-    "interval": "thread in this process: one seal_once a second (more only after a full batch)",
+    "loop": "thread in this process running run_sealer's loop: one seal_once a second, more "
+    "only while batches come back full",
     "off": "none: no sealing while writing",
 }
 

@@ -45,7 +45,7 @@ DEMO_USERS = [
 ]
 
 
-def _org(session, actor: User, name: str, kind: OrgKind) -> Organisation:  # type: ignore[no-untyped-def]
+def _org(session, actor: User, name: str, kind: OrgKind) -> Organisation:
     org = session.scalar(select(Organisation).where(Organisation.name == name))
     return org or create_organisation(session, actor, name, kind)
 
@@ -156,6 +156,7 @@ def publish_demo_data(persons: int = DEMO_PERSONS) -> list[str]:
     for slug, datasets in grants.items():
         with transaction() as session:
             project = session.scalar(select(Project).where(Project.slug == slug))
+            assert project is not None  # created by set_up_demo
             holder_user = get_user(session, "demo-holder")
             for name, (variables, gens) in datasets.items():
                 grant_dataset(session, holder_user, project, name, variables, gens)
@@ -177,10 +178,10 @@ def _join_check() -> str:
     storage = data_storage()
     with transaction() as session:
         ours = current_extracts(
-            session, session.scalar(select(Project).where(Project.slug == PROJECT))
+            session, session.scalars(select(Project).where(Project.slug == PROJECT)).one()
         )
         theirs = current_extracts(
-            session, session.scalar(select(Project).where(Project.slug == OTHER_PROJECT))
+            session, session.scalars(select(Project).where(Project.slug == OTHER_PROJECT)).one()
         )
     population = set(
         pq.read_table(storage.path(ours["population"].path), columns=["person_id"])[

@@ -36,7 +36,7 @@ _DML = re.compile(
     r'(?:"?\w+"?\.)?"?(\w+)"?',
     re.IGNORECASE,
 )
-_insert_events = insert(AuditEvent.__table__)
+_insert_events = insert(AuditEvent.__table__)  # type: ignore[arg-type]
 
 
 class AuditError(SPEError):

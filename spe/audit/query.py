@@ -180,7 +180,7 @@ def _tree(session: Session, size: int) -> MerkleTree:
     )
     if len(leaves) != size or any(leaf is None for leaf in leaves):
         raise AuditError("The log does not hold every sealed event; run `spe audit verify`.")
-    return MerkleTree([bytes(leaf) for leaf in leaves])
+    return MerkleTree([bytes(leaf) for leaf in leaves if leaf is not None])
 
 
 def _cp_json(cp: AuditCheckpoint) -> dict[str, Any]:

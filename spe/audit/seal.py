@@ -117,7 +117,7 @@ def seal_once(batch_max: int | None = None) -> Checkpoint | None:
             sealed=len(rows),
         )
         session.connection().execute(
-            insert(AuditCheckpoint.__table__),
+            insert(AuditCheckpoint.__table__),  # type: ignore[arg-type]
             {**checkpoint.to_json(), "frontier": json.dumps(frontier.to_json())},
         )
     append_checkpoint_file(checkpoint)

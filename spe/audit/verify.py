@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine
 
@@ -83,33 +83,34 @@ class _Snapshot:
 
     def __enter__(self) -> _Snapshot:
         self.raw = self.engine.raw_connection()
+        self.driver = cast(Any, self.raw.driver_connection)
         if self.postgres:
             import psycopg
 
             self.raw.rollback()
-            self.raw.driver_connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            self.driver.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         else:
-            self.raw.driver_connection.execute("BEGIN")
+            self.driver.execute("BEGIN")
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
             self.raw.rollback()
             if self.postgres:
-                self.raw.driver_connection.isolation_level = None
+                self.driver.isolation_level = None
         finally:
             self.raw.close()
 
     def all(self, query: str) -> list[tuple[Any, ...]]:
         cursor = self.raw.cursor()
         cursor.execute(query)
-        rows = cursor.fetchall()
+        rows = list(cursor.fetchall())
         cursor.close()
         return rows
 
     def stream(self, query: str, batch: int = 20000) -> Iterator[list[tuple[Any, ...]]]:
         if self.postgres:
-            cursor = self.raw.driver_connection.cursor(name="spe_audit_verify")  # server-side
+            cursor = self.driver.cursor(name="spe_audit_verify")  # server-side
             cursor.itersize = batch
         else:
             cursor = self.raw.cursor()
@@ -127,7 +128,7 @@ def _scan(
     batches: Iterator[list[tuple[Any, ...]]], expected: int, progress: Callable[[int], None] | None
 ) -> tuple[list[bytes], list[Finding], int]:
     """Recompute leaf hashes of events in seq order from ``expected`` on (the hot loop)."""
-    from json.encoder import encode_basestring as enc  # type: ignore[attr-defined]
+    from json.encoder import encode_basestring as enc
 
     leaves: list[bytes] = []
     append = leaves.append
@@ -241,7 +242,7 @@ def load_external_checkpoints(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             obj = json.loads(line)
-            cp = {
+            cp: dict[str, Any] = {
                 "tree_size": int(obj["tree_size"]),
                 "root_hash": str(obj["root_hash"]),
                 "time": str(obj["time"]),
@@ -378,10 +379,10 @@ def _verify_in(
                 continue
             blamed = True
             # Name the first event already caught in this range, else the range's start.
-            first = next((seq for seq in direct if good < seq <= size), good + 1)
+            named = next((seq for seq in direct if good < seq <= size), good + 1)
             findings.append(
                 Finding(
-                    first,
+                    named,
                     f"events {good + 1}..{size} do not match the {origin} checkpoint at "
                     f"tree size {size}: an event in that range was edited, inserted, "
                     "deleted or reordered",

@@ -336,7 +336,7 @@ def _numpy_columns(values: np.ndarray, width: int) -> _DigitColumns:
     if chars_per_item < width:
         return _DigitColumns(np.zeros((width, n), np.int16), np.zeros(n, bool), missing)
     # numpy pads with NUL: a value is `width` digits when those are digits and the rest is NUL
-    well_formed = ~codes[:, width:].any(axis=1)
+    well_formed = np.asarray(~codes[:, width:].any(axis=1), dtype=bool)
     return _columns(codes[:, :width], well_formed, missing)
 
 

@@ -610,7 +610,7 @@ def _write_frame(
     fh.write(len(sealed).to_bytes(8, "big") + (b"F" if final else b"M") + sealed)
 
 
-def _batches(source: Path, fmt: str, policy: DatasetPolicy, encoding: str, scan: ScanResult | None):  # type: ignore[no-untyped-def]
+def _batches(source: Path, fmt: str, policy: DatasetPolicy, encoding: str, scan: ScanResult | None):
     if fmt == "parquet":
         line = 1
         parquet = pq.ParquetFile(source)

@@ -764,9 +764,9 @@ def _with_defects(
             fnr_changes[row] = identity[row].as_py()[:10]
         elif kind == "malformed_letter":
             value = identity[row].as_py()
-            position = int(rng.integers(0, 11))
+            at = int(rng.integers(0, 11))
             letter = "ABCDEFGHJKLMNOPRSTUVWXYZ"[int(rng.integers(0, 24))]
-            fnr_changes[row] = value[:position] + letter + value[position + 1 :]
+            fnr_changes[row] = value[:at] + letter + value[at + 1 :]
     columns = dict(columns)
     columns["fnr"] = _replace(identity, fnr_changes)
     columns["municipality"] = _replace(

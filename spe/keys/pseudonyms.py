@@ -14,7 +14,7 @@ the ~26 M plausible numbers; what protects people is that the key never leaves t
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import NoReturn
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -48,7 +48,7 @@ class _AESBlock:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("keys cannot be pickled")
 
     def permute(self, blocks: np.ndarray) -> np.ndarray:
@@ -95,7 +95,7 @@ class QuarantineSealer:
     def __repr__(self) -> str:
         return "QuarantineSealer()"
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("keys cannot be pickled")
 
     def seal(self, data: bytes, context: str) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -44,7 +45,7 @@ class CheckpointSigner:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("signing keys cannot be pickled")
 
     def sign(self, message: bytes) -> str:

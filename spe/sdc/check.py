@@ -246,7 +246,11 @@ class TableReport:
                 )
             ]
         if rule == "threshold":
-            numbers = {"persons": persons, "threshold": rules.threshold, "rows": int(st.rows[i])}
+            numbers: dict[str, Any] = {
+                "persons": persons,
+                "threshold": rules.threshold,
+                "rows": int(st.rows[i]),
+            }
             what = "persons with a value" if self.values and self.agg != "count" else "persons"
             if self.person_id is None:
                 what = "rows (no person column was given, so each row counts as a person)"

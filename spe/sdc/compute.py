@@ -354,7 +354,7 @@ def cell_stats(
             None if holder_persons is None else holder_persons.size,
             n_cells,
         )
-        if persons is not None:
+        if persons is not None and holder_persons is not None:
             _distinct_persons(stats, cell_v, holder_persons, n_cells)
         return stats
 
