@@ -938,7 +938,7 @@ def dataset_quarantine(ctx: click.Context, name: str, number: int | None, out: P
 
 @cli.group()
 def catalogue() -> None:
-    """The public catalogue of datasets (DGA Art. 8 information point)."""
+    """The public catalogue of datasets: the DGA Article 8 information point."""
 
 
 @catalogue.command("list")
@@ -1198,7 +1198,7 @@ def demo(no_start: bool) -> None:
 
 @cli.command("up")
 def up() -> None:
-    """Start the platform on this machine (what exists so far: the audit sealer)."""
+    """Start the platform on this machine: audit sealer, task worker, maintenance."""
     from spe.platform import run_platform
 
     run_platform()
