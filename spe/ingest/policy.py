@@ -7,7 +7,6 @@ validated at load; an error names the file, the line and the fix.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import hashlib
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 
 from spe.errors import SPEError
+from spe.policyfile import Located, compose, pairs, suggest
 
 
 class PolicyError(SPEError):
@@ -111,35 +111,13 @@ _COLUMN_KEYS = {"class", "type", "description", "generalise", "required"}
 _ID_KEYS = {"allow_synthetic", "allow_d_number", "allow_h_number", "allow_2032_rule"}
 
 
-class _Located:
-    """A YAML node tree walker that knows line numbers."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, node: yaml.Node | None, message: str) -> PolicyError:
-        line = f", line {node.start_mark.line + 1}" if node is not None else ""
-        return PolicyError(f"{self.path}{line}: {message}")
-
-
-def _suggest(word: str, options: set[str] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _mapping(loc: _Located, node: yaml.Node, what: str) -> list[tuple[yaml.Node, yaml.Node]]:
-    if not isinstance(node, yaml.MappingNode):
-        raise loc.fail(node, f"{what} must be a mapping of names to values.")
-    return node.value
-
-
-def _scalar(loc: _Located, node: yaml.Node, what: str) -> str:
+def _scalar(loc: Located, node: yaml.Node, what: str) -> str:
     if not isinstance(node, yaml.ScalarNode):
         raise loc.fail(node, f"{what} must be a single value.")
     return str(node.value)
 
 
-def _bool(loc: _Located, node: yaml.Node, what: str) -> bool:
+def _bool(loc: Located, node: yaml.Node, what: str) -> bool:
     text = _scalar(loc, node, what).lower()
     if text in ("true", "yes", "on"):
         return True
@@ -148,7 +126,7 @@ def _bool(loc: _Located, node: yaml.Node, what: str) -> bool:
     raise loc.fail(node, f"{what} must be true or false, not {text!r}.")
 
 
-def _enum(loc: _Located, node: yaml.Node, kind: type[enum.StrEnum], what: str) -> Any:
+def _enum(loc: Located, node: yaml.Node, kind: type[enum.StrEnum], what: str) -> Any:
     text = _scalar(loc, node, what)
     try:
         return kind(text)
@@ -156,22 +134,21 @@ def _enum(loc: _Located, node: yaml.Node, kind: type[enum.StrEnum], what: str) -
         options = [m.value for m in kind]
         raise loc.fail(
             node,
-            f"{what} is {text!r}; use one of {', '.join(options)}{_suggest(text, options)}",
+            f"{what} is {text!r}; use one of {', '.join(options)}{suggest(text, options)}",
         ) from None
 
 
-def _column(loc: _Located, name_node: yaml.Node, node: yaml.Node) -> ColumnPolicy:
+def _column(loc: Located, name_node: yaml.Node, node: yaml.Node) -> ColumnPolicy:
     name = _scalar(loc, name_node, "a column name")
     if isinstance(node, yaml.ScalarNode):  # shorthand: `name: attribute`
         return ColumnPolicy(name, _enum(loc, node, ColumnClass, f"column {name!r}'s class"))
     values: dict[str, Any] = {}
     nodes: dict[str, yaml.Node] = {}
-    for key_node, value_node in _mapping(loc, node, f"column {name!r}"):
-        key = _scalar(loc, key_node, "a key")
+    for key, key_node, value_node in pairs(loc, node, f"column {name!r}"):
         if key not in _COLUMN_KEYS:
             raise loc.fail(
                 key_node,
-                f"column {name!r} has an unknown key {key!r}{_suggest(key, _COLUMN_KEYS)}",
+                f"column {name!r} has an unknown key {key!r}{suggest(key, _COLUMN_KEYS)}",
             )
         nodes[key] = value_node
     if "class" not in nodes:
@@ -204,31 +181,16 @@ def _column(loc: _Located, name_node: yaml.Node, node: yaml.Node) -> ColumnPolic
 def load_policy(path: Path) -> DatasetPolicy:
     """Load and validate one dataset policy file."""
     path = Path(path)
-    loc = _Located(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError(f"There is no dataset policy at {path}.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"Cannot read the dataset policy {path}: {exc}.") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f", line {mark.line + 1}" if mark else ""
-        raise PolicyError(f"{path}{line}: not valid YAML ({exc.problem}).") from None
-    if root is None:
-        raise PolicyError(f"{path}: the policy is empty.")
+    loc, root, text = compose(path, PolicyError, "dataset policy")
     top: dict[str, yaml.Node] = {}
-    for key_node, value_node in _mapping(loc, root, "the policy"):
-        key = _scalar(loc, key_node, "a key")
+    for key, key_node, value_node in pairs(loc, root, "the policy"):
         if key not in _TOP_KEYS:
-            raise loc.fail(key_node, f"unknown key {key!r}{_suggest(key, set(_TOP_KEYS))}")
+            raise loc.fail(key_node, f"unknown key {key!r}{suggest(key, set(_TOP_KEYS))}")
         top[key] = value_node
     for key, required in _TOP_KEYS.items():
         if required and key not in top:
             raise loc.fail(root, f"the policy needs a {key!r} entry.")
-    columns = tuple(_column(loc, k, v) for k, v in _mapping(loc, top["columns"], "columns"))
+    columns = tuple(_column(loc, k, v) for _, k, v in pairs(loc, top["columns"], "columns"))
     names = [c.name for c in columns]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -242,12 +204,9 @@ def load_policy(path: Path) -> DatasetPolicy:
     identifiers = IdentifierPolicy()
     if "identifiers" in top:
         flags = {}
-        for key_node, value_node in _mapping(loc, top["identifiers"], "identifiers"):
-            key = _scalar(loc, key_node, "a key")
+        for key, key_node, value_node in pairs(loc, top["identifiers"], "identifiers"):
             if key not in _ID_KEYS:
-                raise loc.fail(
-                    key_node, f"unknown identifier rule {key!r}{_suggest(key, _ID_KEYS)}"
-                )
+                raise loc.fail(key_node, f"unknown identifier rule {key!r}{suggest(key, _ID_KEYS)}")
             flags[key] = _bool(loc, value_node, key)
         identifiers = IdentifierPolicy(**flags)
     dataset = _scalar(loc, top["dataset"], "dataset")

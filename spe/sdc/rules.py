@@ -8,7 +8,6 @@ rules (strictest wins); a value that would weaken them is ignored and the reason
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import re
 import unicodedata
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from spe.policyfile import Located, compose, pairs, suggest
 from spe.sdc.errors import SDCPolicyError
 
 DEFAULT_FILE = "default.yaml"
@@ -107,41 +107,7 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
 }
 
 
-class _Located:
-    """Builds errors that name the file and the line of a YAML node."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, node: yaml.Node | None, message: str) -> SDCPolicyError:
-        return SDCPolicyError(f"{self.path}{self.where(node)}: {message}")
-
-    def where(self, node: yaml.Node | None) -> str:
-        return f", line {node.start_mark.line + 1}" if node is not None else ""
-
-
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, sorted(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else "."
-
-
-def _pairs(loc: _Located, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
-    if not isinstance(node, yaml.MappingNode):
-        raise loc.fail(node, f"{what} must be a mapping of names to values.")
-    seen: set[str] = set()
-    out = []
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
-            raise loc.fail(key_node, f"the keys of {what} must be plain names.")
-        key = str(key_node.value)
-        if key in seen:
-            raise loc.fail(key_node, f"{key!r} is given twice in {what}; keep one.")
-        seen.add(key)
-        out.append((key, key_node, value_node))
-    return out
-
-
-def _number(loc: _Located, node: yaml.Node, key: str, kind: str) -> float | int:
+def _number(loc: Located, node: yaml.Node, key: str, kind: str) -> float | int:
     low, high, hint = _LIMITS[key]
     if not isinstance(node, yaml.ScalarNode):
         raise loc.fail(node, f"{key} must be a single number: {hint}.")
@@ -158,48 +124,37 @@ def _number(loc: _Located, node: yaml.Node, key: str, kind: str) -> float | int:
     return value
 
 
-def _verdict(loc: _Located, node: yaml.Node, key: str) -> Verdict:
+def _verdict(loc: Located, node: yaml.Node, key: str) -> Verdict:
     options = [v.value for v in Verdict]
     text = str(node.value).strip().lower() if isinstance(node, yaml.ScalarNode) else ""
     if text not in options:
         shown = text or "not a single word"
         raise loc.fail(
-            node, f"{key} is {shown!r}; use one of {', '.join(options)}{_suggest(text, options)}"
+            node,
+            f"{key} is {shown!r}; use one of {', '.join(options)}{suggest(text, options, '.')}",
         )
     return Verdict(text)
 
 
-def _read(path: Path) -> tuple[_Located, dict[str, tuple[Any, yaml.Node]]]:
+def _read(path: Path) -> tuple[Located, dict[str, tuple[Any, yaml.Node]]]:
     """Parse and validate one rules file: {key: (value, node)} for the keys it sets."""
-    loc = _Located(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SDCPolicyError(f"There is no disclosure policy at {path}.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SDCPolicyError(f"Cannot read the disclosure policy {path}: {exc}.") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f", line {mark.line + 1}" if mark else ""
-        raise SDCPolicyError(f"{path}{line}: not valid YAML ({exc.problem}).") from None
-    if root is None:
-        raise SDCPolicyError(f"{path}: the policy is empty; give at least one rule or delete it.")
+    loc, root, _text = compose(
+        path, SDCPolicyError, "disclosure policy", "; give at least one rule or delete it"
+    )
     values: dict[str, tuple[Any, yaml.Node]] = {}
-    for key, key_node, node in _pairs(loc, root, "the policy"):
+    for key, key_node, node in pairs(loc, root, "the policy"):
         if key not in _TOP_KEYS:
-            raise loc.fail(key_node, f"unknown rule {key!r}{_suggest(key, _TOP_KEYS)}")
+            raise loc.fail(key_node, f"unknown rule {key!r}{suggest(key, _TOP_KEYS, '.')}")
         if key in _NUMERIC:
             values[key] = (_number(loc, node, key, _NUMERIC[key][1]), node)
         elif key in _VERDICTS:
             values[key] = (_verdict(loc, node, key), node)
         elif key == "dominance":
-            for sub, sub_node, sub_value in _pairs(loc, node, "dominance"):
+            for sub, sub_node, sub_value in pairs(loc, node, "dominance"):
                 if sub not in _DOMINANCE:
                     raise loc.fail(
                         sub_node,
-                        f"dominance takes n and k, not {sub!r}{_suggest(sub, _DOMINANCE)}",
+                        f"dominance takes n and k, not {sub!r}{suggest(sub, _DOMINANCE, '.')}",
                     )
                 values[sub] = (_number(loc, sub_value, sub, _DOMINANCE[sub][1]), sub_value)
         elif not isinstance(node, yaml.ScalarNode):
