@@ -17,7 +17,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import pools
 
-from spe.config import get_settings
+from spe.config import get_settings, mask_url
+from spe.errors import SPEError
 from spe.jobs import service as jobs
 
 app = Celery("spe")
@@ -109,10 +110,26 @@ def _recover_on_start(**_kwargs: Any) -> None:
     reap_stale_jobs.apply_async(countdown=get_settings().job_stale_after_seconds + 1)
 
 
+class BrokerError(SPEError):
+    """The task broker cannot be reached."""
+
+    exit_code = 5
+
+
 def dispatch(job_id: str) -> None:
-    """Send a job to the workers."""
+    """Send a job to the workers; an unreachable broker is a sentence, and the job stays
+    queued in the job table (the platform's maintenance loop sends it again)."""
+    from kombu.exceptions import OperationalError
+
     configure()
-    run_job.delay(job_id)
+    try:
+        run_job.apply_async((job_id,), retry=False)
+    except (OperationalError, OSError) as exc:
+        raise BrokerError(
+            f"Cannot reach the task broker at {mask_url(get_settings().broker_url)} ({exc}); "
+            f"job {job_id} is saved and `spe up` sends it once the broker is back, or run the "
+            "command again with --inline."
+        ) from None
 
 
 def run_inline(job_id: str) -> jobs.JobView:
