@@ -439,6 +439,18 @@ def project_create(
     click.echo(f"Applied for project {slug}; it waits for {holder} to decide.")
 
 
+def _extract_jobs(
+    username: str, slug: str, datasets: list[str], inline: bool
+) -> list[tuple[str, str]]:
+    """Submit one extraction job per granted dataset; (dataset, job id) for each."""
+    from spe.tasks import submit_and_dispatch
+
+    return [
+        (name, submit_and_dispatch(username, "extract", {"project": slug, "dataset": name}, inline))
+        for name in datasets
+    ]
+
+
 @project.command("approve")
 @click.argument("slug")
 @click.option("--note", default="")
@@ -448,7 +460,6 @@ def project_approve(ctx: click.Context, slug: str, note: str, inline: bool) -> N
     """Approve a project's application (data holder reviewers); its extracts are built."""
     from spe.projects.extracts import granted_datasets
     from spe.projects.service import approve_project, get_project
-    from spe.tasks import submit_and_dispatch
 
     with _acting(ctx) as (session, actor):
         project_row = get_project(session, slug)
@@ -456,10 +467,7 @@ def project_approve(ctx: click.Context, slug: str, note: str, inline: bool) -> N
         names = granted_datasets(session, project_row)
         username = actor.username
     click.echo(f"Approved project {slug}.")
-    for name in names:
-        job_id = submit_and_dispatch(
-            username, "extract", {"project": slug, "dataset": name}, inline
-        )
+    for name, job_id in _extract_jobs(username, slug, names, inline):
         click.echo(f"Extraction of {name}: job {job_id} {'done' if inline else 'queued'}.")
 
 
@@ -1000,7 +1008,6 @@ def project_grant(
     from spe.projects.extracts import grant_dataset
     from spe.projects.models import ProjectStatus
     from spe.projects.service import get_project
-    from spe.tasks import submit_and_dispatch
 
     gens = {}
     for item in generalise:
@@ -1022,9 +1029,7 @@ def project_grant(
         username = actor.username
     click.echo(f"Granted {slug} access to {dataset_name}.")
     if approved:
-        job_id = submit_and_dispatch(
-            username, "extract", {"project": slug, "dataset": dataset_name}, inline
-        )
+        ((_, job_id),) = _extract_jobs(username, slug, [dataset_name], inline)
         click.echo(f"Extraction job {job_id} {'done' if inline else 'queued'}.")
 
 
@@ -1036,15 +1041,11 @@ def project_extract(ctx: click.Context, slug: str, inline: bool) -> None:
     """(Re)build the project's extracts of all its granted datasets."""
     from spe.projects.extracts import granted_datasets
     from spe.projects.service import get_project
-    from spe.tasks import submit_and_dispatch
 
     with _acting(ctx) as (session, actor):
         names = granted_datasets(session, get_project(session, slug))
         username = actor.username
-    for name in names:
-        job_id = submit_and_dispatch(
-            username, "extract", {"project": slug, "dataset": name}, inline
-        )
+    for name, job_id in _extract_jobs(username, slug, names, inline):
         view, describe = _job_progress_bar(job_id, f"extracting {name}")
         click.echo(describe(view))
 

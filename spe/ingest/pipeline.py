@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -72,6 +73,7 @@ _INT = re.compile(r"^[+-]?\d{1,18}$").pattern
 _FLOAT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$").pattern
 
 
+@functools.cache
 def _context_lut() -> np.ndarray:
     """Kind code (spe.ingest.identifiers) → the stable context code in the pseudonym block."""
     lut = np.zeros(max(ids.KIND_CODES) + 1, dtype=np.uint8)
