@@ -95,6 +95,32 @@ class Settings(BaseSettings):
     db_busy_timeout_seconds: float = Field(
         default=30.0, gt=0, description="How long a SQLite writer waits for the write lock."
     )
+    outbox_dir: Path = Field(
+        default=Path("outbox"),
+        description="Inside a workspace: the folder where spe.analysis records outputs for "
+        "export (relative paths are taken from the current directory).",
+    )
+    workspace_data_dir: Path = Field(
+        default=Path("/data"),
+        description="Inside a workspace: where the project's extracts are mounted read-only.",
+    )
+    export_max_file_bytes: int = Field(
+        default=100 << 20,
+        ge=1,
+        description="Largest single file an export request may carry (100 MiB).",
+    )
+    export_max_request_bytes: int = Field(
+        default=500 << 20,
+        ge=1,
+        description="Largest total size of the files of one export request (500 MiB).",
+    )
+    export_max_files: int = Field(default=50, ge=1, description="Most files in one export request.")
+    export_review_days: int = Field(
+        default=60,
+        ge=1,
+        description="A request waiting for review longer than this is overdue (DGA Art. 9's "
+        "two months).",
+    )
 
     @field_validator("database_url")
     @classmethod
