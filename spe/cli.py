@@ -1074,6 +1074,13 @@ def task_status(job_id: str) -> None:
     click.echo(describe(get(job_id)))
 
 
+# --- export requests ----------------------------------------------------------------------------
+
+from spe.exports.commands import export  # noqa: E402 - the group lives with its capability
+
+cli.add_command(export)
+
+
 # --- disclosure control -------------------------------------------------------------------------
 
 

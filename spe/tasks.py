@@ -82,7 +82,13 @@ def _extract(params: dict[str, Any], progress: jobs.Progress) -> dict[str, Any]:
     return asdict(extract(params["project"], params["dataset"], progress))
 
 
-WORK = {"ingest": _ingest, "extract": _extract}
+def _export_check(params: dict[str, Any], progress: jobs.Progress) -> dict[str, Any]:
+    from spe.exports.actions import run_checks
+
+    return run_checks(params["request"], int(params["round"]), progress)
+
+
+WORK = {"ingest": _ingest, "extract": _extract, "export_check": _export_check}
 
 
 @app.task(name="spe.run_job", bind=True)

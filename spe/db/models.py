@@ -4,6 +4,14 @@ from spe.accounts.models import Organisation, RoleGrant, TermsAcceptance, User
 from spe.audit.models import AuditCheckpoint, AuditEvent
 from spe.catalogue.models import Dataset, DatasetVersion, Variable
 from spe.db.base import Base
+from spe.exports.models import (
+    ExportFile,
+    ExportOutput,
+    ExportRequest,
+    ReleasedCells,
+    ReviewComment,
+    ReviewVote,
+)
 from spe.jobs.models import Job
 from spe.keys.models import WrappedKey
 from spe.projects.models import Project, ProjectExtract, ProjectGrant, ProjectMember
@@ -14,12 +22,18 @@ __all__ = [
     "Base",
     "Dataset",
     "DatasetVersion",
+    "ExportFile",
+    "ExportOutput",
+    "ExportRequest",
     "Job",
     "Organisation",
     "Project",
     "ProjectExtract",
     "ProjectGrant",
     "ProjectMember",
+    "ReleasedCells",
+    "ReviewComment",
+    "ReviewVote",
     "RoleGrant",
     "TermsAcceptance",
     "User",

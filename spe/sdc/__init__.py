@@ -25,7 +25,7 @@ from spe.sdc.commands import (
 from spe.sdc.differencing import DifferencingPair, ReleasedTable, hash_person_ids
 from spe.sdc.errors import SafeVersionError, SDCError, SDCInputError, SDCPolicyError
 from spe.sdc.model import check_formula
-from spe.sdc.rules import Rules, Verdict, holder_slug, load_rules, validate_policy_file
+from spe.sdc.rules import Rules, Verdict, holder_slug, load_rules, strictest, validate_policy_file
 from spe.sdc.safe import SafeCellChange, SafeTable, safe_version, suppression_pattern
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "parse_columns",
     "read_data",
     "safe_version",
+    "strictest",
     "suppression_pattern",
     "validate_policy_file",
 ]

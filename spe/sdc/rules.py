@@ -62,6 +62,7 @@ class Rules:
     full_cells: Verdict = Verdict.REVIEW  # a row/column of a count table all in one cell
     negative_values: Verdict = Verdict.REVIEW  # magnitude cells holding a negative value
     extremes: Verdict = Verdict.FAIL  # min/max/mode shared by < threshold persons, or by all
+    auto_release: bool = True  # outputs whose every check passes leave without a reviewer
     sources: tuple[str, ...] = ()  # the files merged, in order
     origins: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     notes: tuple[str, ...] = ()  # weaker values that were ignored, with file and line
@@ -81,6 +82,7 @@ class Rules:
             "full_cells": self.full_cells.value,
             "negative_values": self.negative_values.value,
             "extremes": self.extremes.value,
+            "auto_release": self.auto_release,
             "sources": list(self.sources),
             "notes": list(self.notes),
         }
@@ -97,7 +99,15 @@ _DOMINANCE: dict[str, tuple[str, str, int]] = {
     "k": ("dominance_k", "float", -1),
 }
 _VERDICTS = ("zeros", "full_cells", "negative_values", "extremes")
-_TOP_KEYS = {*_NUMERIC, "dominance", *_VERDICTS, "description", "holder", "dataset"}
+_TOP_KEYS = {
+    *_NUMERIC,
+    "dominance",
+    *_VERDICTS,
+    "auto_release",
+    "description",
+    "holder",
+    "dataset",
+}
 _LIMITS: dict[str, tuple[float, float, str]] = {
     "threshold": (1, 10_000, "a whole number of persons such as 10"),
     "p_percent": (0.0, 100.0, "a percentage above 0 and at most 100, such as 10"),
@@ -149,6 +159,11 @@ def _read(path: Path) -> tuple[Located, dict[str, tuple[Any, yaml.Node]]]:
             values[key] = (_number(loc, node, key, _NUMERIC[key][1]), node)
         elif key in _VERDICTS:
             values[key] = (_verdict(loc, node, key), node)
+        elif key == "auto_release":
+            text = str(node.value).strip().lower() if isinstance(node, yaml.ScalarNode) else ""
+            if text not in ("true", "false"):
+                raise loc.fail(node, "auto_release must be true or false.")
+            values[key] = (text == "true", node)
         elif key == "dominance":
             for sub, sub_node, sub_value in pairs(loc, node, "dominance"):
                 if sub not in _DOMINANCE:
@@ -174,7 +189,7 @@ def _merge(rules: Rules, path: Path, *, base: bool, label: str | None = None) ->
             attr, _, direction = _NUMERIC[key]
         elif key in _DOMINANCE:
             attr, _, direction = _DOMINANCE[key]
-        elif key in _VERDICTS:
+        elif key in _VERDICTS or key == "auto_release":
             attr, direction = key, +1
         else:
             continue
@@ -186,6 +201,8 @@ def _merge(rules: Rules, path: Path, *, base: bool, label: str | None = None) ->
         if key in _VERDICTS:
             stricter = value.severity > current.severity
             weaker = value.severity < current.severity
+        elif key == "auto_release":  # False (always a reviewer) is the stricter
+            stricter, weaker = current and not value, value and not current
         else:
             stricter = (value - current) * direction > 0
             weaker = (value - current) * direction < 0
@@ -282,3 +299,34 @@ def _relative(path: Path, sdc_dir: Path) -> str:
 def validate_policy_file(path: Path) -> None:
     """Check one rules file on its own (for CI and the data holder's editor); raises on error."""
     _read(Path(path))
+
+
+def strictest(all_rules: list[Rules]) -> Rules:
+    """One set of rules at least as strict as each given (an output drawn from several datasets)."""
+    if not all_rules:
+        return Rules()
+    out = all_rules[0]
+    for other in all_rules[1:]:
+        changes: dict[str, Any] = {}
+        for attr, direction in (
+            ("threshold", +1),
+            ("p_percent", +1),
+            ("residual_dof", +1),
+            ("dominance_n", +1),
+            ("dominance_k", -1),
+        ):
+            mine, theirs = getattr(out, attr), getattr(other, attr)
+            if (theirs - mine) * direction > 0:
+                changes[attr] = theirs
+        for attr in _VERDICTS:
+            if getattr(other, attr).severity > getattr(out, attr).severity:
+                changes[attr] = getattr(other, attr)
+        changes["auto_release"] = out.auto_release and other.auto_release
+        out = dataclasses.replace(
+            out,
+            **changes,
+            sources=tuple(dict.fromkeys((*out.sources, *other.sources))),
+            origins={**other.origins, **out.origins},
+            notes=tuple(dict.fromkeys((*out.notes, *other.notes))),
+        )
+    return out

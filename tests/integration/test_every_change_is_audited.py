@@ -12,6 +12,7 @@ import ast
 import datetime as dt
 import importlib
 import pkgutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,61 @@ def _bootstrap(s: Any) -> None:
     s.flush()
     s.info["spe_state_changed"] = 0  # the hack above is not part of the scenario
     accounts.bootstrap_operator(s, "op2")
+
+
+_OUTBOX = Path(tempfile.mkdtemp(prefix="spe-audit-outbox-"))
+(_OUTBOX / "notes.txt").write_text("Income rises with education.\n")
+
+
+def _export(s: Any) -> Any:
+    """A request filed by 'researcher' on the approved project 'study' (checked: in review)."""
+    from spe.exports import actions
+    from spe.exports.models import RequestStatus
+
+    projects.approve_project(s, u(s, "reviewer"), proj(s, "study"))
+    accounts.accept_terms(s, u(s, "researcher"))
+    request, _job = actions.file_request(
+        s,
+        u(s, "researcher"),
+        proj(s, "study"),
+        [actions.OutputRequest("notes.txt", "for the paper")],
+        "Notes",
+        _OUTBOX,
+    )
+    request.status = RequestStatus.IN_REVIEW  # as the check job leaves it
+    return request
+
+
+def _approved(s: Any) -> Any:
+    from spe.exports import actions
+
+    request = _export(s)
+    for reviewer in ("reviewer", "reviewer2"):
+        actions.vote(s, u(s, reviewer), request, "notes.txt", "approve", "fine")
+    actions.decide(s, u(s, "reviewer"), request)
+    return request
+
+
+def _resubmit(s: Any) -> Any:
+    from spe.exports import actions
+    from spe.exports.models import RequestStatus
+
+    request = _export(s)
+    request.status = RequestStatus.CHANGES_REQUESTED
+    return actions.resubmit(
+        s,
+        u(s, "researcher"),
+        request,
+        [actions.OutputRequest("notes.txt", "changed")],
+        "done",
+        _OUTBOX,
+    )
+
+
+def _ex() -> Any:
+    from spe.exports import actions
+
+    return actions
 
 
 SCENARIOS: dict[str, Callable[[Any], Any]] = {
@@ -114,6 +170,21 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
         "spe.projects.extracts"
     ).projects.extracts.grant_dataset(
         s, u(s, "reviewer"), proj(s, "study"), "people", ["income"], {}
+    ),
+    "spe.exports.actions.file_request": _export,
+    "spe.exports.actions.vote": lambda s: _ex().vote(
+        s, u(s, "reviewer"), _export(s), "notes.txt", "approve", "fine"
+    ),
+    "spe.exports.actions.comment": lambda s: _ex().comment(
+        s, u(s, "reviewer"), _export(s), "Looks fine.", "reviewers"
+    ),
+    "spe.exports.actions.decide": _approved,
+    "spe.exports.actions.withdraw": lambda s: _ex().withdraw(
+        s, u(s, "researcher"), _export(s), "wrong file"
+    ),
+    "spe.exports.actions.resubmit": _resubmit,
+    "spe.exports.actions.revoke": lambda s: _ex().revoke(
+        s, u(s, "reviewer"), _approved(s), "identifiable"
     ),
     "spe.projects.service.remove_member": lambda s: (
         projects.add_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),

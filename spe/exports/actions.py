@@ -1,0 +1,1119 @@
+"""Everything that happens to an export request: filing, the server-side check, votes and
+comments, the decision, release, withdrawal, resubmission, revocation and download.
+
+Each action asks spe.exports.permissions who may and spe.exports.states what the status allows,
+then changes the request and writes its audit event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from spe.accounts.models import User
+from spe.audit.log import record, state_change
+from spe.config import get_settings
+from spe.db.base import utcnow
+from spe.errors import NotFound
+from spe.exports import permissions as perms
+from spe.exports.errors import ExportError, ExportInputError, ExportStateError
+from spe.exports.files import SIDECAR_SUFFIX, CopiedFile, check_name, copy_file, open_outbox
+from spe.exports.models import (
+    Decision,
+    ExportFile,
+    ExportOutput,
+    ExportRequest,
+    ReleasedCells,
+    RequestStatus,
+    ReviewComment,
+    ReviewVote,
+    Visibility,
+    Vote,
+)
+from spe.exports.states import check_transition, short_id
+from spe.projects.models import Project
+from spe.projects.states import is_open_for_work
+from spe.storage import data_storage
+
+S = RequestStatus
+SYSTEM = "system:export-check"
+MAX_TEXT = 10_000
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """One output the researcher asks to export: its file name in the outbox, and why."""
+
+    name: str
+    justification: str
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def get_request(session: Session, request_id: str) -> ExportRequest:
+    """A request by its id or an unambiguous prefix of at least 8 characters."""
+    text = str(request_id).strip().lower()
+    try:
+        exact: uuid.UUID | None = uuid.UUID(text)
+    except ValueError:
+        exact = None
+    found = session.get(ExportRequest, exact) if exact is not None else None
+    if exact is None and len(text) >= 8 and all(c in "0123456789abcdef-" for c in text):
+        # Short ids are for people at a terminal; requests are few enough to scan.
+        matches = [r for r in session.scalars(select(ExportRequest)) if str(r.id).startswith(text)]
+        if len(matches) > 1:
+            raise ExportError(f"{request_id} matches {len(matches)} requests; give more of the id.")
+        found = matches[0] if matches else None
+    if found is None:
+        raise NotFound(f"There is no export request {request_id}; `spe export list` shows yours.")
+    return found
+
+
+def project_of(session: Session, request: ExportRequest) -> Project:
+    project = session.get(Project, request.project_id)
+    assert project is not None
+    return project
+
+
+def _target(request: ExportRequest) -> str:
+    return f"export_request:{request.id}"
+
+
+def _text(value: str, what: str, *, required: bool = True) -> str:
+    value = (value or "").strip()
+    if required and not value:
+        raise ExportInputError(f"Give {what}; the other side reads it.")
+    if len(value) > MAX_TEXT:
+        raise ExportInputError(
+            f"{what[0].upper()}{what[1:]} is longer than {MAX_TEXT:,} characters; shorten it."
+        )
+    if "\x00" in value:
+        raise ExportInputError(f"{what[0].upper()}{what[1:]} contains a NUL character.")
+    return value
+
+
+def _current(request: ExportRequest) -> list[ExportOutput]:
+    return [o for o in request.outputs if o.round == request.round]
+
+
+def _output(request: ExportRequest, name: str) -> ExportOutput:
+    for out in _current(request):
+        if out.name == name:
+            return out
+    names = ", ".join(o.name for o in _current(request))
+    raise NotFound(f"Request {short_id(request)} has no output {name!r}; it has: {names}.")
+
+
+def default_outbox(project: Project, username: str) -> Path:
+    """Where a researcher's workspace for ``project`` keeps its outbox on this machine."""
+    settings = get_settings()
+    return Path(settings.state_dir) / "workspaces" / project.slug / username / "outbox"
+
+
+# --- filing -------------------------------------------------------------------------------------
+
+
+def _copy_outputs(
+    outbox: Path, outputs: Sequence[OutputRequest], dest: Path
+) -> list[tuple[OutputRequest, str, list[tuple[str, CopiedFile]], dict[str, Any] | None]]:
+    """Copy every output (with its spe.analysis record and evidence) into ``dest``."""
+    settings = get_settings()
+    if not outputs:
+        raise ExportInputError(
+            "The request names no outputs; add at least one file from the outbox."
+        )
+    if len(outputs) > settings.export_max_files:
+        raise ExportInputError(
+            f"The request names {len(outputs)} outputs; at most {settings.export_max_files} may "
+            "go in one request. Split it."
+        )
+    names = [o.name for o in outputs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ExportInputError(f"{twice[0]} is named twice in the request; name it once.")
+    for out in outputs:
+        check_name(out.name)
+        if out.name.endswith(SIDECAR_SUFFIX) or out.name.endswith(".evidence.parquet"):
+            raise ExportInputError(
+                f"{out.name} is spe.analysis's record of an output, not an output; name the "
+                "output file itself (the record comes along)."
+            )
+        _text(out.justification, f"a justification for {out.name}")
+    fd = open_outbox(outbox)
+    copied: list[Any] = []
+    total = 0
+    try:
+        for out in outputs:
+            files: list[tuple[str, CopiedFile]] = []
+            budget = settings.export_max_request_bytes - total
+            main = copy_file(
+                fd, out.name, dest, max_bytes=min(settings.export_max_file_bytes, budget)
+            )
+            files.append(("output", main))
+            sidecar_name = out.name.rsplit(".", 1)[0] + SIDECAR_SUFFIX
+            sidecar: dict[str, Any] | None = None
+            if _exists(fd, sidecar_name):
+                side = copy_file(fd, sidecar_name, dest, max_bytes=1 << 24)
+                files.append(("sidecar", side))
+                sidecar = _read_sidecar(side)
+                if sidecar.get("file") != out.name:
+                    raise ExportInputError(
+                        f"{sidecar_name} records {sidecar.get('file')!r}, not {out.name}; record "
+                        "the output again with spe.analysis."
+                    )
+                evidence = sidecar.get("evidence")
+                if evidence:
+                    if not isinstance(evidence, str):
+                        raise ExportInputError(f"{sidecar_name} names its evidence wrongly.")
+                    files.append(
+                        (
+                            "evidence",
+                            copy_file(
+                                fd,
+                                evidence,
+                                dest,
+                                max_bytes=settings.export_max_file_bytes,
+                                evidence=True,
+                            ),
+                        )
+                    )
+            total += sum(f.size for _, f in files)
+            if total > settings.export_max_request_bytes:
+                raise ExportInputError(
+                    "The request's files together exceed "
+                    f"{settings.export_max_request_bytes >> 20} MiB; split it into smaller "
+                    "requests."
+                )
+            kind = str(sidecar.get("kind", "file")) if sidecar else "file"
+            copied.append((out, kind, files, sidecar))
+    finally:
+        os.close(fd)
+    return copied
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _read_sidecar(file: CopiedFile) -> dict[str, Any]:
+    try:
+        data = json.loads(file.path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ExportInputError(f"{file.name} is not a readable spe.analysis record.") from None
+    if not isinstance(data, dict) or data.get("spe_output") != 1:
+        raise ExportInputError(f"{file.name} is not a spe.analysis record (no spe_output: 1).")
+    return data
+
+
+def _store_round(
+    session: Session, request: ExportRequest, outbox: Path, outputs: Sequence[OutputRequest]
+) -> list[dict[str, Any]]:
+    """Copy the round's files into storage (all or nothing) and add their rows."""
+    relative = f"exports/{request.project_id}/{request.id}/r{request.round}"
+    storage = data_storage()
+    with storage.atomic_dir(relative) as tmp:
+        copied = _copy_outputs(outbox, outputs, tmp)
+    summary = []
+    for position, (out, kind, files, sidecar) in enumerate(copied):
+        row = ExportOutput(
+            request_id=request.id,
+            round=request.round,
+            position=position,
+            name=out.name,
+            justification=out.justification.strip(),
+            kind=kind if kind in ("table", "model", "survival") else "file",
+            datasets=json.dumps(sorted(sidecar.get("datasets", [])) if sidecar else []),
+        )
+        session.add(row)
+        session.flush()
+        for role, f in files:
+            session.add(
+                ExportFile(
+                    output_id=row.id,
+                    role=role,
+                    name=f.name,
+                    media_type=f.media_type,
+                    size=f.size,
+                    sha256=f.sha256,
+                    path=f"{relative}/{f.name}",
+                )
+            )
+        summary.append(
+            {
+                "name": out.name,
+                "kind": row.kind,
+                "files": [
+                    {"role": r, "name": f.name, "sha256": f.sha256, "size": f.size}
+                    for r, f in files
+                ],
+            }
+        )
+    return summary
+
+
+@state_change("export.file")
+def file_request(
+    session: Session,
+    actor: User,
+    project: Project,
+    outputs: Sequence[OutputRequest],
+    title: str = "",
+    outbox: Path | None = None,
+) -> tuple[ExportRequest, str]:
+    """File a request: copy and freeze the outputs, then queue the server-side check.
+
+    Returns the request and the id of the check job (the caller sends it once committed).
+    """
+    perms.check_user_can_file(session, actor, project)
+    if not is_open_for_work(project):
+        raise ExportStateError(
+            f"Project {project.slug} is not running, so nothing can be exported."
+        )
+    request = ExportRequest(
+        id=uuid.uuid4(),
+        project_id=project.id,
+        author=actor.username,
+        title=_text(title, "a title", required=False) or f"Outputs of {project.slug}",
+        status=S.CHECKING,
+        round=1,
+    )
+    session.add(request)
+    session.flush()
+    summary = _store_round(
+        session, request, outbox or default_outbox(project, actor.username), outputs
+    )
+    record(
+        session,
+        actor,
+        "export.file",
+        _target(request),
+        {"round": 1, "title": request.title, "outputs": summary},
+        project=project.slug,
+    )
+    return request, _queue_check(session, actor, request)
+
+
+def _queue_check(session: Session, actor: User, request: ExportRequest) -> str:
+    from spe.jobs import service as jobs
+
+    job = jobs.submit(
+        session, actor, "export_check", {"request": str(request.id), "round": request.round}
+    )
+    return str(job.id)
+
+
+# --- the server-side check ----------------------------------------------------------------------
+
+
+def rules_for(session: Session, project: Project, datasets: Sequence[str]) -> Any:
+    """The strictest rules of the datasets an output draws on (the project's all, if unknown)."""
+    from spe.projects.extracts import granted_datasets
+    from spe.sdc import load_rules, strictest
+
+    names = list(datasets) or granted_datasets(session, project)
+    policies = Path(get_settings().policies_dir)
+    if not names:
+        return load_rules(policies, holder=project.holder.name)
+    return strictest([load_rules(policies, holder=project.holder.name, dataset=n) for n in names])
+
+
+def released_tables(session: Session, project_id: uuid.UUID) -> list[Any]:
+    from spe.sdc import ReleasedTable
+
+    rows = session.scalars(
+        select(ReleasedCells)
+        .where(ReleasedCells.project_id == project_id)
+        .order_by(ReleasedCells.released_at)
+    )
+    return [ReleasedTable.from_bytes(r.data) for r in rows]
+
+
+def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, Any]:
+    """The check job: rerun every disclosure check on the frozen files, then release or queue.
+
+    Idempotent: a request no longer being checked in that round is left alone.
+    """
+    from spe.db import readonly, transaction
+    from spe.projects.extracts import granted_datasets
+
+    storage = data_storage()
+    with readonly() as session:
+        request = get_request(session, request_id)
+        if request.status != S.CHECKING or request.round != round_:
+            return {"request": request_id, "skipped": f"request is {request.status.value}"}
+        project = project_of(session, request)
+        granted = set(granted_datasets(session, project))
+        released = released_tables(session, project.id)
+        plan = []
+        for out in _current(request):
+            files = {f.name: storage.path(f.path) for f in out.files}
+            sidecar_file = next((f for f in out.files if f.role == "sidecar"), None)
+            media_type = next(f.media_type for f in out.files if f.role == "output")
+            datasets = json.loads(out.datasets)
+            rules = rules_for(session, project, datasets)
+            plan.append(
+                (out.id, out.name, out.kind, media_type, files, sidecar_file, datasets, rules)
+            )
+    results = {}
+    for i, (output_id, name, kind, media_type, files, sidecar_file, datasets, rules) in enumerate(
+        plan
+    ):
+        if progress is not None:
+            progress(i, len(plan))
+        foreign = sorted(set(datasets) - granted)
+        check: Any
+        try:
+            if kind == "file" or sidecar_file is None:
+                check = _plain_file(name, media_type)
+            elif foreign:
+                check = _refused(
+                    name, f"it draws on {', '.join(foreign)}, which the project was not granted"
+                )
+            else:
+                from spe.analysis.replay import check_output
+
+                sidecar = json.loads(storage.path(sidecar_file.path).read_text("utf-8"))
+                check = check_output(sidecar, files, rules, released)
+        except ExportError:
+            raise
+        except Exception as exc:  # a damaged output is the researcher's to fix, not a crash
+            message = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"
+            check = _refused(name, f"it could not be checked: {message}")
+        results[output_id] = (check, rules)
+    with transaction() as session:
+        request = get_request(session, request_id)
+        if request.status != S.CHECKING or request.round != round_:
+            return {"request": request_id, "skipped": f"request is {request.status.value}"}
+        project = project_of(session, request)
+        summary = []
+        for out in _current(request):
+            check, rules = results[out.id]
+            out.checkable = bool(check.checkable)
+            out.check_status = check.status.value
+            out.reasons = json.dumps(list(check.reasons))
+            out.report = json.dumps(check.report, default=str)
+            summary.append(
+                {"name": out.name, "status": check.status.value, "checkable": check.checkable}
+            )
+        request.checked_at = utcnow()
+        auto = all(
+            results[o.id][0].checkable
+            and results[o.id][0].status.value == "pass"
+            and results[o.id][1].auto_release
+            for o in _current(request)
+        )
+        record(
+            session,
+            SYSTEM,
+            "export.check",
+            _target(request),
+            {"round": request.round, "outputs": summary, "auto_release": auto},
+            project=project.slug,
+        )
+        if auto:
+            for out in _current(request):
+                out.decision = Decision.APPROVED
+            _release(
+                session,
+                SYSTEM,
+                request,
+                project,
+                {o.id: results[o.id][0] for o in _current(request)},
+            )
+            request.auto_released = True
+        else:
+            check_transition(request, S.IN_REVIEW, "sent to review")
+            request.status = S.IN_REVIEW
+            record(
+                session,
+                SYSTEM,
+                "export.queue",
+                _target(request),
+                {"round": request.round, "why": _why_review(results, _current(request))},
+                project=project.slug,
+            )
+        status = request.status.value
+    if progress is not None:
+        progress(len(plan), len(plan))
+    return {"request": request_id, "status": status, "outputs": summary}
+
+
+@dataclass(frozen=True)
+class _Check:
+    """The outcome of an output's check, for outputs spe.analysis does not replay."""
+
+    checkable: bool
+    status: Any
+    reasons: list[str]
+    report: dict[str, Any]
+    released: list[Any]
+
+
+def _plain_file(name: str, media_type: str) -> _Check:
+    from spe.sdc import Verdict
+
+    return _Check(
+        checkable=False,
+        status=Verdict.REVIEW,
+        reasons=[
+            f"{name} ({media_type}) is not a result recorded by spe.analysis, so rules cannot "
+            "read it; a reviewer must look at it, and two reviewers must approve it."
+        ],
+        report={"kind": "file", "media_type": media_type},
+        released=[],
+    )
+
+
+def _refused(name: str, why: str) -> _Check:
+    from spe.sdc import Verdict
+
+    return _Check(True, Verdict.FAIL, [f"{name} fails: {why}."], {}, [])
+
+
+def _why_review(results: dict[Any, Any], outputs: list[ExportOutput]) -> list[str]:
+    why = []
+    for out in outputs:
+        check, rules = results[out.id]
+        if not check.checkable:
+            why.append(f"{out.name}: rules cannot read it; a reviewer must look at it")
+        elif check.status.value != "pass":
+            why.append(f"{out.name}: {check.status.value}")
+        elif not rules.auto_release:
+            why.append(f"{out.name}: the data holder reviews every output")
+    return why
+
+
+# --- release ------------------------------------------------------------------------------------
+
+
+def _release(
+    session: Session,
+    actor: User | str,
+    request: ExportRequest,
+    project: Project,
+    checks: dict[uuid.UUID, Any] | None = None,
+) -> None:
+    """Build and store the signed bundle, remember the released cells, mark the request."""
+    from spe.exports.bundle import BundleFile, build_bundle
+    from spe.keys.signing import checkpoint_signer
+
+    check_transition(request, S.RELEASED, "released")
+    storage = data_storage()
+    approved = [o for o in _current(request) if o.decision == Decision.APPROVED]
+    if not approved:
+        raise ExportStateError(f"Request {short_id(request)} has no approved output to release.")
+    now = utcnow()
+    released_at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    files = []
+    for out in approved:
+        main = next(f for f in out.files if f.role == "output")
+        data = storage.path(main.path).read_bytes()
+        if _sha(data) != main.sha256:
+            raise ExportError(
+                f"{out.name} no longer matches the SHA-256 it was frozen with, so it cannot be "
+                "released; ask an operator to look at the export storage."
+            )
+        files.append(BundleFile(f"outputs/{out.name}", data, main.media_type))
+    votes = _votes(session, request)
+    reviewers = sorted({v.reviewer for v in votes})
+    meta = {
+        "request": str(request.id),
+        "title": request.title,
+        "project": project.slug,
+        "holder": project.holder.name,
+        "holder_slug": _slug(project.holder.name),
+        "author": request.author,
+        "released_at": released_at,
+        "reviewers": reviewers,
+    }
+    report = {
+        "request": str(request.id),
+        "round": request.round,
+        "outputs": [_public_report(o) for o in _current(request)],
+    }
+    review = review_record(session, request, shared_only=True)
+    bundle = build_bundle(meta, files, report, review, checkpoint_signer(session))
+    relative = f"exports/{request.project_id}/{request.id}/bundle-r{request.round}"
+    with storage.atomic_dir(relative) as tmp:
+        (tmp / "release.zip").write_bytes(bundle)
+    request.bundle_path = f"{relative}/release.zip"
+    request.bundle_sha256 = _sha(bundle)
+    request.status = S.RELEASED
+    request.decided_at = now
+    request.decided_by = actor if isinstance(actor, str) else actor.username
+    for out in approved:
+        tables = (
+            checks[out.id].released
+            if checks and out.id in checks
+            else _recheck_released(session, request, out)
+        )
+        for i, table in enumerate(tables):
+            session.add(
+                ReleasedCells(
+                    project_id=request.project_id,
+                    output_id=out.id,
+                    name=f"{out.name}#{i}" if i else out.name,
+                    data=table.to_bytes(),
+                )
+            )
+    record(
+        session,
+        actor,
+        "export.release",
+        _target(request),
+        {
+            "round": request.round,
+            "automatic": isinstance(actor, str),
+            "bundle_sha256": request.bundle_sha256,
+            "outputs": [{"name": f.path, "sha256": _sha(f.data)} for f in files],
+        },
+        project=project.slug,
+    )
+
+
+def _recheck_released(session: Session, request: ExportRequest, out: ExportOutput) -> list[Any]:
+    """The persons behind a reviewed output's cells, recomputed from its frozen evidence."""
+    sidecar_file = next((f for f in out.files if f.role == "sidecar"), None)
+    if sidecar_file is None:
+        return []
+    from spe.analysis.replay import check_output
+
+    storage = data_storage()
+    files = {f.name: storage.path(f.path) for f in out.files}
+    sidecar = json.loads(storage.path(sidecar_file.path).read_text("utf-8"))
+    project = project_of(session, request)
+    try:
+        check = check_output(sidecar, files, rules_for(session, project, json.loads(out.datasets)))
+    except Exception:  # the reviewers released it regardless; nothing to remember then
+        return []
+    return list(check.released)
+
+
+def _public_report(out: ExportOutput) -> dict[str, Any]:
+    """What the bundle says about an output's check: verdicts, never the numbers behind them."""
+    report = json.loads(out.report or "{}")
+    cells = []
+    for cell in report.get("cells", []) if isinstance(report, dict) else []:
+        failing = cell.get("failing") or []
+        if not failing:
+            continue
+        cells.append(
+            {
+                "index": cell.get("index"),
+                "columns": cell.get("columns"),
+                "status": cell.get("status"),
+                "rules": sorted({str(r.get("rule")) for r in failing if isinstance(r, dict)}),
+            }
+        )
+    return {
+        "name": out.name,
+        "kind": out.kind,
+        "checkable": out.checkable,
+        "check_status": out.check_status,
+        "decision": out.decision.value if out.decision else None,
+        "rules": report.get("rules") if isinstance(report, dict) else None,
+        "flagged_cells": cells,
+    }
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _slug(text: str) -> str:
+    from spe.sdc import holder_slug
+
+    return holder_slug(text)
+
+
+# --- review -------------------------------------------------------------------------------------
+
+
+def _votes(session: Session, request: ExportRequest, round_: int | None = None) -> list[ReviewVote]:
+    return list(
+        session.scalars(
+            select(ReviewVote)
+            .where(
+                ReviewVote.request_id == request.id, ReviewVote.round == (round_ or request.round)
+            )
+            .order_by(ReviewVote.created_at)
+        )
+    )
+
+
+@state_change("export.vote")
+def vote(
+    session: Session,
+    actor: User,
+    request: ExportRequest,
+    output_name: str,
+    choice: Vote | str,
+    comment: str,
+) -> ReviewVote:
+    """A reviewer's vote on one output of this round, with the comment the researcher sees."""
+    project = project_of(session, request)
+    perms.check_user_can_review(session, actor, request, project)
+    if request.status != S.IN_REVIEW:
+        raise ExportStateError(
+            f"Request {short_id(request)} is {request.status.value.replace('_', ' ')}; votes are "
+            "cast while it is in review."
+        )
+    try:
+        choice = Vote(choice)
+    except ValueError:
+        raise ExportInputError(
+            f"{choice!r} is not a vote; use one of {', '.join(v.value for v in Vote)}."
+        ) from None
+    comment = _text(comment, "a comment with your vote")
+    out = _output(request, output_name)
+    existing = session.scalar(
+        select(ReviewVote).where(
+            ReviewVote.output_id == out.id,
+            ReviewVote.round == request.round,
+            ReviewVote.reviewer == actor.username,
+        )
+    )
+    previous = existing.vote.value if existing else None
+    if existing is None:
+        existing = ReviewVote(
+            request_id=request.id,
+            output_id=out.id,
+            round=request.round,
+            reviewer=actor.username,
+            vote=choice,
+            comment=comment,
+        )
+        session.add(existing)
+    else:
+        existing.vote, existing.comment, existing.created_at = choice, comment, utcnow()
+    record(
+        session,
+        actor,
+        "export.vote",
+        _target(request),
+        {
+            "round": request.round,
+            "output": out.name,
+            "vote": choice.value,
+            "previous": previous,
+            "comment": comment,
+        },
+        project=project.slug,
+    )
+    return existing
+
+
+@state_change("export.comment")
+def comment(
+    session: Session,
+    actor: User,
+    request: ExportRequest,
+    body: str,
+    visibility: Visibility | str = Visibility.SHARED,
+    output_name: str | None = None,
+) -> ReviewComment:
+    """A comment on a request or one output; reviewers may keep theirs private to reviewers."""
+    project = project_of(session, request)
+    try:
+        visibility = Visibility(visibility)
+    except ValueError:
+        raise ExportInputError(
+            "Visibility is 'shared' (the researcher sees it) or 'reviewers'."
+        ) from None
+    if perms.user_is_author(session, actor, request):
+        if visibility != Visibility.SHARED:
+            raise ExportInputError(
+                "Your comments go to the reviewers and are shared; drop --private."
+            )
+    else:
+        perms.check_user_can_review(session, actor, request, project)
+    if request.status in (S.WITHDRAWN, S.REJECTED, S.REVOKED):
+        raise ExportStateError(
+            f"Request {short_id(request)} is {request.status.value}; it takes no comments."
+        )
+    body = _text(body, "the comment's text")
+    out = _output(request, output_name) if output_name else None
+    row = ReviewComment(
+        request_id=request.id,
+        output_id=out.id if out else None,
+        round=request.round,
+        author=actor.username,
+        visibility=visibility,
+        body=body,
+    )
+    session.add(row)
+    record(
+        session,
+        actor,
+        "export.comment",
+        _target(request),
+        {
+            "round": request.round,
+            "output": out.name if out else None,
+            "visibility": visibility.value,
+        },
+        project=project.slug,
+    )
+    return row
+
+
+def approvals_needed(out: ExportOutput) -> int:
+    """Four eyes: overriding a failed check or approving what rules cannot read takes two."""
+    return 1 if (out.checkable and out.check_status == "pass") else 2
+
+
+def pending_decisions(session: Session, request: ExportRequest) -> dict[str, Decision | str]:
+    """Per output of the current round: its decision from the votes, or why it has none yet."""
+    votes = _votes(session, request)
+    out_votes: dict[uuid.UUID, list[ReviewVote]] = {}
+    for v in votes:
+        out_votes.setdefault(v.output_id, []).append(v)
+    result: dict[str, Decision | str] = {}
+    for out in _current(request):
+        mine = out_votes.get(out.id, [])
+        kinds = {v.vote for v in mine}
+        approvals = len({v.reviewer for v in mine if v.vote == Vote.APPROVE})
+        needed = approvals_needed(out)
+        if Vote.REJECT in kinds:
+            result[out.name] = Decision.REJECTED
+        elif Vote.REQUEST_CHANGES in kinds:
+            result[out.name] = Decision.CHANGES_REQUESTED
+        elif approvals >= needed:
+            result[out.name] = Decision.APPROVED
+        elif not mine:
+            result[out.name] = "it has no vote yet"
+        else:
+            why = (
+                "it cannot be checked automatically"
+                if not out.checkable
+                else f"it overrides a check that gave {out.check_status}"
+            )
+            result[out.name] = f"{why}, so a second reviewer must approve it too (four eyes)"
+    return result
+
+
+@state_change("export.decide")
+def decide(session: Session, actor: User, request: ExportRequest) -> RequestStatus:
+    """Close the review round: release the approved outputs, or return or reject the request."""
+    project = project_of(session, request)
+    perms.check_user_can_review(session, actor, request, project)
+    if request.status != S.IN_REVIEW:
+        raise ExportStateError(
+            f"Request {short_id(request)} is {request.status.value.replace('_', ' ')}; only a "
+            "request in review can be decided."
+        )
+    decisions = pending_decisions(session, request)
+    open_ = {n: d for n, d in decisions.items() if not isinstance(d, Decision)}
+    if open_:
+        raise ExportStateError(
+            "Not every output is decided: "
+            + "; ".join(f"{n}: {why}" for n, why in open_.items())
+            + "."
+        )
+    for out in _current(request):
+        out.decision = Decision(decisions[out.name])
+    values = set(decisions.values())
+    details = {"round": request.round, "decisions": {n: str(d) for n, d in decisions.items()}}
+    if Decision.CHANGES_REQUESTED in values:
+        check_transition(request, S.CHANGES_REQUESTED, "returned for changes")
+        request.status = S.CHANGES_REQUESTED
+    elif values == {Decision.REJECTED}:
+        check_transition(request, S.REJECTED, "rejected")
+        request.status = S.REJECTED
+        request.decided_at, request.decided_by = utcnow(), actor.username
+    record(
+        session,
+        actor,
+        "export.decide",
+        _target(request),
+        {**details, "status": _next_status(values)},
+        project=project.slug,
+    )
+    if request.status == S.IN_REVIEW:
+        _release(session, actor, request, project)
+    return request.status
+
+
+def _next_status(values: set[Decision | str]) -> str:
+    if Decision.CHANGES_REQUESTED in values:
+        return S.CHANGES_REQUESTED.value
+    if values == {Decision.REJECTED}:
+        return S.REJECTED.value
+    return S.RELEASED.value
+
+
+# --- the researcher's moves ---------------------------------------------------------------------
+
+
+@state_change("export.withdraw")
+def withdraw(session: Session, actor: User, request: ExportRequest, reason: str = "") -> None:
+    project = project_of(session, request)
+    perms.check_user_is_author(session, actor, request, "withdraw it")
+    check_transition(request, S.WITHDRAWN, "withdrawn")
+    request.status = S.WITHDRAWN
+    request.withdraw_reason = _text(reason, "a reason", required=False) or None
+    record(
+        session,
+        actor,
+        "export.withdraw",
+        _target(request),
+        {"round": request.round, "reason": reason},
+        project=project.slug,
+    )
+
+
+@state_change("export.resubmit")
+def resubmit(
+    session: Session,
+    actor: User,
+    request: ExportRequest,
+    outputs: Sequence[OutputRequest],
+    note: str = "",
+    outbox: Path | None = None,
+) -> str:
+    """Send changed outputs after the reviewers asked for changes: a new round, votes reset."""
+    project = project_of(session, request)
+    perms.check_user_is_author(session, actor, request, "resubmit it")
+    perms.check_user_can_file(session, actor, project)
+    check_transition(request, S.CHECKING, "resubmitted")
+    request.round += 1
+    request.status = S.CHECKING
+    request.submitted_at = utcnow()
+    request.checked_at = None
+    summary = _store_round(
+        session, request, outbox or default_outbox(project, actor.username), outputs
+    )
+    record(
+        session,
+        actor,
+        "export.resubmit",
+        _target(request),
+        {"round": request.round, "note": _text(note, "a note", required=False), "outputs": summary},
+        project=project.slug,
+    )
+    return _queue_check(session, actor, request)
+
+
+@state_change("export.revoke")
+def revoke(session: Session, actor: User, request: ExportRequest, reason: str) -> None:
+    """Take back a release (a reviewer, with a reason the researcher is shown)."""
+    project = project_of(session, request)
+    perms.check_user_can_review(session, actor, request, project)
+    reason = _text(reason, "a reason for revoking the release")
+    check_transition(request, S.REVOKED, "revoked")
+    request.status = S.REVOKED
+    request.revoked_at, request.revoked_by, request.revoke_reason = utcnow(), actor.username, reason
+    record(
+        session,
+        actor,
+        "export.revoke",
+        _target(request),
+        {
+            "round": request.round,
+            "reason": reason,
+            "bundle_sha256": request.bundle_sha256,
+            "notify": request.author,
+        },
+        project=project.slug,
+    )
+
+
+def download(session: Session, actor: User, request: ExportRequest) -> Path:
+    """The released bundle's path, for its author only; the download is audited."""
+    project = project_of(session, request)
+    perms.check_user_is_author(session, actor, request, "download its bundle")
+    if request.status != S.RELEASED or not request.bundle_path:
+        raise ExportStateError(
+            f"Request {short_id(request)} is {request.status.value.replace('_', ' ')}; only a "
+            "released request can be downloaded."
+            + (f" Reason: {request.revoke_reason}" if request.revoke_reason else "")
+        )
+    path = data_storage().path(request.bundle_path)
+    record(
+        session,
+        actor,
+        "export.download",
+        _target(request),
+        {"bundle_sha256": request.bundle_sha256},
+        project=project.slug,
+    )
+    return path
+
+
+# --- what each role sees ------------------------------------------------------------------------
+
+
+def age_days(request: ExportRequest, now: dt.datetime | None = None) -> float:
+    now = now or utcnow()
+    return (now - request.submitted_at).total_seconds() / 86400
+
+
+def is_overdue(request: ExportRequest, now: dt.datetime | None = None) -> bool:
+    return (
+        request.status in (S.CHECKING, S.IN_REVIEW)
+        and age_days(request, now) > get_settings().export_review_days
+    )
+
+
+def summary(request: ExportRequest, project: Project | None = None) -> dict[str, Any]:
+    return {
+        "id": str(request.id),
+        "project": project.slug if project else None,
+        "title": request.title,
+        "author": request.author,
+        "status": request.status.value,
+        "round": request.round,
+        "submitted_at": request.submitted_at.isoformat(),
+        "age_days": round(age_days(request), 2),
+        "overdue": is_overdue(request),
+        "auto_released": request.auto_released,
+        "outputs": [o.name for o in _current(request)],
+        "revoke_reason": request.revoke_reason,
+    }
+
+
+def list_requests(
+    session: Session, actor: User, project: Project | None = None
+) -> list[dict[str, Any]]:
+    """The actor's own requests, newest first."""
+    query = select(ExportRequest).where(ExportRequest.author == actor.username)
+    if project is not None:
+        query = query.where(ExportRequest.project_id == project.id)
+    rows = session.scalars(query.order_by(ExportRequest.submitted_at.desc()))
+    return [summary(r, project_of(session, r)) for r in rows]
+
+
+def review_queue(
+    session: Session, actor: User, *, overdue_only: bool = False
+) -> list[dict[str, Any]]:
+    """Requests waiting for the actor's review (never their own), oldest first, with age."""
+    perms.check_user_can_see_queue(session, actor)
+    rows = session.scalars(
+        select(ExportRequest)
+        .where(ExportRequest.status.in_([S.IN_REVIEW, S.CHECKING]))
+        .order_by(ExportRequest.submitted_at)
+    )
+    out = []
+    for request in rows:
+        project = project_of(session, request)
+        if not perms.user_can_review(session, actor, request, project):
+            continue
+        item = summary(request, project)
+        if overdue_only and not item["overdue"]:
+            continue
+        out.append(item)
+    return out
+
+
+def review_record(session: Session, request: ExportRequest, *, shared_only: bool) -> dict[str, Any]:
+    """Votes and comments of every round; ``shared_only`` leaves out reviewers' private notes."""
+    votes = session.scalars(
+        select(ReviewVote)
+        .where(ReviewVote.request_id == request.id)
+        .order_by(ReviewVote.created_at)
+    )
+    names = {o.id: o.name for o in request.outputs}
+    comments = session.scalars(
+        select(ReviewComment)
+        .where(ReviewComment.request_id == request.id)
+        .order_by(ReviewComment.created_at)
+    )
+    return {
+        "request": str(request.id),
+        "author": request.author,
+        "status": request.status.value,
+        "round": request.round,
+        "submitted_at": request.submitted_at.isoformat(),
+        "decided_at": request.decided_at.isoformat() if request.decided_at else None,
+        "decided_by": request.decided_by,
+        "automatic_release": request.auto_released,
+        "votes": [
+            {
+                "round": v.round,
+                "output": names.get(v.output_id),
+                "reviewer": v.reviewer,
+                "vote": v.vote.value,
+                "comment": v.comment,
+                "time": v.created_at.isoformat(),
+            }
+            for v in votes
+        ],
+        "comments": [
+            {
+                "round": c.round,
+                "output": names.get(c.output_id) if c.output_id else None,
+                "author": c.author,
+                "visibility": c.visibility.value,
+                "body": c.body,
+                "time": c.created_at.isoformat(),
+            }
+            for c in comments
+            if not shared_only or c.visibility == Visibility.SHARED
+        ],
+    }
+
+
+def detail(session: Session, actor: User, request: ExportRequest) -> dict[str, Any]:
+    """A request as the actor may see it: outputs with their check, reasons per failing cell,
+    votes and comments (private notes only for reviewers)."""
+    project = project_of(session, request)
+    perms.check_user_can_view(session, actor, request, project)
+    reviewer = perms.user_can_review(session, actor, request, project)
+    data = summary(request, project)
+    decisions = pending_decisions(session, request) if request.status == S.IN_REVIEW else {}
+    data["outputs"] = [
+        {
+            "name": o.name,
+            "kind": o.kind,
+            "justification": o.justification,
+            "checkable": o.checkable,
+            "check_status": o.check_status,
+            "reasons": json.loads(o.reasons),
+            "report": json.loads(o.report),
+            "decision": o.decision.value if o.decision else None,
+            "approvals_needed": approvals_needed(o),
+            "pending": decisions.get(o.name) if isinstance(decisions.get(o.name), str) else None,
+            "files": [
+                {
+                    "role": f.role,
+                    "name": f.name,
+                    "sha256": f.sha256,
+                    "size": f.size,
+                    "media_type": f.media_type,
+                }
+                for f in o.files
+            ],
+        }
+        for o in _current(request)
+    ]
+    data["review"] = review_record(session, request, shared_only=not reviewer)
+    data["bundle_sha256"] = request.bundle_sha256
+    data["viewer_is_reviewer"] = reviewer
+    return data
+
+
+def output_file(
+    session: Session, actor: User, request: ExportRequest, output_name: str
+) -> tuple[Path, str]:
+    """A frozen output file for a reviewer to look at (the author sees their own)."""
+    project = project_of(session, request)
+    perms.check_user_can_view(session, actor, request, project)
+    out = _output(request, output_name)
+    main = next(f for f in out.files if f.role == "output")
+    return data_storage().path(main.path), main.media_type
