@@ -1204,6 +1204,47 @@ def demo(no_start: bool) -> None:
     run_demo(start=not no_start)
 
 
+@cli.command("api")
+def api() -> None:
+    """Serve the SPE API (export requests and review) on SPE_API_HOST:SPE_API_PORT."""
+    import uvicorn
+
+    from spe.api import create_app
+    from spe.config import get_settings
+
+    settings = get_settings()
+    uvicorn.run(create_app(), host=settings.api_host, port=settings.api_port, log_level="info")
+
+
+@cli.group()
+def token() -> None:
+    """Tokens for the SPE API."""
+
+
+@token.command("create")
+@click.option("--name", default="api", help="What the token is for.")
+@click.option("--days", default=30, show_default=True, help="How long it lives.")
+@click.pass_context
+def token_create(ctx: click.Context, name: str, days: int) -> None:
+    """Create an API token for yourself; it is shown once."""
+    from spe.accounts.tokens import create_token
+
+    with _acting(ctx) as (session, actor):
+        value = create_token(session, actor, name, days)
+    click.echo(value)
+
+
+@token.command("revoke-all")
+@click.pass_context
+def token_revoke_all(ctx: click.Context) -> None:
+    """Revoke every API token of yours."""
+    from spe.accounts.tokens import revoke_tokens
+
+    with _acting(ctx) as (session, actor):
+        count = revoke_tokens(session, actor)
+    click.echo(f"Revoked {count} tokens.")
+
+
 @cli.command("up")
 def up() -> None:
     """Start the platform on this machine: audit sealer, task worker, maintenance."""

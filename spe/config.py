@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     db_busy_timeout_seconds: float = Field(
         default=30.0, gt=0, description="How long a SQLite writer waits for the write lock."
     )
+    api_host: str = Field(
+        default="127.0.0.1", description="Address the SPE API listens on (`spe api`, `spe up`)."
+    )
+    api_port: int = Field(default=8040, ge=1, le=65535, description="Port of the SPE API.")
     outbox_dir: Path = Field(
         default=Path("outbox"),
         description="Inside a workspace: the folder where spe.analysis records outputs for "

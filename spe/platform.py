@@ -1,7 +1,7 @@
 """Running the platform on one machine (`spe up`): every long-running part, stopped by Ctrl-C.
 
-So far: the audit sealer (in this process) and a Celery worker for ingest and extraction jobs
-(a child process). Later parts (hub, API) join here.
+So far: the audit sealer (in this process), a Celery worker for ingest, extraction and export
+check jobs, and the SPE API (child processes). The hub joins here with the workspaces.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from spe.audit.seal import run_sealer
 from spe.config import get_settings
 
 
-def _start_worker() -> subprocess.Popen[bytes]:
+def _start(command: str) -> subprocess.Popen[bytes]:
     logs = get_settings().state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "worker.log", "ab") as log:
+    with open(logs / f"{command}.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "spe.cli", "worker"],
+            [sys.executable, "-m", "spe.cli", command],
             start_new_session=True,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -74,18 +74,21 @@ def run_platform(announce: bool = True) -> None:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     settings = get_settings()
-    worker = _start_worker()
+    worker = _start("worker")
+    api = _start("api")
     threading.Thread(target=maintenance, args=(stop,), daemon=True, name="maintenance").start()
     if announce:
         click.echo(
             f"SPE is running: the audit sealer seals every {settings.seal_interval_seconds:g} s "
             f"and appends signed checkpoints to {settings.checkpoint_file}; a task worker "
             f"(pid {worker.pid}, log in {settings.state_dir / 'logs'}) runs ingest and "
-            "extraction jobs."
+            "extraction and export check jobs; the SPE API listens on "
+            f"http://{settings.api_host}:{settings.api_port}/api/v1/docs."
         )
         click.echo("Press Ctrl-C to stop.")
     try:
         run_sealer(should_stop=stop.is_set)
     finally:
+        _stop(api)
         _stop(worker)
     click.echo("SPE stopped cleanly.")

@@ -1,6 +1,6 @@
 """Every table, imported in one place so Alembic and tests see the whole schema."""
 
-from spe.accounts.models import Organisation, RoleGrant, TermsAcceptance, User
+from spe.accounts.models import ApiToken, Organisation, RoleGrant, TermsAcceptance, User
 from spe.audit.models import AuditCheckpoint, AuditEvent
 from spe.catalogue.models import Dataset, DatasetVersion, Variable
 from spe.db.base import Base
@@ -17,6 +17,7 @@ from spe.keys.models import WrappedKey
 from spe.projects.models import Project, ProjectExtract, ProjectGrant, ProjectMember
 
 __all__ = [
+    "ApiToken",
     "AuditCheckpoint",
     "AuditEvent",
     "Base",
