@@ -171,6 +171,12 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
     ).projects.extracts.grant_dataset(
         s, u(s, "reviewer"), proj(s, "study"), "people", ["income"], {}
     ),
+    "spe.accounts.tokens.create_token": lambda s: __import__(
+        "spe.accounts.tokens"
+    ).accounts.tokens.create_token(s, u(s, "researcher")),
+    "spe.accounts.tokens.revoke_tokens": lambda s: __import__(
+        "spe.accounts.tokens"
+    ).accounts.tokens.revoke_tokens(s, u(s, "researcher")),
     "spe.exports.actions.file_request": _export,
     "spe.exports.actions.vote": lambda s: _ex().vote(
         s, u(s, "reviewer"), _export(s), "notes.txt", "approve", "fine"
