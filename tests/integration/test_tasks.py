@@ -414,3 +414,27 @@ def test_progress_of_a_large_ingest_is_visible_in_task_status_while_it_runs(
     last = seen[-1]
     assert (last["status"], last["done"], last["total"]) == ("done", 4_000_000, 4_000_000)
     assert last["result"]["accepted"] == 4_000_000
+
+
+def test_export_check_sent_by_the_cli_is_run_by_the_worker(world, worker, spe_cli, tmp_path):
+    from spe.accounts.service import accept_terms, get_user
+    from spe.db import readonly, transaction
+    from spe.exports.actions import get_request
+    from spe.projects.service import approve_project, get_project
+
+    with transaction() as s:
+        approve_project(s, get_user(s, "reviewer"), get_project(s, "study"))
+        accept_terms(s, get_user(s, "researcher"))
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    (outbox / "notes.txt").write_text("Income rises with education.\n")
+    done = spe_cli(
+        "--as", "researcher", "export", "file", "--project", "study",
+        "--output", "notes.txt", "--justification", "for the paper", "--outbox", str(outbox),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "check queued" in done.stdout
+    view = wait_for_job(only_job())
+    assert view.status == "done", view.error
+    with readonly() as s:
+        assert get_request(s, view.result["request"]).status.value == "in_review"
