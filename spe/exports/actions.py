@@ -178,11 +178,11 @@ def _copy_outputs(
                     files.append(
                         (
                             "evidence",
-                            copy_file(
+                            copy_file(  # row-level evidence: bounded by the request's limit
                                 fd,
                                 evidence,
                                 dest,
-                                max_bytes=settings.export_max_file_bytes,
+                                max_bytes=settings.export_max_request_bytes - total,
                                 evidence=True,
                             ),
                         )
@@ -319,16 +319,33 @@ def _queue_check(session: Session, actor: User, request: ExportRequest) -> str:
 # --- the server-side check ----------------------------------------------------------------------
 
 
-def rules_for(session: Session, project: Project, datasets: Sequence[str]) -> Any:
-    """The strictest rules of the datasets an output draws on (the project's all, if unknown)."""
+def rules_for(session: Session, project: Project) -> Any:
+    """The strictest rules over all the project's datasets.
+
+    Never only the datasets an output says it used: that claim comes from the workspace, and a
+    researcher could name the dataset with the weakest rules.
+    """
     from spe.projects.extracts import granted_datasets
     from spe.sdc import load_rules, strictest
 
-    names = list(datasets) or granted_datasets(session, project)
+    names = granted_datasets(session, project)
     policies = Path(get_settings().policies_dir)
     if not names:
         return load_rules(policies, holder=project.holder.name)
     return strictest([load_rules(policies, holder=project.holder.name, dataset=n) for n in names])
+
+
+def project_persons(session: Session, project: Project) -> set[str]:
+    """Every pseudonym in the project's current extracts: evidence may name no one else."""
+    import pyarrow.parquet as pq
+
+    from spe.projects.extracts import workspace_mounts
+
+    persons: set[str] = set()
+    for folder in workspace_mounts(session, project).values():
+        table = pq.read_table(folder / "data.parquet", columns=[0])
+        persons.update(table.column(0).to_pylist())
+    return persons
 
 
 def released_tables(session: Session, project_id: uuid.UUID) -> list[Any]:
@@ -358,13 +375,14 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
         project = project_of(session, request)
         granted = set(granted_datasets(session, project))
         released = released_tables(session, project.id)
+        rules = rules_for(session, project)
+        persons = project_persons(session, project) if _any_recorded(request) else None
         plan = []
         for out in _current(request):
             files = {f.name: storage.path(f.path) for f in out.files}
             sidecar_file = next((f for f in out.files if f.role == "sidecar"), None)
             media_type = next(f.media_type for f in out.files if f.role == "output")
             datasets = json.loads(out.datasets)
-            rules = rules_for(session, project, datasets)
             plan.append(
                 (out.id, out.name, out.kind, media_type, files, sidecar_file, datasets, rules)
             )
@@ -387,7 +405,9 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
                 from spe.analysis.replay import check_output
 
                 sidecar = json.loads(storage.path(sidecar_file.path).read_text("utf-8"))
-                check = check_output(sidecar, files, rules, released)
+                # Earlier outputs of this request count as released for the later ones.
+                check = check_output(sidecar, files, rules, released, known_persons=persons)
+                released = [*released, *check.released]
         except ExportError:
             raise
         except Exception as exc:  # a damaged output is the researcher's to fix, not a crash
@@ -476,6 +496,10 @@ def _plain_file(name: str, media_type: str) -> _Check:
         report={"kind": "file", "media_type": media_type},
         released=[],
     )
+
+
+def _any_recorded(request: ExportRequest) -> bool:
+    return any(f.role == "sidecar" for o in _current(request) for f in o.files)
 
 
 def _refused(name: str, why: str) -> _Check:
@@ -597,7 +621,7 @@ def _recheck_released(session: Session, request: ExportRequest, out: ExportOutpu
     sidecar = json.loads(storage.path(sidecar_file.path).read_text("utf-8"))
     project = project_of(session, request)
     try:
-        check = check_output(sidecar, files, rules_for(session, project, json.loads(out.datasets)))
+        check = check_output(sidecar, files, rules_for(session, project))
     except Exception:  # the reviewers released it regardless; nothing to remember then
         return []
     return list(check.released)

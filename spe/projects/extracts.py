@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -331,6 +332,16 @@ def current_extracts(session: Session, project: Project) -> dict[str, ProjectExt
     )
     names = {d.id: d.name for d in session.scalars(select(Dataset))}
     return {names[r.dataset_id]: r for r in rows}
+
+
+def workspace_mounts(session: Session, project: Project) -> dict[str, Path]:
+    """Per granted dataset, the folder of the project's current extract (holding data.parquet),
+    to be mounted read-only at ``<workspace data dir>/<dataset>`` in the project's workspaces."""
+    storage = data_storage()
+    return {
+        name: storage.path(row.path).parent
+        for name, row in sorted(current_extracts(session, project).items())
+    }
 
 
 def destroy_project_data(session: Session, actor: User | str, project: Project) -> dict[str, Any]:

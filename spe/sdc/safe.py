@@ -90,12 +90,23 @@ class SafeTable:
                 index=axis_index(self.row_labels, self.index),
                 columns=axis_index(self.col_labels, self.columns),
             )
-        body = np.column_stack([self.values, self.row_totals])
-        body = np.vstack([body, [*self.col_totals.tolist(), self.grand_total]])
+        # In a one-column table each row total is its one cell (and likewise for one row):
+        # publishing it would show a suppressed cell again, so that margin is left out.
+        with_rows, with_cols = len(self.col_labels) > 1, len(self.row_labels) > 1
+        body = np.column_stack([self.values, self.row_totals]) if with_rows else self.values
+        if with_cols:
+            bottom = (
+                [*self.col_totals.tolist(), self.grand_total] if with_rows else [self.grand_total]
+            )
+            body = np.vstack([body, bottom])
         return pd.DataFrame(
             body,
-            index=_with_total(self.row_labels, self.index),
-            columns=_with_total(self.col_labels, self.columns),
+            index=_with_total(self.row_labels, self.index)
+            if with_cols
+            else axis_index(self.row_labels, self.index),
+            columns=_with_total(self.col_labels, self.columns)
+            if with_rows
+            else axis_index(self.col_labels, self.columns),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,10 +121,10 @@ class SafeTable:
             "column_labels": [[json_scalar(v) for v in c] for c in self.col_labels],
             "values": [[json_scalar(v) for v in row] for row in self.values.tolist()],
             "row_totals": None
-            if self.row_totals is None
+            if self.row_totals is None or len(self.col_labels) == 1
             else [json_scalar(v) for v in self.row_totals.tolist()],
             "column_totals": None
-            if self.col_totals is None
+            if self.col_totals is None or len(self.row_labels) == 1
             else [json_scalar(v) for v in self.col_totals.tolist()],
             "grand_total": json_scalar(self.grand_total),
             "changes": [c.to_dict() for c in self.changes],
