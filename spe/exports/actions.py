@@ -343,8 +343,10 @@ def project_persons(session: Session, project: Project) -> set[str]:
 
     persons: set[str] = set()
     for folder in workspace_mounts(session, project).values():
-        table = pq.read_table(folder / "data.parquet", columns=[0])
-        persons.update(table.column(0).to_pylist())
+        source = pq.ParquetFile(folder / "data.parquet")
+        first = source.schema_arrow.names[0]  # the project pseudonym comes first
+        for batch in source.iter_batches(columns=[first], batch_size=1 << 20):
+            persons.update(batch.column(0).to_pylist())
     return persons
 
 
@@ -380,7 +382,7 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
         plan = []
         for out in _current(request):
             files = {f.name: storage.path(f.path) for f in out.files}
-            sidecar_file = next((f for f in out.files if f.role == "sidecar"), None)
+            sidecar_file = next((f.path for f in out.files if f.role == "sidecar"), None)
             media_type = next(f.media_type for f in out.files if f.role == "output")
             datasets = json.loads(out.datasets)
             plan.append(
@@ -404,7 +406,7 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
             else:
                 from spe.analysis.replay import check_output
 
-                sidecar = json.loads(storage.path(sidecar_file.path).read_text("utf-8"))
+                sidecar = json.loads(storage.path(sidecar_file).read_text("utf-8"))
                 # Earlier outputs of this request count as released for the later ones.
                 check = check_output(sidecar, files, rules, released, known_persons=persons)
                 released = [*released, *check.released]
