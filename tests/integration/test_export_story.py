@@ -106,6 +106,7 @@ def test_from_a_generated_output_to_a_signed_bundle_verified_offline(workspace, 
     safe = sa.crosstab(
         pop, "municipality", ["sex", "cohort"], name="county_cohort", record_safe=True
     )
+    assert safe.passed and "safe version" in repr(safe)  # the table itself has small cells
 
     # 1. A table whose every check passes (here the safe version the researcher accepted, with
     # its suppressed cells) leaves at once, without a reviewer (microdata.no's speed).
