@@ -205,11 +205,71 @@ def _join_check() -> str:
     )
 
 
+# What the demo researcher runs in the workspace of the demo project (a real workspace does the
+# same in a notebook): two checked tables recorded in the outbox with their evidence.
+_WORKSPACE_SCRIPT = """
+import spe.analysis as sa
+pop = sa.load("population")
+pop["cohort"] = (pop["birth_date"].astype(int) >= 1960).map({True: "1960-", False: "-1959"})
+sa.crosstab(pop, "municipality", ["sex", "cohort"], name="county_cohort", record_safe=True)
+sa.crosstab(pop, ["municipality", "sex"], "birth_date", name="county_sex_year")
+"""
+
+
+def demo_exports() -> list[str]:
+    """Record two outputs as the demo researcher and file them: one released at once, one that
+    waits for the reviewers (it has small cells). Skipped when the demo already has requests."""
+    import os
+    import subprocess
+    import sys
+
+    from spe.exports import actions
+    from spe.projects.extracts import workspace_mounts
+    from spe.tasks import run_inline
+
+    with transaction() as session:
+        researcher = get_user(session, "demo-researcher")
+        if actions.list_requests(session, researcher):
+            return ["  export requests: already filed by an earlier run"]
+        project = session.scalars(select(Project).where(Project.slug == PROJECT)).one()
+        mounts = workspace_mounts(session, project)
+        outbox = actions.default_outbox(project, "demo-researcher")
+    data = outbox.parent / "data"  # what the sandbox mounts read-only at /data
+    data.mkdir(parents=True, exist_ok=True)
+    for name, folder in mounts.items():
+        link = data / name
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(folder, target_is_directory=True)
+    env = {**os.environ, "SPE_WORKSPACE_DATA_DIR": str(data), "SPE_OUTBOX_DIR": str(outbox)}
+    subprocess.run([sys.executable, "-c", _WORKSPACE_SCRIPT], env=env, check=True)
+    lines = []
+    for output, why in (
+        ("county_cohort.csv", "Persons by county, sex and cohort (safe version) for table 1."),
+        ("county_sex_year.csv", "Persons by county, sex and birth year for the appendix."),
+    ):
+        with transaction() as session:
+            request, job = actions.file_request(
+                session,
+                get_user(session, "demo-researcher"),
+                session.scalars(select(Project).where(Project.slug == PROJECT)).one(),
+                [actions.OutputRequest(output, why)],
+                f"Demo: {output}",
+            )
+            request_id = str(request.id)
+        run_inline(job)
+        with transaction() as session:
+            status = actions.get_request(session, request_id).status.value.replace("_", " ")
+        lines.append(f"  export request {request_id[:8]} ({output}): {status}")
+    return lines
+
+
 def run_demo(start: bool = True) -> None:
     settings = get_settings()
     click.echo(f"Setting up the SPE demo in {settings.state_dir} ...")
     logins = set_up_demo()
     report = publish_demo_data()
+    exports = demo_exports()
     from spe.audit.seal import seal_all
 
     seal_all()
@@ -223,10 +283,20 @@ def run_demo(start: bool = True) -> None:
     for line in report:
         click.echo(line)
     click.echo("")
+    click.echo("Export review (the demo researcher filed two checked tables):")
+    for line in exports:
+        click.echo(line)
+    click.echo("")
     click.echo(f"Demo projects: {PROJECT} and {OTHER_PROJECT} (approved). Try, for example:")
+    click.echo("  .venv/bin/spe --as demo-holder export queue        # what waits for review")
+    click.echo("  .venv/bin/spe --as demo-holder export show ID      # per-cell reasons")
+    click.echo("  .venv/bin/spe --as demo-researcher export list")
     click.echo("  .venv/bin/spe --as demo-auditor audit tail")
     click.echo("  .venv/bin/spe audit verify")
-    click.echo("  .venv/bin/spe --as demo-researcher project list")
+    click.echo(
+        f"  SPE API: http://{settings.api_host}:{settings.api_port}/api/v1/docs "
+        "(token: .venv/bin/spe --as demo-holder token create)"
+    )
     click.echo("")
     if start:
         from spe.platform import run_platform

@@ -251,12 +251,17 @@ class TableReport:
                 "threshold": rules.threshold,
                 "rows": int(st.rows[i]),
             }
-            what = "persons with a value" if self.values and self.agg != "count" else "persons"
+            one = persons == 1
+            what = "person" if one else "persons"
+            if self.values and self.agg != "count":
+                what += " with a value"
             if self.person_id is None:
-                what = "rows (no person column was given, so each row counts as a person)"
+                what = "row" if one else "rows"
+                what += " (no person column was given, so each row counts as a person)"
+            verb = "is" if one else "are"
             if sev == Verdict.PASS:
                 text = (
-                    f"{persons} {what} are behind this cell, at least {rules.threshold}."
+                    f"{persons} {what} {verb} behind this cell, at least {rules.threshold}."
                     if persons
                     else "The cell is empty (see zeros)."
                 )
@@ -266,7 +271,7 @@ class TableReport:
                     rule,
                     sev,
                     numbers,
-                    f"Only {persons} {what} are behind this cell; at least {rules.threshold} "
+                    f"Only {persons} {what} {verb} behind this cell; at least {rules.threshold} "
                     "are needed.",
                 )
             ]
