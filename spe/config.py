@@ -99,6 +99,41 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Address the SPE API listens on (`spe api`, `spe up`)."
     )
     api_port: int = Field(default=8040, ge=1, le=65535, description="Port of the SPE API.")
+    workspace_env_dir: Path = Field(
+        default=REPO_ROOT / ".venv-workspace",
+        description="The workspaces' own Python environment (jupyter-server, ipykernel, pandas, "
+        "spe.analysis), separate from the hub's and readable by workspace users.",
+    )
+    workspace_sandbox: str = Field(
+        default="bwrap",
+        pattern="^(bwrap|none)$",
+        description="How workspaces are isolated: 'bwrap' (bubblewrap, no network) or 'none' "
+        "(plain local processes, for development and the benchmark's baseline only).",
+    )
+    workspace_memory_mb: int = Field(
+        default=4096, ge=256, description="Memory limit of one workspace (cgroup), in MiB."
+    )
+    workspace_pids_max: int = Field(
+        default=256, ge=16, description="Most processes and threads in one workspace (cgroup)."
+    )
+    workspace_cpus: float = Field(
+        default=1.0, gt=0, description="CPU time of one workspace, in cores (cgroup quota)."
+    )
+    workspace_idle_minutes: int = Field(
+        default=60, ge=1, description="A workspace idle this long is stopped (its home stays)."
+    )
+    hub_port: int = Field(
+        default=8000,
+        ge=1,
+        le=65535,
+        description="Port of the front door on 127.0.0.1 (the download filter before the hub).",
+    )
+    hub_proxy_port: int = Field(
+        default=8001, ge=1, le=65535, description="Port of configurable-http-proxy (internal)."
+    )
+    hub_api_port: int = Field(
+        default=8081, ge=1, le=65535, description="Port of the JupyterHub API (internal)."
+    )
     outbox_dir: Path = Field(
         default=Path("outbox"),
         description="Inside a workspace: the folder where spe.analysis records outputs for "

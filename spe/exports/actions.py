@@ -116,8 +116,9 @@ def _output(request: ExportRequest, name: str) -> ExportOutput:
 
 def default_outbox(project: Project, username: str) -> Path:
     """Where a researcher's workspace for ``project`` keeps its outbox on this machine."""
-    settings = get_settings()
-    return Path(settings.state_dir) / "workspaces" / project.slug / username / "outbox"
+    from spe.workspaces.layout import host_paths
+
+    return host_paths(project.slug, username).outbox
 
 
 # --- filing -------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class SafeTable:
             bottom = (
                 [*self.col_totals.tolist(), self.grand_total] if with_rows else [self.grand_total]
             )
-            body = np.vstack([body, bottom])
+            body = np.vstack([body, np.asarray(bottom, dtype=float)])
         return pd.DataFrame(
             body,
             index=_with_total(self.row_labels, self.index)
