@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.spe-installed
+# The peer ACRO's own virtualenv (it pins pandas < 3), for tests/unit/test_sdc_acro_agreement.py.
+ACRO_STAMP := .venv-acro/.spe-acro-installed
 
 .PHONY: setup demo test bench lint format clean
 
@@ -10,7 +12,11 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	@PYTHON=$(PYTHON) VENV=$(VENV) ./scripts/setup.sh
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# Made by the full set-up above; on its own only when .venv-acro is missing or out of date.
+$(ACRO_STAMP): scripts/setup.sh
+	@PYTHON=$(PYTHON) ./scripts/setup.sh acro
+
+setup: $(STAMP) $(ACRO_STAMP)
 
 demo: setup
 	$(BIN)/spe demo
@@ -31,4 +37,4 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-acro var test-artifacts .pytest_cache .ruff_cache

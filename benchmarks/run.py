@@ -1,5 +1,8 @@
 """Run every benchmark in benchmarks/ (each as its own subprocess), streaming its JSON lines.
 
+The benchmarks are found, not listed: every benchmarks/*.py but this runner and _private
+helpers (audit.py, ingest.py, sdc.py; sdc.py runs ACRO in .venv-acro itself).
+
 Each benchmark prints one JSON line per figure on stdout; this runner passes them through as
 they come (progress on stderr passes through too) and exits non-zero if any benchmark failed.
 Arguments other than --only are handed to every benchmark (e.g. --quick, --events N).

@@ -1,14 +1,55 @@
 #!/usr/bin/env bash
 # Sets up everything `make demo` and `make test` need: system packages (installed when run as
-# root, otherwise the exact command is printed), the virtualenv and the Python packages.
+# root, otherwise the exact command is printed), the virtualenv and the Python packages, and
+# .venv-acro, the peer ACRO's own virtualenv for the disclosure-control agreement test.
+#
+#     scripts/setup.sh          everything
+#     scripts/setup.sh acro     only .venv-acro (what `make` runs when it is missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
+ACRO_VENV="${ACRO_VENV:-.venv-acro}"
+# ACRO pins pandas < 3 and SPE runs on pandas 3, so ACRO cannot share SPE's virtualenv. Exact
+# versions: the agreement test compares verdicts cell for cell, so the peer must not drift.
+# pyarrow reads the Parquet files the test and the benchmark hand over.
+ACRO_PACKAGES=(acro==1.0.2 pandas==2.3.3 numpy==2.4.6 pyarrow==26.0.1)
+ACRO_STAMP="$ACRO_VENV/.spe-acro-installed"
+PART="${1:-all}"
+if [[ "$PART" != all && "$PART" != acro ]]; then
+    echo "usage: scripts/setup.sh [acro]" >&2
+    exit 2
+fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "SPE needs Python 3.11 or newer; set PYTHON=/path/to/python3.11 and run make again." >&2
     exit 1
+fi
+
+setup_acro() {
+    # The stamp holds the pinned list: a changed pin reinstalls, an unchanged one costs nothing.
+    local wanted="${ACRO_PACKAGES[*]}"
+    if [[ -x "$ACRO_VENV/bin/python" && -f "$ACRO_STAMP" && "$(<"$ACRO_STAMP")" == "$wanted" ]]; then
+        echo "==> $ACRO_VENV is up to date ($wanted)"
+        touch "$ACRO_STAMP"
+        return 0
+    fi
+    echo "==> creating $ACRO_VENV for the peer disclosure checker ($wanted)"
+    rm -f "$ACRO_STAMP"
+    if ! { [[ -x "$ACRO_VENV/bin/python" ]] || "$PYTHON" -m venv "$ACRO_VENV"; } ||
+        ! "$ACRO_VENV/bin/python" -m pip install -q "${ACRO_PACKAGES[@]}" ||
+        ! "$ACRO_VENV/bin/python" -c 'import acro, pyarrow' >/dev/null 2>&1; then
+        echo "Could not create $ACRO_VENV with $wanted (pip's message is above); the" \
+            "ACRO agreement test needs it, so set-up stops here: fix the cause (PyPI access," \
+            "Python version) and run make setup again." >&2
+        exit 1
+    fi
+    echo "$wanted" >"$ACRO_STAMP"
+}
+
+if [[ "$PART" == acro ]]; then
+    setup_acro
+    exit 0
 fi
 
 # System packages, one per line in scripts/system-packages.txt (Debian names).
@@ -36,4 +77,5 @@ fi
 echo "==> installing Python packages into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+setup_acro
 echo "==> set-up done"

@@ -1,0 +1,377 @@
+"""Disclosure-control benchmark: SPE's checked crosstab against plain pandas and against ACRO.
+
+Prints one JSON line per figure. Sizes: 1 M and 10 M rows (``--rows N``, repeatable;
+``--quick``: 100 k and 1 M) of synthetic data: three categorical dimensions of 20 x 10 x 5
+categories (skewed sizes), a skewed numeric column (lognormal with a few dominant values) and a
+person id. Each figure is measured in a fresh child process that loads the same Parquet file
+first: its time is the best of ``--repeat`` runs, and its memory is the peak RSS while the
+operation runs with the data already loaded (the peak is reset with /proc/self/clear_refs before
+each run), reported whole and as the extra over the loaded data. ACRO runs in ``.venv-acro``
+(it pins pandas < 3) through this same file, which imports nothing from SPE at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ACRO_PYTHON = REPO / ".venv-acro" / "bin" / "python"
+INDEX = ["a", "b"]
+COLUMNS = "c"
+DIMENSIONS = {"a": 20, "b": 10, "c": 5}
+GOALS = {  # figure -> (goal, sentence)
+    "spe_over_pandas.count": (1.5, "<= 1.5"),
+    "spe_over_pandas.mean": (2.0, "<= 2"),
+    "acro_over_spe": (10.0, ">= 10"),
+    "memory": (1.5, "<= 1.5"),
+}
+OPERATIONS = ("count", "mean")
+DIMS = ("string", "category")
+
+
+def emit(name: str, value: float, unit: str, **extra: object) -> None:
+    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, **extra}), flush=True)
+
+
+def progress(text: str) -> None:
+    print(f"[sdc] {text}", file=sys.stderr, flush=True)
+
+
+# -- data -----------------------------------------------------------------------------------
+def generate(
+    rows: int, path: Path, rows_per_person: float, dims: str, pid: str, seed: int = 7
+) -> None:
+    """The synthetic table, written to Parquet.
+
+    ``dims`` "string": the dimensions are plain text columns, as SPE's extracts store them
+    (they read back as strings: pandas 3's Arrow strings in SPE, Python objects in ACRO's
+    pandas 2); "category": pandas categoricals (Arrow dictionaries), which read back as
+    categoricals in both. ``pid`` "int": int64 person numbers; "pseudonym": 16 random bytes
+    (Arrow binary(16)), the form of the person column in SPE's extracts.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    data: dict[str, Any] = {}
+    for name, k in DIMENSIONS.items():
+        weights = 1.0 / np.arange(1, k + 1)  # Zipf-like: the last categories are small
+        codes = rng.choice(k, rows, p=weights / weights.sum())
+        labels = [f"{name}{i:02d}" for i in range(k)]
+        column = pd.Categorical.from_codes(codes, categories=labels)
+        data[name] = column if dims == "category" else np.asarray(column, dtype=object)
+    v = rng.lognormal(10.0, 1.0, rows)
+    dominant = rng.choice(rows, min(rows, 50), replace=False)
+    v[dominant] *= 1e4  # a few dominant earners
+    data["v"] = v
+    persons = max(int(rows / rows_per_person), 1)
+    if rows_per_person == 1:
+        person = rng.permutation(rows).astype(np.int64)
+    else:
+        person = rng.integers(0, persons, rows, dtype=np.int64)
+    table = pa.Table.from_pandas(pd.DataFrame(data), preserve_index=False)
+    if pid == "int":
+        column = pa.array(person)
+    else:
+        pseudonyms = np.frombuffer(rng.bytes(16 * persons), dtype="V16")[person]
+        column = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(16), rows, [None, pa.py_buffer(pseudonyms.tobytes())]
+        )
+    pq.write_table(table.append_column("pid", column), path)
+
+
+# -- one measured operation, in its own process -----------------------------------------------
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS; False where Linux will not."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _operation(kind: str, df: Any) -> Any:
+    """The callable a child times: (tool, statistic) -> a function of no arguments."""
+    tool, agg = kind.split("-")
+    if tool == "pandas":
+        import pandas as pd
+
+        index = [df[name] for name in INDEX]
+        if agg == "count":
+            return lambda: pd.crosstab(index, df[COLUMNS])
+        return lambda: pd.crosstab(index, df[COLUMNS], values=df["v"], aggfunc="mean")
+    if tool == "spe":
+        from spe.sdc import Rules, check_table
+
+        rules = Rules()
+
+        def checked() -> Any:
+            report = check_table(
+                df,
+                index=INDEX,
+                columns=COLUMNS,
+                values=None if agg == "count" else "v",
+                agg=agg,
+                person_id="pid",
+                rules=rules,
+            )
+            return report.table, report.status  # the released table and its verdict
+
+        return checked
+    if tool == "acro":
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        import acro
+
+        logging.disable(logging.CRITICAL)
+        session = acro.ACRO(suppress=False)
+        index = [df[name] for name in INDEX]
+        if agg == "count":
+            return lambda: session.crosstab(index, df[COLUMNS])
+        return lambda: session.crosstab(index, df[COLUMNS], values=df["v"], aggfunc="mean")
+    raise SystemExit(f"unknown operation {kind!r}")
+
+
+def child(kind: str, data: Path, repeat: int) -> None:
+    """Load the data, then time ``kind`` ``repeat`` times; print one JSON object."""
+    import pandas as pd
+
+    columns = [*INDEX, COLUMNS, "v"] + ([] if kind.startswith("acro") else ["pid"])
+    df = pd.read_parquet(data, columns=columns)
+    run = _operation(kind, df)
+    gc.collect()
+    loaded = _status_kib("VmRSS")
+    seconds = []
+    peaks = []
+    reset = True
+    for _ in range(repeat):
+        gc.collect()
+        before = _status_kib("VmRSS")
+        reset = _reset_peak() and reset
+        started = time.perf_counter()
+        result = run()
+        seconds.append(time.perf_counter() - started)
+        peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peaks.append((peak, peak - before))
+        del result
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "loaded_mib": loaded / 1024,
+                "peak_mib": max(p for p, _ in peaks) / 1024,
+                "extra_mib": max(e for _, e in peaks) / 1024,
+                "peak_reset": reset,
+                "pandas": pd.__version__,
+            }
+        )
+    )
+
+
+def measure(kind: str, data: Path, repeat: int) -> dict[str, Any]:
+    python = str(ACRO_PYTHON) if kind.startswith("acro") else sys.executable
+    out = subprocess.run(
+        [python, __file__, "--child", kind, "--data", str(data), "--repeat", str(repeat)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+def _goal(figure: str, goal: str, ratio: float, **extra: object) -> None:
+    """One ratio with its goal (a GOALS key) and whether it is met."""
+    limit, sentence = GOALS[goal]
+    passed = ratio >= limit if sentence.startswith(">=") else ratio <= limit
+    emit(f"sdc.{figure}", ratio, "ratio", goal=sentence, passed=passed, **extra)
+
+
+def crosstabs(rows: int, dims: str, work: Path, args: argparse.Namespace) -> list[str]:
+    """All figures for one size and kind of dimension; returns the parts that failed."""
+    path = work / f"sdc-{rows}-{dims}.parquet"
+    started = time.perf_counter()
+    generate(rows, path, args.rows_per_person, dims, args.pid)
+    progress(f"{rows:,} rows ({dims} dimensions) in {time.perf_counter() - started:.1f} s")
+    repeat = args.repeat or (3 if rows <= 2_000_000 else 2)
+    tools = ["pandas", "spe"]
+    acro_reason = None
+    if args.no_acro:
+        acro_reason = "--no-acro"
+    elif not ACRO_PYTHON.exists():
+        acro_reason = f"{ACRO_PYTHON.parent.parent.name} is missing: run make setup"
+    else:
+        tools.append("acro")
+    failed = []
+    results: dict[str, dict[str, Any]] = {}
+    common = {"rows": rows, "dims": dims, "pid": args.pid, "rows_per_person": args.rows_per_person}
+    for agg in OPERATIONS:
+        for tool in tools:
+            kind = f"{tool}-{agg}"
+            runs = 1 if tool == "acro" and rows > 2_000_000 else repeat
+            progress(f"{rows:,} rows, {dims}: {kind} x {runs}")
+            try:
+                res = measure(kind, path, runs)
+            except RuntimeError as exc:
+                emit(f"sdc.{tool}.{agg}.error", 1, "error", error=str(exc), **common)
+                failed.append(kind)
+                continue
+            results[kind] = res
+            emit(
+                f"sdc.{tool}.{agg}",
+                min(res["seconds"]),
+                "s",
+                per_run=[round(s, 3) for s in res["seconds"]],
+                pandas=res["pandas"],
+                **common,
+            )
+            emit(
+                f"sdc.{tool}.{agg}.peak_rss",
+                res["peak_mib"],
+                "MiB",
+                loaded_mib=round(res["loaded_mib"], 1),
+                extra_mib=round(res["extra_mib"], 1),
+                measured="peak RSS while the operation runs, data loaded first"
+                + ("" if res["peak_reset"] else " (peak not resettable: lifetime maxrss)"),
+                **common,
+            )
+        if acro_reason:
+            emit(f"sdc.acro.{agg}", 0, "s", skipped=True, reason=acro_reason, **common)
+        pandas, spe, peer = (results.get(f"{t}-{agg}") for t in ("pandas", "spe", "acro"))
+        if pandas and spe:
+            p_s, s_s = min(pandas["seconds"]), min(spe["seconds"])
+            _goal(
+                f"spe_over_pandas.{agg}",
+                f"spe_over_pandas.{agg}",
+                s_s / p_s,
+                spe_s=round(s_s, 3),
+                pandas_s=round(p_s, 3),
+                **common,
+            )
+            _goal(
+                f"memory.{agg}",
+                "memory",
+                spe["extra_mib"] / max(pandas["extra_mib"], 1.0),
+                basis="extra MiB over the loaded data, SPE/pandas",
+                peak_ratio=round(spe["peak_mib"] / pandas["peak_mib"], 3),
+                spe_extra_mib=round(spe["extra_mib"], 1),
+                pandas_extra_mib=round(pandas["extra_mib"], 1),
+                **common,
+            )
+        if spe and peer:
+            _goal(
+                f"acro_over_spe.{agg}",
+                "acro_over_spe",
+                min(peer["seconds"]) / min(spe["seconds"]),
+                acro_s=round(min(peer["seconds"]), 3),
+                **common,
+            )
+    path.unlink()
+    return failed
+
+
+def safe_version_figure(cells_per_side: int = 50, seed: int = 11) -> None:
+    """Secondary suppression on a 50 x 50 count table with some small cells."""
+    import numpy as np
+    import pandas as pd
+
+    from spe.sdc import check_table, safe_version
+
+    rng = np.random.default_rng(seed)
+    k = cells_per_side
+    counts = rng.integers(15, 200, (k, k))
+    small = rng.random((k, k)) < 0.05
+    counts[small] = rng.integers(1, 10, int(small.sum()))
+    r, c = np.divmod(np.repeat(np.arange(k * k), counts.ravel()), k)
+    df = pd.DataFrame({"r": r, "c": c, "pid": np.arange(len(r))})
+    report = check_table(df, "r", "c", person_id="pid")
+    seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        safe = safe_version(report, "suppress")
+        seconds.append(time.perf_counter() - started)
+    kinds = [change.kind for change in safe.changes]
+    emit(
+        "sdc.safe_version.suppress",
+        min(seconds),
+        "s",
+        shape=[k, k],
+        rows=len(df),
+        primary=kinds.count("primary"),
+        secondary=kinds.count("secondary"),
+        status=safe.status.value,
+        per_run=[round(s, 3) for s in seconds],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 k and 1 M rows")
+    parser.add_argument("--rows", type=int, action="append", help="rows (repeatable)")
+    parser.add_argument("--no-acro", action="store_true", help="do not run ACRO")
+    parser.add_argument(
+        "--dims", choices=DIMS, action="append", help="kind of dimension column (default: both)"
+    )
+    parser.add_argument("--repeat", type=int, help="runs per figure (default 3; 2 above 2 M rows)")
+    parser.add_argument(
+        "--rows-per-person",
+        type=float,
+        default=1.0,
+        help="1 (default): one row per person; more: repeated persons (person-years)",
+    )
+    parser.add_argument(
+        "--pid",
+        choices=("int", "pseudonym"),
+        default="int",
+        help="person ids: int64 numbers (default) or binary(16) pseudonyms as in SPE's extracts",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    # run.py hands every benchmark the same arguments: ignore the other benchmarks' ones.
+    args, _ = parser.parse_known_args(argv)
+    if args.child:
+        child(args.child, args.data, args.repeat or 1)
+        return 0
+    sizes = args.rows or ([100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000])
+    failed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="spe-bench-sdc-") as tmp:
+        for rows in sorted(sizes):
+            for dims in args.dims or DIMS:
+                failed += crosstabs(rows, dims, Path(tmp), args)
+    try:
+        safe_version_figure()
+    except Exception as exc:
+        emit("sdc.safe_version.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
+        failed.append("safe_version")
+    if failed:
+        progress(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
