@@ -1216,6 +1216,14 @@ def api() -> None:
     uvicorn.run(create_app(), host=settings.api_host, port=settings.api_port, log_level="info")
 
 
+@cli.command("airlock")
+def airlock() -> None:
+    """Serve the airlock: one unix socket per running workspace (cells, loads, exports)."""
+    from spe.workspaces.airlock import run_airlock
+
+    run_airlock()
+
+
 @cli.group()
 def token() -> None:
     """Tokens for the SPE API."""

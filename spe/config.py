@@ -139,6 +139,10 @@ class Settings(BaseSettings):
         description="Inside a workspace: the folder where spe.analysis records outputs for "
         "export (relative paths are taken from the current directory).",
     )
+    workspace_airlock_socket: Path = Field(
+        default=Path("/run/spe-airlock/airlock.sock"),
+        description="Inside a workspace: the airlock's socket (cells, loads, export requests).",
+    )
     workspace_data_dir: Path = Field(
         default=Path("/data"),
         description="Inside a workspace: where the project's extracts are mounted read-only.",

@@ -76,19 +76,22 @@ def run_platform(announce: bool = True) -> None:
     settings = get_settings()
     worker = _start("worker")
     api = _start("api")
+    airlock = _start("airlock")
     threading.Thread(target=maintenance, args=(stop,), daemon=True, name="maintenance").start()
     if announce:
         click.echo(
             f"SPE is running: the audit sealer seals every {settings.seal_interval_seconds:g} s "
             f"and appends signed checkpoints to {settings.checkpoint_file}; a task worker "
             f"(pid {worker.pid}, log in {settings.state_dir / 'logs'}) runs ingest and "
-            "extraction and export check jobs; the SPE API listens on "
+            "extraction and export check jobs; the airlock serves running workspaces; the SPE "
+            "API listens on "
             f"http://{settings.api_host}:{settings.api_port}/api/v1/docs."
         )
         click.echo("Press Ctrl-C to stop.")
     try:
         run_sealer(should_stop=stop.is_set)
     finally:
+        _stop(airlock)
         _stop(api)
         _stop(worker)
     click.echo("SPE stopped cleanly.")

@@ -15,6 +15,7 @@ from spe.exports.models import (
 from spe.jobs.models import Job
 from spe.keys.models import WrappedKey
 from spe.projects.models import Project, ProjectExtract, ProjectGrant, ProjectMember
+from spe.workspaces.models import Workspace
 
 __all__ = [
     "ApiToken",
@@ -39,5 +40,6 @@ __all__ = [
     "TermsAcceptance",
     "User",
     "Variable",
+    "Workspace",
     "WrappedKey",
 ]

@@ -177,6 +177,17 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
     "spe.accounts.tokens.revoke_tokens": lambda s: __import__(
         "spe.accounts.tokens"
     ).accounts.tokens.revoke_tokens(s, u(s, "researcher")),
+    "spe.workspaces.registry.workspace_started": lambda s: __import__(
+        "spe.workspaces.registry"
+    ).workspaces.registry.workspace_started(s, u(s, "researcher"), proj(s, "study")),
+    "spe.workspaces.registry.workspace_stopped": lambda s: (
+        __import__("spe.workspaces.registry").workspaces.registry.workspace_started(
+            s, u(s, "researcher"), proj(s, "study")
+        ),
+        __import__("spe.workspaces.registry").workspaces.registry.workspace_stopped(
+            s, "system:culler", "study--researcher", "idle"
+        ),
+    ),
     "spe.exports.actions.file_request": _export,
     "spe.exports.actions.vote": lambda s: _ex().vote(
         s, u(s, "reviewer"), _export(s), "notes.txt", "approve", "fine"

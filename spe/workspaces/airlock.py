@@ -1,0 +1,284 @@
+"""The airlock: each running workspace's one way out, a unix socket served by the control plane.
+
+The airlock knows which workspace is calling from the socket the connection arrived on, never
+from what the caller says. Through it a workspace records the cells it runs and the datasets
+it loads, and files export requests from its own outbox. One JSON request per line, one JSON
+answer per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from spe.errors import SPEError
+from spe.workspaces.layout import host_paths
+from spe.workspaces.registry import RunningWorkspace
+
+log = logging.getLogger("spe.airlock")
+
+MAX_LINE = 1 << 20  # one request; a cell larger than this is refused (and so does not run)
+MAX_CODE_RECORDED = 256 << 10  # longer cells are recorded by hash and length, and their start
+SYNC_SECONDS = 1.0
+
+
+class AirlockError(SPEError):
+    """A request the airlock refuses; the message goes back to the workspace."""
+
+
+# --- what each request does (synchronous, testable without sockets) ---------------------------
+
+
+def _cell(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
+    from spe.audit.log import record
+    from spe.db.session import get_engine
+
+    code = request.get("code")
+    if not isinstance(code, str):
+        raise AirlockError("A cell record needs the cell's code as text.")
+    digest = hashlib.sha256(code.encode("utf-8", "surrogatepass")).hexdigest()
+    claimed = request.get("sha256")
+    if claimed is not None and claimed != digest:
+        raise AirlockError("The cell's sha256 does not match its code.")
+    source = request.get("source") if request.get("source") in ("kernel", "server") else "kernel"
+    details: dict[str, Any] = {
+        "sha256": digest,
+        "length": len(code),
+        "code": code[:MAX_CODE_RECORDED],
+        "truncated": len(code) > MAX_CODE_RECORDED,
+        "source": source,
+    }
+    count = request.get("execution_count")
+    if isinstance(count, int):
+        details["execution_count"] = count
+    # A cell changes nothing but the log, so it is recorded on a Core transaction (fast path).
+    with get_engine().begin() as conn:
+        record(
+            conn,
+            ws.username,
+            "workspace.cell",
+            f"workspace:{ws.name}",
+            details,
+            project=ws.project,
+        )
+    return {"ok": True, "sha256": digest}
+
+
+def _load(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
+    from spe.audit.log import record
+    from spe.db.session import get_engine
+
+    dataset = request.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise AirlockError("A load record needs the dataset's name.")
+    columns = request.get("columns") or []
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise AirlockError("columns must be a list of column names.")
+    rows = request.get("rows")
+    with get_engine().begin() as conn:
+        record(
+            conn,
+            ws.username,
+            "workspace.load",
+            f"workspace:{ws.name}",
+            {"columns": columns[:500], "rows": rows if isinstance(rows, int) else None},
+            project=ws.project,
+            dataset=dataset[:128],
+        )
+    return {"ok": True}
+
+
+def _export(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
+    from spe.accounts.service import get_user
+    from spe.db import transaction
+    from spe.exports import actions
+    from spe.projects.service import get_project
+    from spe.tasks import BrokerError, dispatch
+
+    outputs = request.get("outputs")
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise AirlockError(
+            'An export request needs "outputs": [{"name": ..., "justification": ...}, ...].'
+        )
+    wanted = [
+        actions.OutputRequest(str(o.get("name", "")), str(o.get("justification", "")))
+        for o in outputs
+    ]
+    title = request.get("title")
+    with transaction() as session:
+        project = get_project(session, ws.project)
+        user = get_user(session, ws.username)
+        # The outbox is this workspace's own, whatever the request says.
+        exported, job = actions.file_request(
+            session,
+            user,
+            project,
+            wanted,
+            str(title) if title else "",
+            host_paths(ws.project, ws.username).outbox,
+        )
+        request_id = str(exported.id)
+    answer: dict[str, Any] = {"ok": True, "request": request_id, "status": "checking"}
+    try:
+        dispatch(job)
+    except BrokerError as exc:
+        answer["note"] = exc.message
+    return answer
+
+
+def _exports(ws: RunningWorkspace, _request: dict[str, Any]) -> dict[str, Any]:
+    from spe.accounts.service import get_user
+    from spe.db import transaction
+    from spe.exports import actions
+    from spe.projects.service import get_project
+
+    with transaction() as session:
+        mine = actions.list_requests(
+            session, get_user(session, ws.username), get_project(session, ws.project)
+        )
+    return {"ok": True, "requests": mine}
+
+
+def _hello(ws: RunningWorkspace, _request: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "workspace": ws.name, "project": ws.project, "user": ws.username}
+
+
+OPERATIONS: dict[str, Callable[[RunningWorkspace, dict[str, Any]], dict[str, Any]]] = {
+    "hello": _hello,
+    "cell": _cell,
+    "load": _load,
+    "export": _export,
+    "exports": _exports,
+}
+
+
+def handle_request(ws: RunningWorkspace, line: bytes) -> dict[str, Any]:
+    """Answer one request from workspace ``ws`` (known from the socket, not from ``line``)."""
+    try:
+        request = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return {"ok": False, "error": "The request is not one line of JSON."}
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "The request must be a JSON object."}
+    op = request.get("op")
+    handler = OPERATIONS.get(op) if isinstance(op, str) else None
+    if handler is None:
+        return {"ok": False, "error": f"Unknown operation; use one of {', '.join(OPERATIONS)}."}
+    try:
+        return handler(ws, request)
+    except SPEError as exc:
+        return {"ok": False, "error": exc.message}
+    except Exception as exc:  # never let a workspace crash the airlock; it sees a sentence
+        log.exception("airlock %s failed for %s", op, ws.name)
+        return {"ok": False, "error": f"The airlock could not do {op} ({type(exc).__name__})."}
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+class Airlock:
+    """Serves one socket per running workspace and follows the workspaces table."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, tuple[RunningWorkspace, asyncio.AbstractServer]] = {}
+
+    async def sync(self) -> None:
+        from spe.db import readonly
+        from spe.workspaces.registry import running_workspaces
+
+        def running() -> list[RunningWorkspace]:
+            with readonly() as session:
+                return running_workspaces(session)
+
+        wanted = {ws.name: ws for ws in await asyncio.to_thread(running)}
+        for name in sorted(set(self.servers) - set(wanted)):
+            await self.close(name)
+        for name, ws in sorted(wanted.items()):
+            if name not in self.servers:
+                await self.open(ws)
+
+    async def open(self, ws: RunningWorkspace) -> None:
+        paths = host_paths(ws.project, ws.username)
+        paths.airlock.mkdir(parents=True, exist_ok=True, mode=0o755)
+        os.chmod(paths.airlock, 0o755)  # noqa: S103 - the sandbox's user must traverse it
+        sock = paths.airlock_socket
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        server = await asyncio.start_unix_server(
+            partial(self._serve, ws), path=str(sock), limit=MAX_LINE
+        )
+        # The workspace's own user must connect; on the host the state folder keeps others out,
+        # and no other sandbox has this folder mounted.
+        os.chmod(sock, 0o666)  # noqa: S103
+        self.servers[ws.name] = (ws, server)
+        log.info("airlock open for %s at %s", ws.name, sock)
+
+    async def close(self, name: str) -> None:
+        ws, server = self.servers.pop(name)
+        server.close()
+        await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            host_paths(ws.project, ws.username).airlock_socket.unlink()
+        log.info("airlock closed for %s", name)
+
+    async def _serve(
+        self, ws: RunningWorkspace, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    answer = {"ok": False, "error": f"A request may be at most {MAX_LINE} bytes."}
+                    writer.write(json.dumps(answer).encode() + b"\n")
+                    await writer.drain()
+                    break
+                if not line:
+                    break
+                if ws.name not in self.servers:  # stopped meanwhile
+                    answer = {"ok": False, "error": "This workspace is no longer running."}
+                else:
+                    answer = await asyncio.to_thread(handle_request, ws, line)
+                writer.write(json.dumps(answer, default=str).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    await self.sync()
+                except Exception:  # the database may be briefly away; try again
+                    log.exception("airlock sync failed")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), SYNC_SECONDS)
+        finally:
+            for name in list(self.servers):
+                await self.close(name)
+
+
+def run_airlock() -> None:
+    """`spe airlock`: serve until SIGINT/SIGTERM."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Airlock().run(stop)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s airlock %(message)s")
+    asyncio.run(main())
