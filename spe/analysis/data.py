@@ -95,7 +95,26 @@ def load(
                 f"{', '.join(schema_names)}."
             )
     frame = pq.read_table(path, columns=wanted).to_pandas()
+    _record_load(name, list(frame.columns), len(frame))
     return use(frame, person_id=person, dataset=name)
+
+
+def _record_load(name: str, columns: list[str], rows: int) -> None:
+    """Tell the airlock what was read. Inside a workspace the airlock's folder is mounted, and a
+    load that cannot be recorded is refused (also while the airlock is away); outside one
+    (development, tests) there is nothing to tell."""
+    from spe.config import get_settings
+    from spe.workspaces.client import AirlockUnavailable, call
+
+    socket = get_settings().workspace_airlock_socket
+    if not socket.parent.is_dir():
+        return
+    try:
+        call({"op": "load", "dataset": name, "columns": columns, "rows": rows}, socket)
+    except AirlockUnavailable as exc:
+        raise AnalysisError(
+            f"Loading {name!r} could not be recorded in the audit log, so it was refused ({exc})."
+        ) from None
 
 
 def use(

@@ -205,3 +205,28 @@ def test_the_cell_audit_extension_records_cells_and_fails_closed(workspaces, mon
             shell.extension_manager.unload_extension("spe.workspaces.cell_audit")
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_loading_data_in_a_workspace_is_recorded_and_refused_when_it_cannot_be(
+    workspaces, monkeypatch, tmp_path
+):
+    import pandas as pd
+
+    import spe.analysis as sa
+    from spe.analysis import AnalysisError
+    from spe.config import reset_settings
+
+    data = tmp_path / "data" / "income"
+    data.mkdir(parents=True)
+    pd.DataFrame({"person_id": ["a", "b"], "wage": [1, 2]}).to_parquet(data / "data.parquet")
+    monkeypatch.setenv("SPE_WORKSPACE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(
+        "SPE_WORKSPACE_AIRLOCK_SOCKET", str(workspaces["paths"]["researcher"].airlock_socket)
+    )
+    reset_settings()
+    assert len(sa.load("income")) == 2
+    (event,) = events("workspace.load")
+    assert event.dataset == "income" and json.loads(event.details)["rows"] == 2
+    workspaces["service"].stop()
+    with pytest.raises(AnalysisError, match="could not be recorded"):
+        sa.load("income")
