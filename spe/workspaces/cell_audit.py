@@ -78,7 +78,7 @@ def _audited_connection_class() -> type:
     )
     from traitlets import default
 
-    class AuditedConnection(ZMQChannelsWebsocketConnection):  # type: ignore[misc]
+    class AuditedConnection(ZMQChannelsWebsocketConnection):
         """Records every execute request from the browser before it reaches the kernel."""
 
         @default("kernel_ws_protocol")
@@ -113,7 +113,7 @@ def _audited_connection_class() -> type:
 
 
 def __getattr__(name: str) -> Any:
-    # Named in the server config as spe.workspaces.cell_audit.AuditedConnection.
+    # Named in the server config as spe.workspaces.cell_audit.<name>.
     if name == "AuditedConnection":
         return _audited_connection_class()
     raise AttributeError(name)

@@ -33,6 +33,7 @@ def server_config() -> dict[str, object]:
     return {
         "ServerApp": {
             "kernel_websocket_connection_class": "spe.workspaces.cell_audit.AuditedConnection",
+            "contents_manager_class": "spe.workspaces.server_files.WorkspaceContents",
             "terminals_enabled": False,
             "open_browser": False,
         },
