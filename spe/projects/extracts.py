@@ -350,6 +350,7 @@ def destroy_project_data(session: Session, actor: User | str, project: Project) 
     project_id = str(project.id)
     key_destroyed = destroy_scope_key(session, PROJECT_PSEUDONYM, project_id)
     removed = data_storage().remove_tree(f"projects/{project_id}")
+    homes = _remove_workspaces(session, actor, project)
     for row in session.scalars(
         select(ProjectExtract).where(ProjectExtract.project_id == project.id)
     ):
@@ -362,6 +363,7 @@ def destroy_project_data(session: Session, actor: User | str, project: Project) 
         "destroyed_by": actor if isinstance(actor, str) else actor.username,
         "project_key_destroyed": key_destroyed,
         "files": [{"path": p, "bytes": b, "sha256": h} for p, b, h in removed],
+        "workspace_files": [{"path": p, "bytes": b, "sha256": h} for p, b, h in homes],
     }
     signer = checkpoint_signer(session)
     message = b"SPE deletion certificate v1\n" + canonical_json(certificate).encode()
@@ -375,3 +377,22 @@ def destroy_project_data(session: Session, actor: User | str, project: Project) 
         project=project.slug,
     )
     return signed
+
+
+def _remove_workspaces(
+    session: Session, actor: User | str, project: Project
+) -> list[tuple[str, int, str]]:
+    """Stop the project's workspaces and delete their homes (outboxes included)."""
+    from spe.config import get_settings
+    from spe.storage import LocalStorage
+    from spe.workspaces.models import Workspace
+    from spe.workspaces.registry import workspace_stopped
+
+    for name in session.scalars(
+        select(Workspace.name).where(
+            Workspace.project_id == project.id, Workspace.running.is_(True)
+        )
+    ).all():
+        workspace_stopped(session, actor, name, f"project {project.slug} closed")
+    root = Path(get_settings().state_dir).resolve() / "workspaces"
+    return LocalStorage(root).remove_tree(project.slug) if root.is_dir() else []

@@ -356,21 +356,35 @@ def test_closing_a_project_destroys_key_and_extracts_with_a_signed_certificate(p
     from spe.projects.extracts import extract
     from spe.projects.service import close_project, get_project
 
+    from spe.workspaces.layout import host_paths
+    from spe.workspaces.registry import running_workspaces, workspace_started
+
     _approve_and_grant("study", "people", ["income"])
     result = extract("study", "people")
     path = data_storage().path(result.path)
     assert path.exists()
+    home = host_paths("study", "researcher").home
+    (home / "outbox").mkdir(parents=True)
+    (home / "outbox" / "table.csv").write_text("a,b\n1,2\n")
+    with transaction() as s:
+        workspace_started(s, get_user(s, "researcher"), get_project(s, "study"))
     with transaction() as s:
         project = get_project(s, "study")
         close_project(s, get_user(s, "reviewer"), project, "project ended")
         project_id = str(project.id)
     assert not path.exists()
+    assert not home.exists()  # the workspace's home and outbox go with the project
+    with transaction() as s:
+        assert running_workspaces(s) == []
     with transaction() as s, pytest.raises(KeyStoreError, match="destroyed"):
         project_pseudonymiser(s, project_id)
     (event,) = _events("project.deletion_certificate")
     cert = json.loads(event.details)
     assert cert["project_key_destroyed"] is True
     assert cert["files"] and cert["files"][0]["sha256"]
+    assert [f["path"] for f in cert["workspace_files"]] == [
+        "study/researcher/home/outbox/table.csv"
+    ]
     body = {k: v for k, v in cert.items() if k not in ("signature", "key_id")}
     with transaction() as s:
         public = audit_public_key(s)
