@@ -78,4 +78,6 @@ echo "==> installing Python packages into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
 setup_acro
+# The workspaces' own environment (Debian's Python, readable by every workspace user).
+./scripts/workspace-env.sh "${WORKSPACE_ENV:-.venv-workspace}"
 echo "==> set-up done"

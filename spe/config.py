@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     workspace_idle_minutes: int = Field(
         default=60, ge=1, description="A workspace idle this long is stopped (its home stays)."
     )
+    egress_selftest_minutes: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the egress self-test probes every running workspace (Celery beat).",
+    )
     hub_port: int = Field(
         default=8000,
         ge=1,

@@ -48,6 +48,12 @@ def configure() -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
+        beat_schedule={
+            "egress-selftest": {
+                "task": "spe.egress_selftest",
+                "schedule": settings.egress_selftest_minutes * 60,
+            }
+        },
     )
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Redeliver a message whose worker vanished after an hour at most; the job table
@@ -105,6 +111,14 @@ def reap_stale_jobs() -> list[str]:
     for job_id in stale:
         run_job.delay(job_id)
     return stale
+
+
+@app.task(name="spe.egress_selftest")
+def egress_selftest() -> list[dict[str, Any]]:
+    """Probe every running workspace's network from inside its namespace (see egress.py)."""
+    from spe.workspaces.egress import selftest_running
+
+    return selftest_running()
 
 
 @signals.worker_ready.connect
@@ -168,6 +182,9 @@ def worker_main(concurrency: int = 1, loglevel: str = "INFO") -> None:
             "--without-gossip",
             "--without-mingle",
             "--hostname=spe@%h",
+            # Celery beat in the worker: one machine needs one scheduler (the egress self-test).
+            "--beat",
+            f"--schedule={Path(get_settings().state_dir) / 'celerybeat-schedule'}",
         ]
     )
 
