@@ -55,8 +55,10 @@ def generate(
     ``dims`` "string": the dimensions are plain text columns, as SPE's extracts store them
     (they read back as strings: pandas 3's Arrow strings in SPE, Python objects in ACRO's
     pandas 2); "category": pandas categoricals (Arrow dictionaries), which read back as
-    categoricals in both. ``pid`` "int": int64 person numbers; "pseudonym": 16 random bytes
-    (Arrow binary(16)), the form of the person column in SPE's extracts.
+    categoricals in both. ``pid`` "int": int64 person numbers; "pseudonym": 32 hexadecimal
+    characters in an Arrow string column, the form of the person column in SPE's extracts
+    (``spe.projects.extracts._hex_strings``: a 16-byte pseudonym as text), which
+    ``spe.analysis.load`` returns as pandas 3's Arrow-backed ``str``.
     """
     import numpy as np
     import pandas as pd
@@ -84,9 +86,17 @@ def generate(
     if pid == "int":
         column = pa.array(person)
     else:
-        pseudonyms = np.frombuffer(rng.bytes(16 * persons), dtype="V16")[person]
-        column = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(16), rows, [None, pa.py_buffer(pseudonyms.tobytes())]
+        raw = np.frombuffer(rng.bytes(16 * persons), dtype=np.uint8).reshape(persons, 16)
+        digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+        hexes = np.empty((persons, 32), dtype=np.uint8)
+        hexes[:, 0::2] = digits[raw >> 4]
+        hexes[:, 1::2] = digits[raw & 15]
+        # Built from the buffers as the extracts build it (an Arrow string column).
+        small = 32 * rows < 2**31
+        offsets = np.arange(0, 32 * (rows + 1), 32, dtype=np.int32 if small else np.int64)
+        kind = pa.StringArray if small else pa.LargeStringArray
+        column = kind.from_buffers(
+            rows, pa.py_buffer(offsets), pa.py_buffer(hexes[person].tobytes())
         )
     pq.write_table(table.append_column("pid", column), path)
 
@@ -348,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         "--pid",
         choices=("int", "pseudonym"),
         default="int",
-        help="person ids: int64 numbers (default) or binary(16) pseudonyms as in SPE's extracts",
+        help="person ids: int64 numbers (default) or 32-character hex pseudonyms as in SPE's "
+        "extracts",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)

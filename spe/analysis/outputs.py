@@ -629,6 +629,8 @@ def _survival(
             person_id=person,
             rules=count_rules if statistic == "at_risk" else exit_rules,
             released=released,
+            # A life table lists the intervals someone is at risk in, nothing after.
+            observed=True,
         )
         parts.append(Part(report, position, label=statistic, release_name=statistic, margins=True))
         tables.append(report.table)

@@ -1,8 +1,9 @@
 """Checking tables and models against the disclosure rules, with an explanation per cell.
 
-``check_table`` builds the table (as ``pandas.crosstab`` would) and, per cell, the persons behind
-it, the largest contributions and every rule's outcome; ``check_model`` checks a fitted model's
-residual degrees of freedom. Reports serialise to the JSON of the ``spe sdc`` CLI contract.
+``check_table`` builds the table (as ``pandas.crosstab(..., dropna=False)`` would: every
+combination of labels, the empty ones too) and, per cell, the persons behind it, the largest
+contributions and every rule's outcome; ``check_model`` checks a fitted model's residual degrees
+of freedom. Reports serialise to the JSON of the ``spe sdc`` CLI contract.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ class TableReport:
 
     @property
     def table(self) -> pd.DataFrame:
-        """The table as pandas.crosstab would return it (counts 0 and magnitudes NaN if empty)."""
+        """The table as pandas.crosstab(..., dropna=False) would return it, without missing
+        labels (counts 0 and magnitudes NaN if empty)."""
         return pd.DataFrame(
             self.grid(self.stats.value),
             index=self._axis_index(self.row_labels, self.index, self.row_dtypes),
@@ -606,6 +608,8 @@ def check_table(
     person_id: str | None = None,
     rules: Rules | None = None,
     released: Sequence[ReleasedTable] = (),
+    *,
+    observed: bool = False,
 ) -> TableReport:
     """Build a table of ``agg`` over ``values`` by ``index`` x ``columns`` and check every cell.
 
@@ -613,6 +617,12 @@ def check_table(
     None); for a statistic of ``values`` only persons with a non-missing value count. Rules
     default to the platform's (``Rules()``). ``released`` are the project's released tables:
     a new cell or margin that differs from a released cell by 1..threshold-1 persons fails.
+
+    Each axis is every combination of its variables' labels (as ``pandas.crosstab(...,
+    dropna=False)`` lists them, missing labels left out), so a combination no row has is an
+    empty cell and fails as one. ``observed=True`` keeps only combinations some row has: for
+    outputs whose empty combinations are no cell of the output (a life table's intervals after
+    everyone has left), never to hide an empty cell of a table.
     """
     if agg not in AGGS:
         raise SDCInputError(f"agg is {agg!r}; use one of {', '.join(AGGS)}.")
@@ -630,28 +640,28 @@ def check_table(
     if person_id is not None:
         _require_column(df, person_id, "person id")
 
-    rows_axis = compute.axis(df, index_names)
-    cols_axis = compute.axis(df, column_names)
+    table = compute.layout(df, index_names, column_names, observed=observed)
+    rows_axis, cols_axis, cell = table.rows, table.columns, table.cell
     n_cols = len(cols_axis.labels)
-    n_cells = len(rows_axis.labels) * n_cols
-    valid = (rows_axis.codes >= 0) & (cols_axis.codes >= 0)
-    all_valid = bool(valid.all())
-    cell = rows_axis.codes.astype(np.int64) * n_cols + cols_axis.codes
-    if not all_valid:
-        cell = cell[valid]
+    n_cells = table.n_cells
+    kept = table.kept
     value_series = None
     if values is not None:
-        value_series = df[values] if all_valid else df[values][valid]
+        value_series = df[values] if kept is None else df[values][kept]
     persons = None
     if person_id is not None:
-        persons = compute.persons_of(df[person_id])
-        if not all_valid:
+        persons = compute.fit_persons(compute.persons_of(df[person_id]), n_cells)
+        if kept is not None:  # fewer rows keep distinct persons distinct
             persons = compute.Persons(
-                persons.codes[valid], persons.size, persons.ids, False, persons.hashes
+                persons.codes[kept],
+                persons.size,
+                persons.ids,
+                persons.distinct_rows,
+                persons.hashes,
             )
     n_top = max(rules.dominance_n, 2)
-    stats = compute.cell_stats(cell, n_cells, agg, value_series, persons, n_top)
-    del cell
+    stats = compute.cell_stats(cell, n_cells, agg, value_series, persons, n_top, table.counts)
+    del cell, table
     report = TableReport(
         agg=agg,
         values=values,
@@ -675,9 +685,9 @@ def check_table(
         )
     if n_cells == 0:
         report.notes.append("The table has no cells: no row has both an index and a column label.")
-    if not all_valid:
+    if kept is not None:
         report.notes.append(
-            f"{int((~valid).sum())} rows with a missing index or column label are left out, as "
+            f"{int((~kept).sum())} rows with a missing index or column label are left out, as "
             "pandas.crosstab does."
         )
     if released:

@@ -6,6 +6,8 @@ bincount and reduceat); nothing loops over rows or cells in Python.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,34 +23,125 @@ MAGNITUDE_AGGS = ("sum", "mean", "std")
 ORDER_AGGS = ("min", "max", "mode")
 
 _DENSE_LIMIT = 1 << 24  # combined codes up to this many possible values are compacted by bincount
+# A table's cells: the full product of its variables' labels. Beyond this many it is no table a
+# person could read or release, and its per-cell arrays would take gigabytes.
+MAX_CELLS = 1 << 24
+_BLOCK = 1 << 16  # rows per block where a pass over the rows is cheaper in cache-sized pieces
 
 
 @dataclass
 class Axis:
-    """The observed label tuples of the table's rows (or columns) and each data row's position."""
+    """The label tuples of the table's rows (or columns)."""
 
     names: list[str]
     labels: list[tuple[Any, ...]]
-    codes: np.ndarray  # per data row: the position in ``labels``, -1 where a label is missing
+    codes: np.ndarray | None  # per data row: the position in ``labels`` (-1: missing), if kept
     dtypes: list[Any]  # per column: its CategoricalDtype (kept in the table's index), else None
 
 
-def _dimension(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Codes (-1 for missing) and the observed labels of one column, in pandas' order."""
+@dataclass
+class Layout:
+    """A table's two axes and, per data row it keeps, the row's flat cell (row-major)."""
+
+    rows: Axis
+    columns: Axis
+    cell: np.ndarray  # int64, one per kept data row
+    kept: np.ndarray | None  # bool per data row: every label present; None when all are
+    counts: np.ndarray  # data rows per cell
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.rows.labels) * len(self.columns.labels)
+
+
+def _arrow_strings(series: pd.Series) -> Any:
+    """The pyarrow ChunkedArray behind an Arrow-backed string column, else None."""
+    if not pd.api.types.is_string_dtype(series.dtype):
+        return None
+    array = series.array
+    if not isinstance(array, pd.arrays.ArrowExtensionArray | pd.arrays.ArrowStringArray):
+        return None
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        return None
+    data = array.__arrow_array__()
+    return data if isinstance(data, pa.ChunkedArray) else pa.chunked_array([data])
+
+
+@dataclass
+class _Column:
+    """One table variable's codes (-1: missing), in chunks as its storage keeps them."""
+
+    chunks: list[np.ndarray]
+    labels: np.ndarray  # object, labels[code]
+    rank: np.ndarray | None  # rank[code]: the label's place in pandas' order; None: code order
+    missing: bool  # some row has no label
+
+    def codes(self) -> np.ndarray:
+        """One code per row, numbered in pandas' order."""
+        codes = self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
+        if self.rank is None:
+            return codes
+        return np.append(self.rank, -1)[codes]  # a code -1 (missing) stays -1
+
+    def sorted_labels(self) -> np.ndarray:
+        if self.rank is None:
+            return self.labels
+        out = np.empty(len(self.labels), dtype=object)
+        out[self.rank] = self.labels
+        return out
+
+
+def _column(series: pd.Series) -> _Column:
+    """A table variable's codes and labels.
+
+    A categorical keeps its categories (even those no row has; the table drops those). Text in
+    Arrow is dictionary-encoded, its codes left in Arrow's chunks and its first-seen numbering:
+    only the few labels are sorted, and the table renumbers its cells once for all variables.
+    """
     if isinstance(series.dtype, pd.CategoricalDtype):
         codes = series.cat.codes.to_numpy()
-        categories = series.cat.categories
-        present = np.bincount(codes.astype(np.int64) + 1, minlength=len(categories) + 1)[1:] > 0
-        if present.all():
-            return codes, np.asarray(categories, dtype=object)
-        remap = np.full(len(categories) + 1, -1, dtype=np.int64)
-        remap[:-1][present] = np.arange(int(present.sum()))
-        return remap[codes], np.asarray(categories[present], dtype=object)
+        labels = np.asarray(series.cat.categories, dtype=object)
+        return _Column([codes], labels, None, bool(len(codes)) and int(codes.min()) < 0)
+    chunks = _arrow_strings(series)
+    if chunks is not None and len(series):
+        import pyarrow.compute as pc
+
+        encoded = pc.dictionary_encode(chunks)
+        parts = [c for c in encoded.chunks if len(c)]
+        if parts:
+            dictionary = parts[0].dictionary
+            if all(c.dictionary.equals(dictionary) for c in parts[1:]):
+                labels = dictionary.to_numpy(zero_copy_only=False)
+                try:
+                    rank, _ = pd.factorize(labels, sort=True)
+                    ranked: np.ndarray | None = np.asarray(rank, dtype=np.int64)
+                except TypeError:  # pragma: no cover - text labels always sort
+                    ranked = None
+                if ranked is not None and (ranked == np.arange(len(ranked))).all():
+                    ranked = None  # first seen in order already: nothing to renumber
+                return _Column(
+                    [
+                        (c.indices.fill_null(-1) if c.null_count else c.indices).to_numpy(
+                            zero_copy_only=False
+                        )
+                        for c in parts
+                    ],
+                    np.asarray(labels, dtype=object),
+                    ranked,
+                    bool(chunks.null_count),
+                )
     try:
         codes, uniques = pd.factorize(series, sort=True)
     except TypeError:  # labels of mixed types cannot be sorted: keep first-seen order
         codes, uniques = pd.factorize(series, sort=False)
-    return codes, np.asarray(uniques, dtype=object)
+    return _Column(
+        [codes],
+        np.asarray(uniques, dtype=object),
+        None,
+        bool(len(codes)) and int(codes.min()) < 0,
+    )
 
 
 def _compact(combined: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,16 +159,17 @@ def _compact(combined: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
     return out, np.asarray(observed, dtype=np.int64)
 
 
-def axis(df: pd.DataFrame, names: list[str]) -> Axis:
+def _observed_axis(variables: list[_Column], names: list[str], dtypes: list[Any]) -> Axis:
     """Combine one or more columns into one code per row (observed combinations only).
 
     Columns are folded in one at a time and renumbered after each, so the running code never
     exceeds the number of observed combinations, however many labels the columns have.
     """
-    parts = [_dimension(df[name]) for name in names]
-    dtypes = [
-        df[name].dtype if isinstance(df[name].dtype, pd.CategoricalDtype) else None
-        for name in names
+    parts = [
+        _present_levels(col.codes(), col.sorted_labels())
+        if dtype is not None
+        else (col.codes(), col.sorted_labels())
+        for col, dtype in zip(variables, dtypes, strict=True)
     ]
     codes, first_labels = parts[0]
     if len(parts) == 1:
@@ -93,6 +187,123 @@ def axis(df: pd.DataFrame, names: list[str]) -> Axis:
     return Axis(names, list(zip(*columns, strict=True)), code, dtypes)
 
 
+def _present_levels(codes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the labels no row has (a categorical's unused categories), renumbering the codes."""
+    present = np.bincount(codes.astype(np.int64) + 1, minlength=len(labels) + 1)[1:] > 0
+    if present.all():
+        return codes, labels
+    remap = np.full(len(labels) + 1, -1, dtype=np.int64)
+    remap[:-1][present] = np.arange(int(present.sum()))
+    return remap[codes], labels[present]
+
+
+def _too_many_cells(sizes: list[int], names: list[str]) -> SDCInputError:
+    levels = ", ".join(f"{name} {size:,}" for size, name in zip(sizes, names, strict=True))
+    return SDCInputError(
+        f"The table would have {math.prod(sizes):,} cells (labels: {levels}), more than "
+        f"{MAX_CELLS:,}: every combination of the labels is a cell, the empty ones too. Use "
+        "fewer variables, or group labels (bands, regions) first."
+    )
+
+
+def layout(
+    df: pd.DataFrame, index: list[str], columns: list[str], *, observed: bool = False
+) -> Layout:
+    """The table's rows and columns and each data row's cell.
+
+    Rows with a missing label are left out (as pandas.crosstab does). Each axis is the full
+    product of its variables' labels among the rows kept, so a combination no row has is a cell
+    too: an empty cell the zeros rule judges (leaving it out tells the same zero).
+    ``observed=True`` keeps only the combinations some row has (and each axis's labels among
+    all rows), for outputs such as a life table whose empty intervals are no cell at all.
+    """
+    names = [*index, *columns]
+    dtypes = [
+        df[name].dtype if isinstance(df[name].dtype, pd.CategoricalDtype) else None
+        for name in names
+    ]
+    variables = [_column(df[name]) for name in names]
+    k = len(index)
+    if observed:
+        rows = _observed_axis(variables[:k], index, dtypes[:k])
+        cols = _observed_axis(variables[k:], columns, dtypes[k:])
+        assert rows.codes is not None and cols.codes is not None
+        valid = (rows.codes >= 0) & (cols.codes >= 0)
+        cell = rows.codes.astype(np.int64) * len(cols.labels) + cols.codes
+        kept = None if valid.all() else valid
+        if kept is not None:
+            cell = cell[kept]
+        counts = np.bincount(cell, minlength=len(rows.labels) * len(cols.labels))
+        return Layout(rows, cols, cell, kept, counts)
+
+    sizes = [len(v.labels) for v in variables]
+    if math.prod(sizes) > MAX_CELLS:  # unused categories may be what makes it so large
+        for i, v in enumerate(variables):
+            used_codes, used_labels = _present_levels(v.codes(), v.sorted_labels())
+            variables[i] = _Column([used_codes], used_labels, None, v.missing)
+        sizes = [len(v.labels) for v in variables]
+        if math.prod(sizes) > MAX_CELLS:
+            raise _too_many_cells(sizes, names)
+    total = math.prod(sizes)
+    # Every row's cell in the variables' own numbering, folded in chunk by chunk (cache-sized
+    # pieces, no per-variable copy); rows with a missing label get a meaningless code and are
+    # dropped after.
+    cell = np.empty(len(df), dtype=np.int64)
+    kept = np.ones(len(df), dtype=bool) if any(v.missing for v in variables) else None
+    for d, (v, size) in enumerate(zip(variables, sizes, strict=True)):
+        at = 0
+        for chunk in v.chunks:
+            piece = cell[at : at + len(chunk)]
+            if d == 0:
+                piece[...] = chunk
+            else:
+                piece *= size
+                piece += chunk
+            if v.missing and kept is not None:
+                kept[at : at + len(chunk)] &= chunk >= 0
+            at += len(chunk)
+    if kept is not None:
+        if kept.all():
+            kept = None
+        else:
+            cell = cell[kept]
+    counts = np.bincount(cell, minlength=total)
+    labels = [v.labels for v in variables]
+    if total:
+        # Renumber once: labels in pandas' order, and only labels some kept row has (not an
+        # unused category, nor a label seen only beside a missing one).
+        grid = counts.reshape(sizes)
+        present = [
+            grid.sum(axis=tuple(a for a in range(len(sizes)) if a != d)) > 0
+            for d in range(len(sizes))
+        ]
+        if any(v.rank is not None for v in variables) or not all(p.all() for p in present):
+            remap = np.zeros(1, dtype=np.int64)
+            labels = []
+            for v, p in zip(variables, present, strict=True):
+                used = np.flatnonzero(p)  # codes some kept row has, then in pandas' order
+                if v.rank is not None:
+                    used = used[np.argsort(v.rank[used], kind="stable")]
+                place = np.zeros(len(v.labels), dtype=np.int64)  # an absent label has no row
+                place[used] = np.arange(len(used))
+                remap = np.add.outer(remap * len(used), place).ravel()
+                labels.append(v.labels[used])
+            new_counts = np.zeros(math.prod(len(lab) for lab in labels), dtype=np.int64)
+            new_counts[remap[counts > 0]] = counts[counts > 0]
+            cell = remap[cell]
+            counts = new_counts
+    del variables
+    row_labels = list(itertools.product(*labels[:k]))
+    col_labels = list(itertools.product(*labels[k:]))
+    return Layout(
+        Axis(index, row_labels, None, dtypes[:k]),
+        Axis(columns, col_labels, None, dtypes[k:]),
+        cell,
+        kept,
+        counts,
+    )
+
+
 @dataclass
 class Persons:
     """Dense per-row person codes and what they stand for (to hash them for differencing)."""
@@ -104,47 +315,99 @@ class Persons:
     hashes: np.ndarray | None = None  # hashes[code] is the person's hash, when known already
 
 
-def _arrow_fixed_width(series: pd.Series) -> np.ndarray | None:
-    """An (n, L) byte matrix of an Arrow-backed string column whose values all have length L."""
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-    except ImportError:  # pragma: no cover - pyarrow is a dependency
+def _arrow_ids(series: pd.Series) -> Any:
+    """The pyarrow ChunkedArray behind an Arrow-backed text or bytes column, else None."""
+    data = _arrow_strings(series)
+    if data is not None or not isinstance(series.array, pd.arrays.ArrowExtensionArray):
+        return data
+    import pyarrow as pa
+
+    data = series.array.__arrow_array__()
+    kind = data.type
+    if not (
+        pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+    ):
         return None
-    arrow = getattr(series.array, "__arrow_array__", None)
-    if arrow is None or not pd.api.types.is_string_dtype(series.dtype):
+    return data if isinstance(data, pa.ChunkedArray) else pa.chunked_array([data])
+
+
+def _arrow_fixed_width(series: pd.Series) -> list[np.ndarray] | None:
+    """Per Arrow chunk, an (n, L) byte matrix (a view, not a copy) of a text or bytes column
+    whose values all have one length L; None when the column is not such a column.
+
+    A value ending in a zero byte makes it None too: ``hash_person_ids`` hashes such an id
+    without its trailing zeros (numpy's bytes type drops them), and both must agree.
+    """
+    data = _arrow_ids(series)
+    if data is None or data.null_count or not len(data):
         return None
-    data = arrow()
-    chunks = data.chunks if isinstance(data, pa.ChunkedArray) else [data]
-    if not chunks or data.null_count:
-        return None
+    import pyarrow as pa
+
     parts = []
     width = None
-    for chunk in chunks:
-        if len(chunk) == 0:
+    for chunk in data.chunks:
+        n = len(chunk)
+        if n == 0:
             continue
-        low, high = pc.min_max(pc.binary_length(chunk)).values()
-        if low.as_py() != high.as_py() or (width is not None and low.as_py() != width):
+        kind = chunk.type
+        if pa.types.is_fixed_size_binary(kind):
+            step = kind.byte_width
+            if width not in (None, step) or step == 0:
+                return None
+            width = step
+            matrix = np.frombuffer(
+                chunk.buffers()[1], dtype=np.uint8, count=n * width, offset=chunk.offset * width
+            ).reshape(n, width)
+        elif kind in (pa.string(), pa.large_string(), pa.binary(), pa.large_binary()):
+            # The offsets say every value's length: equal steps mean one width, and the values
+            # are then one contiguous byte block.
+            offset_type = np.int64 if kind in (pa.large_string(), pa.large_binary()) else np.int32
+            _, offsets_buffer, values_buffer = chunk.buffers()
+            offsets = np.frombuffer(
+                offsets_buffer,
+                dtype=offset_type,
+                count=n + 1,
+                offset=chunk.offset * np.dtype(offset_type).itemsize,
+            )
+            step = int(offsets[1] - offsets[0])
+            if width not in (None, step) or step == 0 or (np.diff(offsets) != step).any():
+                return None
+            width = step
+            matrix = np.frombuffer(
+                values_buffer, dtype=np.uint8, count=n * width, offset=int(offsets[0])
+            ).reshape(n, width)
+        else:
             return None
-        width = int(low.as_py())
-        if width == 0:
+        if not matrix[:, -1].all():
             return None
-        fixed = chunk.cast(pa.binary(width))
-        parts.append(
-            np.frombuffer(
-                fixed.buffers()[1],
-                dtype=np.uint8,
-                count=len(fixed) * width,
-                offset=fixed.offset * width,
-            ).reshape(-1, width)
-        )
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        parts.append(matrix)
+    return parts or None
+
+
+def _repeats(values: np.ndarray) -> bool:
+    """Whether some value occurs twice (one sort of integers: vectorised, no hash table)."""
+    ordered = np.sort(values)
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
+def _all_distinct(values: np.ndarray, high: int) -> bool:
+    """Whether no value occurs twice among non-negative integers up to ``high``."""
+    n = len(values)
+    if high < 8 * n:
+        seen = np.zeros(high + 1, dtype=bool)
+        seen[values] = True
+        return int(np.count_nonzero(seen)) == n
+    return not _repeats(values)
 
 
 def persons_of(series: pd.Series) -> Persons:
-    """Dense codes for the person column (its distinct values), the fastest way the type allows."""
+    """Dense codes for the person column (its distinct values), the fastest way the type allows.
+
+    Whether every row is a different person is found here once (a pass over the codes, or one
+    sort of 64-bit hashes): then nothing downstream sorts (cell, person) pairs.
+    """
     missing = int(series.isna().sum())
     if missing:
         raise SDCInputError(
@@ -156,24 +419,59 @@ def persons_of(series: pd.Series) -> Persons:
         low, high = int(values.min()), int(values.max())
         if low >= 0 and high < (1 << 40):
             # Small non-negative integers are their own dense-enough codes: no hashing pass.
-            return Persons(values.astype(np.int64, copy=False), high + 1, None, False)
+            codes = values.astype(np.int64, copy=False)
+            return Persons(codes, high + 1, None, _all_distinct(codes, high))
+        if high < (1 << 63) and not _repeats(values):
+            # Large ids, one row each: the row number is the person's code, the id its label
+            # (hashed as the same decimal text as the ids a factorize would give).
+            n = len(values)
+            return Persons(np.arange(n), n, values.astype(np.int64, copy=False), True)
     raw = _arrow_fixed_width(series)
     if raw is not None:
-        # Pseudonyms all have one length: hash the bytes in place, then factorize integers,
-        # several times faster than factorizing the strings.
+        # Pseudonyms all have one length: hash the bytes where Arrow keeps them, block by
+        # block, then look for a repeated hash in one sort of integers.
         from spe.sdc.differencing import hash_fixed_width
 
-        codes, uniques = pd.factorize(hash_fixed_width(raw))
+        hashed = np.empty(len(series), dtype=np.int64)
+        at = 0
+        for part in raw:
+            for start in range(0, len(part), _BLOCK):
+                block = part[start : start + _BLOCK]
+                hashed[at : at + len(block)] = hash_fixed_width(block)
+                at += len(block)
+        if not _repeats(hashed):  # one row per person: the row number is the person's code
+            return Persons(np.arange(len(hashed), dtype=np.int64), len(hashed), None, True, hashed)
+        codes, uniques = pd.factorize(hashed)
         return Persons(
             np.asarray(codes, dtype=np.int64),
             len(uniques),
             None,
-            len(uniques) == len(series),
+            False,
             hashes=np.asarray(uniques, dtype=np.int64),
         )
     codes, uniques = pd.factorize(series)
     ids = np.asarray(uniques, dtype=object)
     return Persons(np.asarray(codes, dtype=np.int64), len(ids), ids, len(ids) == len(series))
+
+
+def fit_persons(persons: Persons, n_cells: int) -> Persons:
+    """Persons whose codes and a cell fit together in one int64 key (``_pair_keys``).
+
+    Integer ids are their own codes, up to 2^40: with millions of cells the pair would not fit,
+    so such ids are numbered densely first.
+    """
+    cell_bits = max(int(n_cells - 1).bit_length(), 1)
+    if persons.ids is not None or persons.hashes is not None:
+        return persons  # dense codes already
+    if _person_bits(persons.size) + cell_bits <= 62:
+        return persons
+    codes, uniques = pd.factorize(persons.codes)
+    return Persons(
+        np.asarray(codes, dtype=np.int64),
+        len(uniques),
+        np.asarray(uniques, dtype=np.int64),
+        persons.distinct_rows,
+    )
 
 
 @dataclass
@@ -239,14 +537,11 @@ def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(new)
 
 
-def top_contributions(
-    pair_cell: np.ndarray, contrib: np.ndarray, n_cells: int, n_top: int
-) -> np.ndarray:
-    """The ``n_top`` largest (non-negative) contributions per cell, in any row order.
+def _top_rounds(pair_cell: np.ndarray, contrib: np.ndarray, n_cells: int, n_top: int) -> np.ndarray:
+    """The ``n_top`` largest contributions per cell in at most ``n_top`` linear passes.
 
     Each round finds every cell's largest value below the previous round's with one unbuffered
-    ``np.maximum.at`` and counts how often it occurs (ties fill several places at once), so the
-    work is at most ``n_top`` linear passes, with no sort and no regrouping of the rows.
+    ``np.maximum.at`` and counts how often it occurs (ties fill several places at once).
     """
     out = np.zeros((n_cells, n_top), dtype=np.float64)
     if len(pair_cell) == 0:
@@ -270,6 +565,38 @@ def top_contributions(
     return out
 
 
+def top_contributions(
+    pair_cell: np.ndarray, contrib: np.ndarray, n_cells: int, n_top: int
+) -> np.ndarray:
+    """The ``n_top`` largest (non-negative) contributions per cell, in any row order.
+
+    The rows are dealt round-robin into ``n_top`` hands and each hand's maximum per cell is
+    found (one pass in all). Those are ``n_top`` different rows of the cell, so its
+    ``n_top``-th largest value is at least the smallest of them: only rows at or above that
+    bound can be among the largest, usually a few per cell, and only they are ranked.
+    """
+    n = len(pair_cell)
+    if n < 4 * _BLOCK or n_top < 1:
+        return _top_rounds(pair_cell, contrib, n_cells, n_top)
+    bound = np.full(n_cells, np.inf)
+    for hand in range(n_top):
+        best = np.full(n_cells, -1.0)
+        np.maximum.at(best, pair_cell[hand::n_top], contrib[hand::n_top])
+        np.minimum(bound, best, out=bound)
+    # -1 (a hand without a row of the cell) keeps every row of that cell: a small cell.
+    candidates = [
+        start
+        + np.flatnonzero(
+            contrib[start : start + _BLOCK] >= bound[pair_cell[start : start + _BLOCK]]
+        )
+        for start in range(0, n, _BLOCK)
+    ]
+    rows = np.concatenate(candidates)
+    if len(rows) > n // 2:  # cells laid out so the hands miss them: rank every row instead
+        return _top_rounds(pair_cell, contrib, n_cells, n_top)
+    return _top_rounds(pair_cell[rows], contrib[rows], n_cells, n_top)
+
+
 def cell_stats(
     cell: np.ndarray,
     n_cells: int,
@@ -277,9 +604,12 @@ def cell_stats(
     values: pd.Series | None,
     persons: Persons | None,
     n_top: int,
+    rows: np.ndarray | None = None,
 ) -> CellStats:
-    """Compute the statistic and the rule inputs for every cell."""
-    rows = np.bincount(cell, minlength=n_cells)
+    """Compute the statistic and the rule inputs for every cell (``rows``: rows per cell, when
+    already counted)."""
+    if rows is None:
+        rows = np.bincount(cell, minlength=n_cells)
     if values is None:  # a plain frequency table
         stats = CellStats(n_cells, rows, rows, rows, rows.astype(np.int64))
         if persons is None:

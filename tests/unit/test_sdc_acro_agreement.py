@@ -569,22 +569,25 @@ def test_differencing_against_a_released_table_fails_where_acro_passes_both(
     ]
 
 
-def test_two_index_columns_agree_on_observed_combinations_and_acro_lists_unobserved_ones(
+def test_two_index_columns_agree_cell_for_cell_with_the_combinations_no_row_has(
     acro_results: dict[str, Any],
 ) -> None:
-    """With two index columns both agree cell for cell on every observed combination of labels.
-    ACRO (crosstab with dropna=False) also lists the combinations no row has, and fails them as
-    empty; SPE's table, like pandas.crosstab's default, has only observed combinations, so those
-    cells are not in it at all (measured here so that a change on either side shows)."""
+    """With two index columns both list every combination of the index labels, those no row
+    has too (ACRO through crosstab with dropna=False, SPE by building each axis as the full
+    product of its variables' labels), and agree cell for cell. A combination no row has is
+    an empty cell that both fail: a reader of a table without it would infer the zero just the
+    same (class disclosure)."""
     unobserved = 0
     for t in _all_tables(_group("two-index-"), acro_results, ("count", "mean")):
-        shared = set(t.spe)
-        assert shared <= set(t.acro), t.table_id
-        differ = [k for k in shared if bool(t.acro[k]) != (t.spe[k] == 2)]
+        assert set(t.spe) == set(t.acro), t.table_id
+        differ = [k for k in t.spe if bool(t.acro[k]) != (t.spe[k] == 2)]
         assert not differ, "SPE and ACRO disagree:\n" + t.describe(differ)
+        assert (t.acro_status == "fail") == any(s == 2 for s in t.spe.values()), t.table_id
         df = CASES[t.table_id.split(":")[0]].df
-        seen = set(zip(df["a"], df["a2"], strict=True))
-        for key in set(t.acro) - shared:
-            assert key[0] not in seen and t.acro[key], t.describe([key])
-            unobserved += 1
+        seen = {(str(a), str(a2)) for a, a2 in zip(df["a"], df["a2"], strict=True)}
+        for key in t.spe:
+            if key[0] not in seen:
+                assert t.acro[key] and "zeros" in t.rules(key), t.describe([key])
+                assert t.cell(key).persons == 0
+                unobserved += 1
     assert unobserved > 0

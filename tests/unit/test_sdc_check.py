@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -189,6 +190,24 @@ def test_top_contributions_equal_a_per_cell_sort_with_ties(
         expected = sorted(values[cell == c], reverse=True)[:n_top]
         expected += [0.0] * (n_top - len(expected))
         assert got[c].tolist() == expected
+
+
+def test_top_contributions_of_many_rows_equal_a_per_cell_sort() -> None:
+    """Above a few hundred thousand rows only candidate rows are ranked; cells whose rows all
+    fall in one hand (every other row here) are ranked in full."""
+    rng = np.random.default_rng(12)
+    n = 400_000
+    cell = rng.integers(0, 50, n)
+    cell[::2] = np.where(rng.random(n // 2) < 0.01, 50, cell[::2])  # cell 50: even rows only
+    values = np.round(rng.lognormal(3, 2, n), 1)
+    values[rng.integers(0, n, 2000)] = 7.0  # ties
+    for n_top in (1, 2, 3):
+        got = top_contributions(cell, values, 52, n_top)
+        order = np.lexsort((-values, cell))
+        for c in range(52):
+            expected = values[order][cell[order] == c][:n_top].tolist()
+            expected += [0.0] * (n_top - len(expected))
+            assert got[c].tolist() == expected
 
 
 def test_dominance_counted_on_rows_would_miss_the_person_with_two_rows() -> None:
@@ -459,13 +478,71 @@ def test_three_dimensional_tables_equal_pandas_crosstab(registry: pd.DataFrame, 
     assert any("missing index or column label" in note for note in report.notes)
 
 
-def test_many_label_combinations_are_numbered_without_overflow() -> None:
+def test_many_label_combinations_are_numbered_without_overflow_when_only_observed_ones_count() -> (
+    None
+):
     rng = np.random.default_rng(9)
     n = 20_000  # 5000^3 possible (a, b, c) combinations: more than a dense count can hold
     df = pd.DataFrame({k: rng.integers(0, 5000, n) for k in "abc"} | {"d": rng.integers(0, 2, n)})
-    report = check_table(df, ["a", "b", "c"], "d")
+    report = check_table(df, ["a", "b", "c"], "d", observed=True)
     expected = pd.crosstab([df.a, df.b, df.c], df.d)
     pd.testing.assert_frame_equal(report.table, expected, check_dtype=False)
+
+
+def test_a_table_of_more_label_combinations_than_anyone_could_read_is_refused_with_a_fix() -> None:
+    rng = np.random.default_rng(9)
+    n = 20_000
+    df = pd.DataFrame({k: rng.integers(0, 5000, n) for k in "abc"} | {"d": rng.integers(0, 2, n)})
+    with pytest.raises(SDCInputError, match=r"cells \(labels: a 4,9\d\d, b .*group labels"):
+        check_table(df, ["a", "b", "c"], "d")
+
+
+def test_label_combinations_no_row_has_are_empty_cells_that_fail_as_zeros() -> None:
+    rows = [("x", "p", "u")] * 12 + [("x", "q", "u")] * 12 + [("y", "p", "v")] * 12
+    df = pd.DataFrame(rows, columns=["a", "b", "c"]).assign(pid=range(36), v=1.0)
+    report = check_table(df, ["a", "b"], "c", person_id="pid")
+    expected = pd.crosstab([df.a, df.b], df.c, dropna=False)
+    pd.testing.assert_frame_equal(report.table, expected, check_dtype=False, check_names=False)
+    assert report.row_labels == [("x", "p"), ("x", "q"), ("y", "p"), ("y", "q")]
+    zeros = report.grid(report.severities["zeros"]) > 0
+    assert zeros[3].all()  # (y, q): no row at all
+    assert zeros.sum() == 2 + 3  # and (x, p, v), (x, q, v), (y, p, u)
+    mean = check_table(df, ["a", "b"], "c", values="v", agg="mean", person_id="pid")
+    assert np.isnan(mean.table.loc[("y", "q")]).all()
+    assert (mean.grid(mean.severities["zeros"]) > 0).sum() == 5
+
+
+def test_labels_seen_only_beside_a_missing_label_make_no_row_or_column() -> None:
+    df = pd.DataFrame(
+        {
+            "a": ["x"] * 12 + ["y"] * 12 + ["z"],
+            "b": ["p"] * 6 + ["q"] * 6 + ["p"] * 12 + [None],
+            "c": pd.Categorical(["u"] * 24 + ["w"], categories=["u", "v", "w"]),
+        }
+    )
+    report = check_table(df, ["a", "b"], "c")
+    assert report.row_labels == [("x", "p"), ("x", "q"), ("y", "p"), ("y", "q")]
+    assert report.col_labels == [("u",)]
+    assert report.table.columns.dtype == df["c"].dtype
+    assert report.grid(report.stats.value)[:, 0].tolist() == [6, 6, 12, 0]
+
+
+def test_arrow_text_labels_give_the_table_of_python_text_labels() -> None:
+    rng = np.random.default_rng(4)
+    n = 5000
+    df = pd.DataFrame(
+        {
+            "a": pd.array(rng.choice(["Nord", "Süd", "Ost", "Åland"], n), dtype="str"),
+            "b": pd.array(rng.choice(["F", "M", None], n, p=[0.5, 0.45, 0.05]), dtype="str"),
+            "v": rng.random(n),
+        }
+    )
+    arrow = check_table(df, "a", "b", values="v", agg="sum")
+    python = check_table(df.astype({"a": object, "b": object}), "a", "b", values="v", agg="sum")
+    assert arrow.row_labels == python.row_labels == [("Nord",), ("Ost",), ("Süd",), ("Åland",)]
+    assert arrow.col_labels == python.col_labels
+    pd.testing.assert_frame_equal(arrow.table, python.table, check_index_type=False)
+    assert (arrow.stats.top == python.stats.top).all()
 
 
 def test_persons_are_distinct_per_cell(registry: pd.DataFrame) -> None:
@@ -477,14 +554,86 @@ def test_persons_are_distinct_per_cell(registry: pd.DataFrame) -> None:
     assert got.sort_index().to_dict() == expected.sort_index().to_dict()
 
 
-def test_string_person_ids_in_arrow_and_python_form_give_the_same_persons() -> None:
+@pytest.mark.parametrize("repeated", [True, False], ids=["person-years", "one-row-per-person"])
+def test_string_person_ids_in_arrow_and_python_form_give_the_same_persons(repeated: bool) -> None:
     rng = np.random.default_rng(3)
-    ids = np.array([f"{x:032x}" for x in rng.integers(0, 2**60, 300)], dtype=object)
+    ids = np.array([f"{x:032x}" for x in rng.integers(0, 2**60, 3000)], dtype=object)
+    rows = rng.integers(0, 300, 3000) if repeated else rng.permutation(3000)
     df = pd.DataFrame(
         {
-            "pid": pd.array(ids[rng.integers(0, 300, 3000)], dtype="str"),
+            "pid": pd.array(ids[rows], dtype="str"),
             "a": rng.choice(list("xyz"), 3000),
             "b": rng.choice(list("pq"), 3000),
+        }
+    )
+    arrow = check_table(df, "a", "b", person_id="pid")
+    python = check_table(df.assign(pid=df.pid.astype(object)), "a", "b", person_id="pid")
+    assert arrow.persons_info is not None and python.persons_info is not None
+    assert arrow.persons_info.distinct_rows == python.persons_info.distinct_rows == (not repeated)
+    assert (arrow.stats.persons == python.stats.persons).all()
+    a_sets, p_sets = arrow.person_sets(), python.person_sets()
+    assert (a_sets.offsets == p_sets.offsets).all()
+    assert (a_sets.persons == p_sets.persons).all()
+
+
+@pytest.mark.parametrize("repeated", [True, False], ids=["person-years", "one-row-per-person"])
+@pytest.mark.parametrize("low", [0, 2**50, -(2**62)], ids=["small", "large", "negative"])
+def test_integer_person_ids_give_the_persons_of_the_same_ids_as_text(
+    repeated: bool, low: int
+) -> None:
+    rng = np.random.default_rng(6)
+    ids = low + rng.choice(2**40 if low else 5000, 3000, replace=False)
+    rows = rng.integers(0, 300, 3000) if repeated else rng.permutation(3000)
+    df = pd.DataFrame(
+        {"pid": ids[rows], "a": rng.choice(list("xyz"), 3000), "b": rng.choice(list("pq"), 3000)}
+    )
+    numbers = check_table(df, "a", "b", person_id="pid")
+    text = check_table(df.assign(pid=df.pid.astype(str)), "a", "b", person_id="pid")
+    assert numbers.persons_info is not None
+    assert numbers.persons_info.distinct_rows == (not repeated)
+    assert (numbers.stats.persons == text.stats.persons).all()
+    n_sets, t_sets = numbers.person_sets(), text.person_sets()
+    assert (n_sets.offsets == t_sets.offsets).all()
+    assert (n_sets.persons == t_sets.persons).all()
+
+
+def test_integer_ids_are_numbered_densely_when_a_cell_and_an_id_would_not_fit_one_key() -> None:
+    from spe.sdc.compute import Persons, fit_persons
+
+    ids = np.array([2**40 - 1, 5, 2**40 - 1, 7], dtype=np.int64)
+    small = Persons(ids, 2**40, None, False)
+    assert fit_persons(small, 1000) is small  # 10 + 40 bits fit
+    dense = fit_persons(small, 2**24)
+    assert dense.size == 3 and dense.codes.tolist() == [0, 1, 0, 2]
+    assert dense.ids is not None and dense.ids[dense.codes].tolist() == ids.tolist()
+
+
+@pytest.mark.parametrize("kind", ["fixed_size_binary", "binary", "large_string"])
+@pytest.mark.parametrize("trailing_zero", [False, True], ids=["plain", "an-id-ending-in-zero"])
+def test_fixed_width_arrow_ids_give_the_persons_of_the_same_ids_in_python(
+    kind: str, trailing_zero: bool
+) -> None:
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+    raw = [rng.bytes(15) + b"\x01" for _ in range(400)]
+    if trailing_zero:  # hashed without its trailing zero (numpy bytes): not the fast path
+        raw[7] = raw[7][:-1] + b"\x00"
+    ids: list[Any] = raw
+    if kind == "large_string":  # hex text, the zero as a trailing NUL character
+        ids = [b.hex() + "\x00" * (trailing_zero and i == 7) for i, b in enumerate(raw)]
+    arrow_type = {
+        "fixed_size_binary": pa.binary(16),
+        "binary": pa.binary(),
+        "large_string": pa.large_string(),
+    }[kind]
+    rows = rng.integers(0, 400, 2000)
+    column = pa.array([ids[i] for i in rows], type=arrow_type)
+    df = pd.DataFrame(
+        {
+            "pid": pd.arrays.ArrowExtensionArray(column),
+            "a": rng.choice(list("xyz"), 2000),
+            "b": rng.choice(list("pq"), 2000),
         }
     )
     arrow = check_table(df, "a", "b", person_id="pid")
