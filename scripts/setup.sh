@@ -78,6 +78,12 @@ echo "==> installing Python packages into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
 setup_acro
+# configurable-http-proxy (JupyterHub's proxy) from npm, pinned by package-lock.json.
+if [[ ! -x node_modules/.bin/configurable-http-proxy || package-lock.json -nt node_modules/.spe-installed ]]; then
+    echo "==> installing configurable-http-proxy (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error
+    touch node_modules/.spe-installed
+fi
 # The workspaces' own environment (Debian's Python, readable by every workspace user).
 ./scripts/workspace-env.sh "${WORKSPACE_ENV:-.venv-workspace}"
 echo "==> set-up done"

@@ -478,10 +478,18 @@ def project_approve(ctx: click.Context, slug: str, note: str, inline: bool) -> N
 def project_close(ctx: click.Context, slug: str, reason: str) -> None:
     """Close a project, or refuse its application."""
     from spe.projects.service import close_project, get_project
+    from spe.workspaces.hub import HubUnavailable, stop_workspaces_of
 
     with _acting(ctx) as (session, actor):
         close_project(session, actor, get_project(session, slug), reason)
     click.echo(f"Closed project {slug}.")
+    try:
+        stopped = stop_workspaces_of(slug, reason=f"project closed: {reason}")
+    except HubUnavailable as exc:
+        click.echo(f"warning: {exc.message} Its workspaces stop at the hub's next check.", err=True)
+    else:
+        if stopped:
+            click.echo(f"Stopped its workspaces: {', '.join(stopped)}.")
 
 
 @project.command("add-member")
@@ -1214,6 +1222,16 @@ def api() -> None:
 
     settings = get_settings()
     uvicorn.run(create_app(), host=settings.api_host, port=settings.api_port, log_level="info")
+
+
+@cli.command("hub")
+@click.option("--public-url", help="Where users reach the front door (default: its address).")
+def hub(public_url: str | None) -> None:
+    """Run JupyterHub with the generated configuration (it runs the API and the worker)."""
+    from spe.config import get_settings
+    from spe.workspaces.hub import run_hub
+
+    run_hub(public_url or f"http://127.0.0.1:{get_settings().hub_port}/")
 
 
 @cli.command("airlock")

@@ -32,7 +32,13 @@ TMP_BYTES = 1 << 30
 # variable names a host path or a secret (database URL, platform key, state folder) and is
 # refused, so a careless caller cannot leak one into researcher code.
 WORKSPACE_SPE_VARIABLES = frozenset(
-    {"SPE_OUTBOX_DIR", "SPE_WORKSPACE_DATA_DIR", "SPE_POLICIES_DIR", "SPE_KERNEL_PYTHON"}
+    {
+        "SPE_OUTBOX_DIR",
+        "SPE_WORKSPACE_DATA_DIR",
+        "SPE_POLICIES_DIR",
+        "SPE_KERNEL_PYTHON",
+        "SPE_SERVER_FD",  # the number of the inherited listening socket
+    }
 )
 # Set by the builder from the layout; a caller may not point them elsewhere.
 FIXED_VARIABLES = frozenset({"HOME", "PATH", "USER", "LOGNAME"})
@@ -48,7 +54,9 @@ class SandboxSpec:
     workspace_id: str
     home: Path  # read-write at layout.HOME
     datasets: Mapping[str, Path]  # dataset name -> extract folder, read-only at layout.DATA/<name>
-    run_dir: Path  # read-write at layout.RUN: the notebook server's socket
+    # Read-only at layout.RUN: the notebook server's socket (made outside, handed over as an fd,
+    # so code in the workspace can neither remove it nor put its own server in its place).
+    run_dir: Path
     airlock_dir: Path  # read-only at layout.AIRLOCK: the workspace's own airlock socket
     config_dir: Path  # read-only at layout.CONFIG
     env_dir: Path  # the workspaces' Python environment, read-only at its own path
@@ -63,6 +71,8 @@ class SandboxSpec:
     # TCP/UDP sockets on the sandbox's own, empty loopback (ipykernel needs them; see
     # seccomp.seccomp_program). False: AF_UNIX sockets only.
     inet_loopback: bool = True
+    # Open fds the sandbox inherits (the notebook server's listening socket).
+    pass_fds: tuple[int, ...] = ()
 
 
 def sandbox_environment(spec: SandboxSpec) -> dict[str, str]:
@@ -183,7 +193,7 @@ def sandbox_command(spec: SandboxSpec) -> list[str]:
     argv += ["--dir", str(DATA)]  # present even with no dataset, as spe.analysis expects
     for name in sorted(spec.datasets):
         argv += _bind(spec.datasets[name], DATA / name, writable=False)
-    argv += _bind(spec.run_dir, RUN, writable=True)
+    argv += _bind(spec.run_dir, RUN, writable=False)
     argv += _bind(spec.airlock_dir, AIRLOCK, writable=False)
     argv += _bind(spec.config_dir, CONFIG, writable=False)
     # Last: the root tmpfs bwrap built and /dev hold only mount points and device nodes;

@@ -527,7 +527,7 @@ def start_sandbox(
                 user = {"user": spec.uid, "group": gid, "extra_groups": [sandbox_group()]}
             return subprocess.Popen(
                 argv,
-                pass_fds=opened,
+                pass_fds=[*opened, *spec.pass_fds],
                 # bwrap itself needs nothing from the hub's environment either.
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                 cwd="/",

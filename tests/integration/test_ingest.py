@@ -355,7 +355,6 @@ def test_closing_a_project_destroys_key_and_extracts_with_a_signed_certificate(p
     from spe.keys.signing import audit_public_key, verify_signature
     from spe.projects.extracts import extract
     from spe.projects.service import close_project, get_project
-
     from spe.workspaces.layout import host_paths
     from spe.workspaces.registry import running_workspaces, workspace_started
 

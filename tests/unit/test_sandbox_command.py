@@ -108,10 +108,12 @@ def test_data_airlock_config_env_and_usr_are_bound_read_only() -> None:
     assert mounted["/usr"] == ("--ro-bind", "/usr")
 
 
-def test_only_home_and_run_are_bound_writable() -> None:
+def test_only_home_is_bound_writable_and_the_server_socket_folder_is_read_only() -> None:
     spec = example_spec()
+    mounted = {dest: (opt, src) for opt, src, dest in binds(sandbox_command(spec))}
     writable = {(src, dest) for opt, src, dest in binds(sandbox_command(spec)) if opt == "--bind"}
-    assert writable == {(str(spec.home), str(HOME)), (str(spec.run_dir), str(RUN))}
+    assert writable == {(str(spec.home), str(HOME))}
+    assert mounted[str(RUN)] == ("--ro-bind", str(spec.run_dir))
 
 
 def test_no_host_path_outside_the_spec_appears_in_the_argv() -> None:
