@@ -84,13 +84,17 @@ http {{
     server {{
         listen 127.0.0.1:{door.listen_port};
         client_max_body_size {door.max_upload_kib}k;
+        # Whole bodies in memory: the workers (nobody) may not reach a spool folder under the
+        # state folder.
+        client_body_buffer_size {door.max_upload_kib}k;
         if ($spe_blocked) {{
             return 403 "{REFUSAL}";
         }}
         location / {{
             proxy_pass http://127.0.0.1:{door.upstream_port};
             proxy_http_version 1.1;
-            proxy_set_header Host $host;
+            # With the port: the notebook server compares Host with the browser's Origin.
+            proxy_set_header Host $http_host;
             proxy_set_header X-Real-IP $remote_addr;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;

@@ -41,6 +41,8 @@ def server_config() -> dict[str, object]:
         "KernelSpecManager": {"allowed_kernelspecs": [KERNEL], "ensure_native_kernel": False},
         "MappingKernelManager": {"default_kernel_name": KERNEL},
         "ContentsManager": {"allow_hidden": False},
+        # The notebook trust database would be written into the read-only data folder.
+        "NotebookNotary": {"db_file": ":memory:", "secret_file": "/tmp/notebook_secret"},  # noqa: S108
         # No downloads or nbconvert from the server itself (the front door filters them too).
         "FileContentsManager": {"delete_to_trash": False},
     }

@@ -296,6 +296,15 @@ def _ensure_running(session: Any, hub: Hub) -> dict[str, Any]:
     return server
 
 
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie: dead, waiting for this machine's init to reap it (which may be late)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "State:\tZ" in status
+
+
 def _workspace_pid(hub: Hub) -> int | None:
     """The notebook server's process (inside the sandbox, if any: not bwrap's)."""
     from spe.workspaces.layout import host_paths
@@ -486,7 +495,7 @@ def test_stopping_a_workspace_stops_its_server(hub: Hub) -> None:
     )
     assert answer.status_code in (202, 204)
     _wait(lambda: not (_server(session, hub) or {}).get("ready"), 30, "the stop", hub)
-    _wait(lambda: not Path(f"/proc/{pid}").exists(), 15, "the server process to end", hub)
+    _wait(lambda: _ended(pid), 30, "the server process to end", hub)
     assert not host_paths("study", "researcher").server_socket.exists()
     action, details = _events("workspace.", "workspace:study--researcher")[-1]
     assert action == "workspace.stop" and "stopped by the hub" in details["reason"]
@@ -500,7 +509,7 @@ def test_stop_workspaces_of_stops_a_projects_workspaces(hub: Hub) -> None:
     pid = _workspace_pid(hub)
     assert stop_workspaces_of("study", reason="project closed") == ["study--researcher"]
     assert _server(session, hub) is None  # stopped and forgotten
-    _wait(lambda: pid is None or not Path(f"/proc/{pid}").exists(), 15, "the process", hub)
+    _wait(lambda: pid is None or _ended(pid), 30, "the process", hub)
     action, details = _events("workspace.", "workspace:study--researcher")[-1]
     assert (action, details["reason"]) == ("workspace.stop", "project closed")
     assert stop_workspaces_of("study") == []  # nothing left to stop
@@ -557,4 +566,4 @@ def test_a_sandboxed_workspace_spawns_and_answers_through_the_proxy(hub: Hub) ->
         f"{hub.url}/hub/api/users/researcher/servers/study", headers=_xsrf(session)
     )
     assert answer.status_code in (202, 204)
-    _wait(lambda: not Path(f"/proc/{pid}").exists(), 15, "the sandbox to end", hub)
+    _wait(lambda: _ended(pid), 30, "the sandbox to end", hub)
