@@ -1,6 +1,7 @@
 """Ingest benchmark (issue 3): pseudonym floor, end-to-end ingest, project extraction.
 
-Prints one JSON line per figure. Sizes: 1 M and 10 M persons (``--quick``: 100 k and 1 M).
+Prints one JSON line per figure. Sizes: 1 M and 10 M persons (``--quick``: 100 k and 1 M;
+``--persons N``: N, repeatable).
 Each ingest runs in a fresh ``spe`` process pinned to one core (``taskset -c 0``) so its
 rows/s is a one-core figure and its peak RSS is its own. The peer is the per-item keyed hash
 the issue measured (HMAC-SHA256 with a precomputed key context, ``.copy()`` per item), timed
@@ -211,10 +212,19 @@ def ingest_run(persons: int, work: Path, peer: float, floor_rate: float) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 k and 1 M persons")
+    parser.add_argument(
+        "--persons",
+        type=int,
+        action="append",
+        metavar="N",
+        help="ingest a population of N persons instead (repeatable)",
+    )
     args = parser.parse_args()
     sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000]
+    if args.persons:
+        sizes = sorted(args.persons)  # growing: peak RSS of children is a running maximum
     floor_rate = floor(sizes[-1])
     peer = hmac_peer(1_000_000)
     emit("ingest.floor_vs_peer", floor_rate / peer, "ratio")

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -290,8 +290,6 @@ def make_orgnr(base8: int) -> str | None:
 
 # --------------------------------------------------------------------------- vectorised
 
-_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int16)
-
 
 def _century_table() -> np.ndarray:
     """``_century`` for every (individual, yy), -1 where none: one gather instead of masks."""
@@ -307,23 +305,44 @@ _CENTURY = _century_table()
 
 
 @dataclass
-class _DigitColumns:
-    """Fixed-width values as one contiguous row of digits per position."""
+class _FixedWidth:
+    """A column's values of exactly ``width`` characters, as rows of character codes.
 
-    digits: np.ndarray  # (width, n) int16 in 0-9; rows not well formed are clipped noise
-    well_formed: np.ndarray  # exactly `width` ASCII digits
-    missing: np.ndarray  # null or empty
+    Only those rows are worth testing digit by digit: any other value is missing or has the
+    wrong length, which the masks alone decide.
+    """
+
+    fits: np.ndarray  # (n,) bool: present, exactly `width` characters
+    codes: np.ndarray  # (fits.sum(), width) uint8: the characters of the fitting rows, in order
+    missing: np.ndarray  # (n,) bool: null or empty
+
+    def spread(self, part: np.ndarray, others: np.ndarray | int) -> np.ndarray:
+        """A value per fitting row (``part``) as a column of all rows, ``others`` elsewhere."""
+        if len(part) == len(self.fits):
+            return part
+        out = np.empty(len(self.fits), part.dtype)
+        out[:] = others
+        out[self.fits] = part
+        return out
 
 
-def _columns(raw: np.ndarray, well_formed: np.ndarray, missing: np.ndarray) -> _DigitColumns:
-    """From (n, width) character codes; positions become rows for fast column arithmetic."""
-    by_position = np.ascontiguousarray(raw.T) - raw.dtype.type(48)  # wraps below '0'
-    well_formed &= by_position.max(axis=0, initial=0) <= 9
-    np.minimum(by_position, 9, out=by_position)  # keeps table look-ups in range
-    return _DigitColumns(by_position.astype(np.int16), well_formed, missing)
+def _digits(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(width, k) int16 digits, one contiguous row per position, and the rows that are all
+    ASCII digits; other rows read as zeros, which keeps table look-ups in range."""
+    k, width = codes.shape
+    not_digit = (codes.reshape(-1) - np.uint8(48)) > np.uint8(9)  # wraps below '0'
+    well_formed = np.ones(k, bool)
+    if not_digit.any():
+        bad = np.flatnonzero(not_digit) // width
+        well_formed[bad] = False
+        codes = codes.copy()
+        codes[bad] = 48
+    by_position = np.array(codes.T, order="C")  # a copy: `codes` may be the caller's buffer
+    by_position -= np.uint8(48)
+    return by_position.astype(np.int16), well_formed
 
 
-def _numpy_columns(values: np.ndarray, width: int) -> _DigitColumns:
+def _numpy_fixed(values: np.ndarray, width: int) -> _FixedWidth:
     """From numpy's fixed-width 'U' (UCS-4) or 'S' strings, without a Python loop."""
     values = np.ascontiguousarray(values.reshape(-1))
     n = values.shape[0]
@@ -334,41 +353,67 @@ def _numpy_columns(values: np.ndarray, width: int) -> _DigitColumns:
     leading_nul = np.flatnonzero(missing)
     missing[leading_nul] = ~codes[leading_nul].any(axis=1)
     if chars_per_item < width:
-        return _DigitColumns(np.zeros((width, n), np.int16), np.zeros(n, bool), missing)
-    # numpy pads with NUL: a value is `width` digits when those are digits and the rest is NUL
-    well_formed = np.asarray(~codes[:, width:].any(axis=1), dtype=bool)
-    return _columns(codes[:, :width], well_formed, missing)
+        return _FixedWidth(np.zeros(n, bool), np.zeros((0, width), np.uint8), missing)
+    # numpy pads with NUL: a value has `width` characters when nothing follows them (a NUL
+    # among them makes it shorter, and fails the digit test like any other non-digit)
+    fits = ~missing & ~codes[:, width:].any(axis=1)
+    head = codes[fits, :width]
+    if unit is np.uint32:
+        ascii_range = np.less(head, 128).all(axis=1)
+        fits[np.flatnonzero(fits)[~ascii_range]] = False
+        head = head[ascii_range]
+    return _FixedWidth(fits, head.astype(np.uint8), missing)
 
 
-def _arrow_columns(array: pa.Array, width: int) -> _DigitColumns:
-    """From an Arrow string or binary array, reading its offsets and data buffers directly."""
-    n = len(array)
-    if n == 0 or pa.types.is_null(array.type):
-        return _DigitColumns(np.zeros((width, n), np.int16), np.zeros(n, bool), np.ones(n, bool))
+def _back_to_back(array: pa.Array, rows: int, width: int) -> np.ndarray:
+    """The data of a string/binary array whose values all have ``width`` bytes, as rows."""
     large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
     offset_type = np.dtype(np.int64 if large else np.int32)
     buffers = array.buffers()
+    start = int(
+        np.frombuffer(
+            buffers[1], dtype=offset_type, count=1, offset=array.offset * offset_type.itemsize
+        )[0]
+    )
+    if buffers[2] is None or rows == 0:
+        return np.zeros((0, width), np.uint8)
+    data = np.frombuffer(buffers[2], np.uint8)
+    return data[start : start + rows * width].reshape(rows, width)
+
+
+def _arrow_fixed(array: pa.Array, width: int) -> _FixedWidth:
+    """From an Arrow string or binary array, reading its offsets and data buffers directly."""
+    n = len(array)
+    if n == 0 or pa.types.is_null(array.type):
+        return _FixedWidth(np.zeros(n, bool), np.zeros((0, width), np.uint8), np.ones(n, bool))
+    large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    offset_type = np.dtype(np.int64 if large else np.int32)
     offsets = np.frombuffer(
-        buffers[1], dtype=offset_type, count=n + 1, offset=array.offset * offset_type.itemsize
+        array.buffers()[1],
+        dtype=offset_type,
+        count=n + 1,
+        offset=array.offset * offset_type.itemsize,
     )
     lengths = np.diff(offsets)
+    fits = lengths == width
+    missing = lengths == 0
     if array.null_count:
-        present = array.is_valid().to_numpy(zero_copy_only=False)
+        # the validity bitmap itself (to_numpy of a boolean array would import pandas)
+        bits = np.frombuffer(array.buffers()[0], np.uint8, count=(array.offset + n + 7) // 8)
+        present = np.unpackbits(bits, count=array.offset + n, bitorder="little")
+        present = present[array.offset :].view(bool)
+        fits &= present
+        missing |= ~present
+    rows = int(np.count_nonzero(fits))
+    if rows == n or not lengths[~fits].any():
+        # the other values take no bytes, so the fitting ones lie back to back
+        codes = _back_to_back(array, rows, width)
     else:
-        present = np.ones(n, bool)
-    missing = ~present | (lengths == 0)
-    right_length = present & (lengths == width)
-    data = buffers[2]
-    data_bytes = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    if right_length.all():
-        # every value has the width, so the values lie back to back in the data buffer
-        start = int(offsets[0])
-        raw = data_bytes[start : start + n * width].reshape(n, width)
-    else:
-        raw = np.full((n, width), 48, np.uint8)
-        starts = offsets[:-1][right_length].astype(np.int64)
-        raw[right_length] = data_bytes[starts[:, None] + np.arange(width)]
-    return _columns(raw, right_length, missing)
+        keep = pa.py_buffer(np.packbits(fits, bitorder="little"))
+        codes = _back_to_back(
+            array.filter(pa.Array.from_buffers(pa.bool_(), n, [None, keep])), rows, width
+        )
+    return _FixedWidth(fits, codes, missing)
 
 
 def _arrow_chunks(values: Any) -> Iterator[pa.Array]:
@@ -402,18 +447,28 @@ def _arrow_chunks(values: Any) -> Iterator[pa.Array]:
         yield chunk
 
 
-def _digit_columns(values: Any, width: int) -> list[_DigitColumns]:
+def _fixed_width(values: Any, width: int) -> list[_FixedWidth]:
     if isinstance(values, np.ndarray) and values.dtype.kind in "US":
-        return [_numpy_columns(values, width)]
-    return [_arrow_columns(chunk, width) for chunk in _arrow_chunks(values)]
+        return [_numpy_fixed(values, width)]
+    return [_arrow_fixed(chunk, width) for chunk in _arrow_chunks(values)]
+
+
+def _weighted_sum(columns: np.ndarray, weights: tuple[int, ...]) -> np.ndarray:
+    """The weighted digit sum (int16: at most 9 * 46)."""
+    total = columns[0] * np.int16(weights[0])
+    for column, weight in zip(columns[1:], weights[1:], strict=False):
+        total += column if weight == 1 else column * np.int16(weight)
+    return total
+
+
+# `sum % 11` as a look-up: numpy's integer remainder is not vectorised, `take` is.
+_REMAINDER_11 = np.arange(9 * max(map(sum, (K1_WEIGHTS, K2_WEIGHTS, ORGNR_WEIGHTS))) + 1) % 11
+_REMAINDER_11 = _REMAINDER_11.astype(np.int16)
 
 
 def _remainder(columns: np.ndarray, weights: tuple[int, ...]) -> np.ndarray:
-    """The weighted digit sum mod 11 (int16: 9 * 7 * 11 cannot overflow)."""
-    total = columns[0] * np.int16(weights[0])
-    for column, weight in zip(columns[1:], weights[1:], strict=False):
-        total += column * np.int16(weight)
-    return total % np.int16(11)
+    """The weighted digit sum mod 11."""
+    return np.take(_REMAINDER_11, _weighted_sum(columns, weights))
 
 
 # The failed tests of a value as bits, strongest first; a table turns them into the reason
@@ -452,27 +507,58 @@ _KIND_OF_OFFSETS = np.array(
     + [CODE_OF_KIND[IdKind.SYNTHETIC]] * 4,
     np.int8,
 )
-_LEAP_BY_YEAR_MOD_400 = np.array(
-    [(y % 4 == 0 and y % 100 != 0) or y % 400 == 0 for y in range(400)], np.int16
+# a kind goes with a valid number and with a refusal of that kind, with nothing else: the kind
+# for (failure bits << 3 | offsets)
+_KIND_OF_VERDICT = (_KEEPS_KIND[:, None] * _KIND_OF_OFFSETS[None, :]).astype(np.int8).reshape(-1)
+# 1 in leap years, by year + 1 (a year of -1 stands for "no century")
+_LEAP = np.array(
+    [0] + [(y % 4 == 0 and y % 100 != 0) or y % 400 == 0 for y in range(2100)], np.int16
 )
+# days in the month by leap * 40 + month; 0 for the months (0, 13-39) that do not exist
+_DAYS_IN_MONTH = np.zeros(80, np.int16)
+_DAYS_IN_MONTH[1:13] = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_DAYS_IN_MONTH[41:53] = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# Slots of valid numbers: a valid number is fixed by its first nine digits and the remainder
+# its k1 leaves (k1 and k2 follow from them), and those nine digits by day (1-31, maybe + 40),
+# month (1-12, maybe + 40 or + 80), year and individual number.
+_SLOTS_PER_REMAINDER = 62 * 36 * 100 * 1000
+
+
+def fnr_slot_count(rules: IdentifierRules) -> int:
+    """How many slots ``check_fnr_numbers`` can give valid numbers under ``rules``."""
+    return _SLOTS_PER_REMAINDER * (len(K1_REMAINDERS_2032) if rules.allow_2032_rule else 1)
 
 
 def _bits(mask: np.ndarray, reason: Reason) -> np.ndarray:
     return mask.view(np.uint8) * np.uint8(_BIT_OF[reason])
 
 
-def _check_fnr_columns(
-    columns: _DigitColumns, rules: IdentifierRules, today: dt.date
-) -> tuple[np.ndarray, np.ndarray]:
-    c = columns.digits
+class FnrVerdicts(NamedTuple):
+    """Verdicts of ``check_fnr_numbers``, one per value."""
+
+    reasons: np.ndarray  # int8: 0 valid, else a key of REASON_CODES
+    kinds: np.ndarray  # int8: 0 none, else a key of KIND_CODES
+    numbers: np.ndarray  # int64: the 11 digits as a number where valid, else 0
+    slots: np.ndarray  # int32: where valid, a slot in [0, fnr_slot_count(rules)) that no
+    # other valid number shares, else 0
+
+
+def _check_fnr_digits(
+    c: np.ndarray, well_formed: np.ndarray, rules: IdentifierRules, today: dt.date, full: bool
+) -> FnrVerdicts:
+    """Verdicts for values of 11 characters, from their digits by position.
+
+    Every step is a vectorised operation or a `take` from a small table (numpy's fancy
+    indexing and integer remainder are several times slower).
+    """
     r1 = _remainder(c, K1_WEIGHTS)
     k1_ok = r1 <= max(K1_REMAINDERS_2032) if rules.allow_2032_rule else r1 == 0
     checks_ok = k1_ok & (_remainder(c, K2_WEIGHTS) == 0)
 
-    dd = c[0] * 10 + c[1]
-    mm = c[2] * 10 + c[3]
-    yy = c[4] * 10 + c[5]
-    individual = c[6] * 100 + c[7] * 10 + c[8]
+    dd = c[0] * np.int16(10) + c[1]
+    mm = c[2] * np.int16(10) + c[3]
+    yy = c[4] * np.int16(10) + c[5]
+    individual = c[6] * np.int16(100) + c[7] * np.int16(10) + c[8]
     day_offset = dd >= D_NUMBER_DAY_OFFSET
     synthetic = mm >= SYNTHETIC_MONTH_OFFSET
     h_number = (mm >= H_NUMBER_MONTH_OFFSET) & ~synthetic
@@ -481,26 +567,22 @@ def _check_fnr_columns(
         mm
         - synthetic * np.int16(SYNTHETIC_MONTH_OFFSET)
         - h_number * np.int16(H_NUMBER_MONTH_OFFSET)
-    )
-    century = _CENTURY[individual.astype(np.int32) * 100 + yy]
-    year = century + yy
-    month_ok = (month >= 1) & (month <= 12)
-    leap_day = _LEAP_BY_YEAR_MOD_400[year % 400] * (month == 2)
-    days_in_month = _DAYS_IN_MONTH[month * month_ok] + leap_day
-    born = year.astype(np.int32) * 10000 + month * 100 + day
+    )  # 0-39
+    century = np.take(_CENTURY, individual.astype(np.int32) * 100 + yy)
+    year = century + yy  # -1 to 98 without a century
+    days_in_month = np.take(_DAYS_IN_MONTH, np.take(_LEAP, year + 1) * np.int16(40) + month)
+    born = year.astype(np.int32) * 10000 + month * np.int16(100) + day
     today_key = today.year * 10000 + today.month * 100 + today.day
     date_ok = (
         (century > 0)
-        & month_ok
         & (day >= 1)
-        & (day <= days_in_month)
+        & (day <= days_in_month)  # 0 for a month that does not exist
         & ~(day_offset & h_number)
         & (born <= today_key)
     )
 
     failures = (
-        _bits(columns.missing, Reason.MISSING)
-        | _bits(~columns.well_formed, Reason.NOT_11_DIGITS)
+        _bits(~well_formed, Reason.NOT_11_DIGITS)
         | _bits(~checks_ok, Reason.BAD_CHECK_DIGIT)
         | _bits(~date_ok, Reason.IMPLAUSIBLE_DATE)
     )
@@ -510,16 +592,54 @@ def _check_fnr_columns(
         failures |= _bits(h_number, Reason.H_NUMBER_NOT_ALLOWED)
     if not rules.allow_d_number:
         failures |= _bits(day_offset, Reason.D_NUMBER_NOT_ALLOWED)
-    reasons = _REASON_OF_FAILURES[failures]
-
-    offsets = (
-        day_offset.view(np.uint8)
+    reasons = np.take(_REASON_OF_FAILURES, failures)
+    verdict = (
+        (failures.astype(np.uint16) << np.uint16(3))
+        | day_offset.view(np.uint8)
         | (h_number.view(np.uint8) << np.uint8(1))
         | (synthetic.view(np.uint8) << np.uint8(2))
     )
-    # a kind goes with a valid number and with a refusal of that kind, with nothing else
-    kinds = _KIND_OF_OFFSETS[offsets] * _KEEPS_KIND[failures]
-    return reasons, kinds
+    kinds = np.take(_KIND_OF_VERDICT, verdict)
+    if not full:
+        return FnrVerdicts(reasons, kinds, np.zeros(0, np.int64), np.zeros(0, np.int32))
+
+    invalid = reasons != 0
+    first9 = ((dd.astype(np.int32) * 100 + mm) * 100 + yy) * 1000 + individual
+    numbers = first9.astype(np.int64) * 100 + (c[9] * np.int16(10) + c[10])
+    day_code = day - np.int16(1) + day_offset * np.int16(31)  # 0-61 where valid
+    month_code = month - np.int16(1) + h_number * np.int16(12) + synthetic * np.int16(24)  # 0-35
+    slots = ((day_code.astype(np.int32) * 36 + month_code) * 100 + yy) * 1000 + individual
+    if rules.allow_2032_rule:
+        slots = slots * len(K1_REMAINDERS_2032) + r1
+    numbers[invalid] = 0
+    slots[invalid] = 0
+    return FnrVerdicts(reasons, kinds, numbers, slots)
+
+
+def _check_fnr_fixed(
+    fixed: _FixedWidth, rules: IdentifierRules, today: dt.date, full: bool
+) -> FnrVerdicts:
+    digits, well_formed = _digits(fixed.codes)
+    part = _check_fnr_digits(digits, well_formed, rules, today, full)
+    others = np.where(fixed.missing, CODE_OF_REASON[Reason.MISSING], 0).astype(np.int8)
+    others[~fixed.fits & ~fixed.missing] = CODE_OF_REASON[Reason.NOT_11_DIGITS]
+    return FnrVerdicts(
+        fixed.spread(part.reasons, others),
+        fixed.spread(part.kinds, 0),
+        fixed.spread(part.numbers, 0) if full else part.numbers,
+        fixed.spread(part.slots, 0) if full else part.slots,
+    )
+
+
+def _check(values: Any, rules: IdentifierRules, today: dt.date | None, full: bool) -> FnrVerdicts:
+    day = _today(today)
+    results = [_check_fnr_fixed(f, rules, day, full) for f in _fixed_width(values, FNR_LENGTH)]
+    if len(results) == 1:
+        return results[0]
+    if not results:
+        empty8 = np.zeros(0, np.int8)
+        return FnrVerdicts(empty8, empty8, np.zeros(0, np.int64), np.zeros(0, np.int32))
+    return FnrVerdicts(*(np.concatenate(parts) for parts in zip(*results, strict=True)))
 
 
 def check_fnr_array(
@@ -533,16 +653,21 @@ def check_fnr_array(
     ``REASON_CODES``; kind 0 is none, others map through ``KIND_CODES``. Takes Arrow string or
     binary arrays (chunked too) and numpy 'U', 'S' or object arrays.
     """
-    day = _today(today)
-    results = [_check_fnr_columns(c, rules, day) for c in _digit_columns(values, FNR_LENGTH)]
-    if len(results) == 1:
-        return results[0]
-    if not results:
-        return np.zeros(0, np.int8), np.zeros(0, np.int8)
-    return (
-        np.concatenate([reasons for reasons, _ in results]),
-        np.concatenate([kinds for _, kinds in results]),
-    )
+    verdicts = _check(values, rules, today, full=False)
+    return verdicts.reasons, verdicts.kinds
+
+
+def check_fnr_numbers(
+    values: pa.Array | pa.ChunkedArray | np.ndarray | Iterable[str | None],
+    rules: IdentifierRules,
+    today: dt.date | None = None,
+) -> FnrVerdicts:
+    """``check_fnr_array``, plus each valid number as an integer and as a dense slot.
+
+    The slots let a caller remember which numbers it has seen in a bitmap of
+    ``fnr_slot_count(rules)`` bits, whatever the size of the input.
+    """
+    return _check(values, rules, today, full=True)
 
 
 def check_orgnr_array(
@@ -550,12 +675,13 @@ def check_orgnr_array(
 ) -> np.ndarray:
     """Validate a column of organisation numbers; int8 codes as in ``REASON_CODES`` (0 valid)."""
     parts = []
-    for columns in _digit_columns(values, ORGNR_LENGTH):
-        reasons = np.zeros(len(columns.missing), np.int8)
-        reasons[_remainder(columns.digits, ORGNR_WEIGHTS) != 0] = CODE_OF_REASON[
-            Reason.BAD_CHECK_DIGIT
-        ]
-        reasons[~columns.well_formed] = CODE_OF_REASON[Reason.NOT_9_DIGITS]
-        reasons[columns.missing] = CODE_OF_REASON[Reason.MISSING]
-        parts.append(reasons)
+    for fixed in _fixed_width(values, ORGNR_LENGTH):
+        digits, well_formed = _digits(fixed.codes)
+        reasons = np.zeros(len(well_formed), np.int8)
+        reasons[_remainder(digits, ORGNR_WEIGHTS) != 0] = CODE_OF_REASON[Reason.BAD_CHECK_DIGIT]
+        reasons[~well_formed] = CODE_OF_REASON[Reason.NOT_9_DIGITS]
+        others = np.where(
+            fixed.missing, CODE_OF_REASON[Reason.MISSING], CODE_OF_REASON[Reason.NOT_9_DIGITS]
+        ).astype(np.int8)
+        parts.append(fixed.spread(reasons, others))
     return np.concatenate(parts) if parts else np.zeros(0, np.int8)

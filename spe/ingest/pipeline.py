@@ -10,7 +10,6 @@ always gives the same version, byte for byte.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import functools
 import hashlib
@@ -57,7 +56,11 @@ from spe.keys.pseudonyms import (
 from spe.storage import data_storage, sha256_file
 
 PERSON_COLUMN = "person_id"
-BLOCK_SIZE = 1 << 23  # bytes of CSV per batch: ~400k rows, bounded memory
+# Bytes of CSV per batch (~36k rows of the population register). Small blocks parse faster
+# (they stay in cache) and bound memory: the reader reads up to 32 blocks ahead.
+BLOCK_SIZE = 1 << 21
+# Rows read per Parquet row group and quarantine frame: batches are written in groups.
+ROWS_PER_GROUP = 1 << 17
 _SCAN_CHUNK = 1 << 24
 # Stable context codes inside the pseudonym block (never renumber: pseudonyms depend on them).
 _KIND_CONTEXT = {
@@ -110,12 +113,12 @@ class IngestResult:
 # --- scanning ----------------------------------------------------------------------------------
 
 
-def _line_of(data: bytes, offset: int, lines_before: int) -> int:
+def _line_of(data: bytes | bytearray, offset: int, lines_before: int) -> int:
     return lines_before + data.count(b"\n", 0, offset) + 1
 
 
 def _check_line_lengths(
-    path: Path, chunk: bytes, current: int, lines_before: int, max_line: int
+    path: Path, chunk: bytes | bytearray, current: int, lines_before: int, max_line: int
 ) -> int:
     """Refuse a line longer than ``max_line``; returns the length of the line left open.
 
@@ -149,6 +152,29 @@ def _too_long(path: Path, line: int, max_line: int) -> None:
     )
 
 
+def _incomplete_tail(chunk: bytearray) -> int:
+    """How many bytes at the end of ``chunk`` begin a UTF-8 character that it cuts short."""
+    for back in range(1, min(3, len(chunk)) + 1):
+        byte = chunk[-back]
+        if byte < 0x80:
+            return 0
+        if byte >= 0xC0:  # a lead byte: 110xxxxx, 1110xxxx or 11110xxx start 2, 3, 4 bytes
+            needs = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return back if needs > back else 0
+    return 0
+
+
+def _is_utf8(chunk: bytearray) -> bool:
+    """Arrow's UTF-8 validation (several times faster than decoding with Python)."""
+    offsets = pa.py_buffer(np.array([0, len(chunk)], dtype=np.int32))
+    text = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(chunk)])
+    try:
+        text.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
 def scan_csv(
     path: Path,
     declared: str,
@@ -156,39 +182,47 @@ def scan_csv(
     max_line: int,
     tick: Callable[[], None] | None = None,
 ) -> ScanResult:
-    """One pass over the raw bytes: hash, encoding check, longest line, header."""
+    """One pass over the raw bytes: hash, encoding check, longest line, header.
+
+    Chunks end on whole UTF-8 characters (a character cut at the end of a read is read again
+    with the next chunk), so each chunk is checked on its own.
+    """
     size = path.stat().st_size
     if size == 0:
         raise IngestError(f"{path.name} is empty (0 bytes); export the extract again.")
     digest = hashlib.sha256()
-    decoder = codecs.getincrementaldecoder("utf-8")()
     utf8_ok, non_ascii = True, False
     first_bad_line = 0
     lines = 0
     current_line = 0  # length of the line in progress
     header_bytes = b""
+    buffer = bytearray(max(4, min(_SCAN_CHUNK, size + 1)))  # small files, small buffers
+    newline = np.empty(len(buffer), dtype=bool)
     with open(path, "rb") as fh:
-        while chunk := fh.read(_SCAN_CHUNK):
+        while read := fh.readinto(buffer):
             if tick:
                 tick()
+            if read < len(buffer):
+                chunk = buffer[:read]  # the end of the file
+            else:
+                cut = _incomplete_tail(buffer) if read > 3 else 0
+                chunk = buffer[: read - cut] if cut else buffer
+                if cut:
+                    fh.seek(-cut, io.SEEK_CUR)
             digest.update(chunk)
             if not header_bytes:
-                header_bytes = chunk[: chunk.find(b"\n") + 1 or len(chunk)]
-            # ASCII needs no decoding, unless a multi-byte character is still open.
-            if utf8_ok and (not chunk.isascii() or decoder.getstate()[0]):
+                header_bytes = bytes(chunk[: chunk.find(b"\n") + 1 or len(chunk)])
+            if utf8_ok and not chunk.isascii():
                 non_ascii = True
-                try:
-                    decoder.decode(chunk)
-                except UnicodeDecodeError as exc:
+                if not _is_utf8(chunk):
                     utf8_ok = False
-                    first_bad_line = _line_of(chunk, exc.start, lines)
+                    try:
+                        bytes(chunk).decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        first_bad_line = _line_of(chunk, exc.start, lines)
             current_line = _check_line_lengths(path, chunk, current_line, lines, max_line)
-            lines += chunk.count(b"\n")
-    if utf8_ok:
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            utf8_ok, first_bad_line = False, lines + 1
+            codes = np.frombuffer(chunk, dtype=np.uint8)
+            lines += int(np.count_nonzero(np.equal(codes, 10, out=newline[: len(codes)])))
     if current_line:
         lines += 1
     if declared == "utf-8" and not utf8_ok:
@@ -234,61 +268,152 @@ def check_columns(header: list[str], policy: DatasetPolicy, source: str) -> None
 # --- batches -----------------------------------------------------------------------------------
 
 
+_BIT = np.array([1 << i for i in range(8)], dtype=np.uint8)
+
+
 class _Dedup:
     """Remembers the person numbers seen so far, for one-row-per-person data.
 
-    Seen numbers are kept as a few sorted runs of decreasing size (merged when a run grows to
-    half its elder's size), so each batch costs a sort of itself plus a binary search per run.
+    A bitmap over the slots of valid numbers (``ids.fnr_slot_count``: 28 MB, 112 MB with the
+    2032 rule) that the OS hands out as it is touched: memory does not grow with the file,
+    and a batch costs a sort of itself, one read and one write of the bitmap.
     """
 
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
+    def __init__(self, slot_count: int) -> None:
+        self.seen = np.zeros((slot_count + 7) // 8, dtype=np.uint8)
 
-    def duplicates(self, values: np.ndarray) -> np.ndarray:
-        """Mask of values already seen (earlier batches, or earlier in this batch)."""
-        dup = np.zeros(len(values), dtype=bool)
-        # A stable sort keeps each value's first occurrence first within the batch.
-        order = np.argsort(values, kind="stable")
-        ordered = values[order]
-        repeat = np.concatenate(([False], ordered[1:] == ordered[:-1]))
-        for run in self.runs:
-            pos = np.searchsorted(run, ordered)
-            pos[pos == len(run)] = 0
-            repeat |= run[pos] == ordered
-        dup[order[repeat]] = True
-        self.runs.append(ordered[~repeat])
-        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
-            newer = self.runs.pop()
-            # Two sorted runs: the stable sort (timsort) merges them in linear time.
-            self.runs[-1] = np.sort(np.concatenate((self.runs[-1], newer)), kind="stable")
+    def duplicates(self, slots: np.ndarray) -> np.ndarray:
+        """Mask of slots already seen (earlier batches, or earlier in this batch)."""
+        n = len(slots)
+        row_bits = max(1, (n - 1).bit_length())
+        # Slot and row in one key: sorted, each slot's rows are together, the first row first.
+        keys = (slots.astype(np.int64) << row_bits) | np.arange(n, dtype=np.int64)
+        keys.sort()
+        ordered = keys >> row_bits
+        repeat = np.zeros(n, dtype=bool)
+        repeat[1:] = ordered[1:] == ordered[:-1]
+        byte = ordered >> 3
+        bit = np.take(_BIT, ordered & 7)
+        old = np.take(self.seen, byte)
+        repeat |= (old & bit) != 0
+        dup = np.zeros(n, dtype=bool)
+        dup[keys[repeat] & ((1 << row_bits) - 1)] = True
+        # Slots sharing a byte are adjacent: OR their bits across each run of equal bytes
+        # (doubling steps), so every write of a byte below carries the same, complete value.
+        bits = bit
+        step = 1
+        while True:
+            same = (byte[step:] == byte[:-step]).view(np.uint8)
+            if not same.any():
+                break
+            if bits is bit:
+                bits = bit.copy()
+            bits[step:] |= bits[:-step] * same
+            bits[:-step] |= bits[step:] * same
+            step *= 2
+        self.seen[byte] = old | bits
         return dup
+
+
+# Arrow arrays from numpy and back through their buffers: pa.array, pa.scalar and to_numpy of
+# a boolean array would do, but the first of any of them imports pandas (a quarter second).
+
+
+def _arrow_mask(mask: np.ndarray) -> pa.Array:
+    """A numpy bool array as an Arrow boolean array."""
+    bits = pa.py_buffer(np.packbits(mask, bitorder="little"))
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, bits])
+
+
+def _arrow_indices(rows: np.ndarray) -> pa.Array:
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)])
+
+
+def _bits(buffer: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    """``n`` bits of an Arrow bitmap from bit ``offset``, as a numpy bool array."""
+    packed = np.frombuffer(buffer, dtype=np.uint8, count=(offset + n + 7) // 8)
+    return np.unpackbits(packed, count=offset + n, bitorder="little")[offset:].view(bool)
+
+
+def _present(col: pa.Array) -> np.ndarray:
+    """Mask of the values that are not null."""
+    if not col.null_count:
+        return np.ones(len(col), dtype=bool)
+    return _bits(col.buffers()[0], col.offset, len(col))
+
+
+def _true(col: pa.Array) -> np.ndarray:
+    """Mask of the values of a boolean array that are true (null is not)."""
+    return _bits(col.buffers()[1], col.offset, len(col)) & _present(col)
+
+
+def _with_nulls(col: pa.Array, present: np.ndarray) -> pa.Array:
+    """The same string array with only the values in ``present`` left non-null."""
+    bitmap = np.zeros(col.offset + len(col), dtype=bool)
+    bitmap[col.offset :] = present
+    validity = pa.py_buffer(np.packbits(bitmap, bitorder="little"))
+    buffers = col.buffers()
+    return pa.Array.from_buffers(col.type, len(col), [validity, *buffers[1:]], offset=col.offset)
+
+
+def _offsets(col: pa.Array) -> np.ndarray:
+    """The ``len(col) + 1`` offsets of a string or binary array into its data buffer."""
+    large = pa.types.is_large_string(col.type) or pa.types.is_large_binary(col.type)
+    offset_type = np.dtype(np.int64 if large else np.int32)
+    if not len(col):
+        return np.zeros(1, dtype=offset_type)
+    return np.frombuffer(
+        col.buffers()[1],
+        dtype=offset_type,
+        count=len(col) + 1,
+        offset=col.offset * offset_type.itemsize,
+    )
 
 
 def _empty_to_null(col: pa.Array, trim: bool = False) -> pa.Array:
     if trim:
         col = pc.utf8_trim_whitespace(col)
-    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+    empty = np.diff(_offsets(col)) == 0
+    if not empty.any():
+        return col
+    return _with_nulls(col, _present(col) & ~empty)
+
+
+def _check_ids(col: pa.Array, rules: ids.IdentifierRules) -> ids.FnrVerdicts:
+    """``check_fnr_numbers`` of the values with whitespace trimmed.
+
+    Only a value that is not 11 digits can change when trimmed, so only those are trimmed and
+    checked again (an empty value is missing to the check, as null is).
+    """
+    verdicts = ids.check_fnr_numbers(col, rules)
+    again = np.flatnonzero(verdicts.reasons == ids.CODE_OF_REASON[ids.Reason.NOT_11_DIGITS])
+    if len(again):
+        trimmed = pc.utf8_trim_whitespace(col.take(_arrow_indices(again)))
+        for whole, part in zip(verdicts, ids.check_fnr_numbers(trimmed, rules), strict=True):
+            whole[again] = part
+    return verdicts
 
 
 def _convert(col: pa.Array, spec: ColumnPolicy) -> tuple[pa.Array, np.ndarray]:
     """Typed column and a mask of values that did not convert."""
     col = _empty_to_null(col)
-    present = pc.is_valid(col)
     if spec.type == ColumnType.STRING:
         return col, np.zeros(len(col), dtype=bool)
-    if spec.type == ColumnType.INT:
-        ok = pc.match_substring_regex(col, _INT)
-        bad = pc.and_(present, pc.invert(pc.fill_null(ok, False)))
-        out = pc.cast(pc.if_else(bad, pa.scalar(None, pa.string()), col), pa.int64())
-    elif spec.type == ColumnType.FLOAT:
-        ok = pc.match_substring_regex(col, _FLOAT)
-        bad = pc.and_(present, pc.invert(pc.fill_null(ok, False)))
-        out = pc.cast(pc.if_else(bad, pa.scalar(None, pa.string()), col), pa.float64())
-    else:  # DATE
+    present = _present(col)
+    if spec.type in (ColumnType.INT, ColumnType.FLOAT):
+        ok = _true(pc.match_substring_regex(col, _INT if spec.type == ColumnType.INT else _FLOAT))
+        bad = present & ~ok
+        target = pa.int64() if spec.type == ColumnType.INT else pa.float64()
+        return pc.cast(_with_nulls(col, present & ~bad), target), bad
+    try:
+        # The cast reads strict YYYY-MM-DD only, and those the same as strptime does; it
+        # refuses anything else (strptime also takes 2023-2-3 and rolls 02-30 over), and then
+        # strptime decides, value by value.
+        return pc.cast(col, pa.date32()), np.zeros(len(col), dtype=bool)
+    except pa.ArrowInvalid:
         parsed = pc.strptime(col, format="%Y-%m-%d", unit="s", error_is_null=True)
-        bad = pc.and_(present, pc.is_null(parsed))
-        out = pc.cast(parsed, pa.date32())
-    return out, np.asarray(pc.fill_null(bad, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return pc.cast(parsed, pa.date32()), present & ~_present(parsed)
 
 
 def generalise(col: pa.Array, how: Generalisation) -> pa.Array:
@@ -374,75 +499,76 @@ class _Batcher:
         n = batch.num_rows
         self.rows += n
         person = self.policy.person_column
-        raw_ids = _empty_to_null(batch.column(person.name), trim=True)
+        raw_ids = batch.column(person.name)
         if self.history is not None:
-            raw_ids = self.history.apply(raw_ids)
-        reason_codes, kind_codes = ids.check_fnr_array(raw_ids, self.rules)
-        reject = np.asarray(reason_codes != 0)
-        why = np.full(n, "", dtype=object)
+            raw_ids = self.history.apply(_empty_to_null(raw_ids, trim=True))
+        verdicts = _check_ids(raw_ids, self.rules)
+        reason_codes, kind_codes = verdicts.reasons, verdicts.kinds
+        reject = reason_codes != 0
+        # Why each row is rejected, as an index into `reasons` ("" for none).
+        reasons = [""]
+        why = np.zeros(n, dtype=np.int16)
         for code in np.unique(reason_codes[reject]):
-            why[reason_codes == code] = ids.REASON_CODES[int(code)].value
+            reasons.append(ids.REASON_CODES[int(code)].value)
+            why[reason_codes == code] = len(reasons) - 1
         columns: dict[str, pa.Array] = {}
         for spec in self.policy.kept_columns:
             if spec.cls == ColumnClass.PERSON_ID:
                 continue
             typed, bad = _convert(batch.column(spec.name), spec)
-            new_bad = bad & ~reject
-            why[new_bad] = f"{BAD_VALUE}:{spec.name}"
-            reject |= bad
-            if spec.required:
-                missing = np.asarray(pc.is_null(typed).to_numpy(zero_copy_only=False)) & ~reject
-                why[missing] = f"{MISSING_REQUIRED}:{spec.name}"
+            if bad.any():
+                reasons.append(f"{BAD_VALUE}:{spec.name}")
+                why[bad & ~reject] = len(reasons) - 1
+                reject |= bad
+            if spec.required and typed.null_count:
+                missing = ~_present(typed) & ~reject
+                reasons.append(f"{MISSING_REQUIRED}:{spec.name}")
+                why[missing] = len(reasons) - 1
                 reject |= missing
             if spec.generalise is not None:
                 typed = generalise(typed, spec.generalise)
             columns[spec.name] = typed
         keep = ~reject
-        numbers = np.zeros(n, dtype=np.int64)
-        if keep.any():
-            numbers[keep] = np.asarray(
-                pc.cast(pc.filter(raw_ids, pa.array(keep)), pa.int64()).to_numpy(), dtype=np.int64
-            )
         if self.dedup is not None and keep.any():
             dup = np.zeros(n, dtype=bool)
-            dup[keep] = self.dedup.duplicates(numbers[keep])
-            why[dup] = DUPLICATE_PERSON
+            dup[keep] = self.dedup.duplicates(verdicts.slots[keep])
+            reasons.append(DUPLICATE_PERSON)
+            why[dup] = len(reasons) - 1
             keep &= ~dup
         quarantine: list[str] = []
         rejected = np.flatnonzero(~keep)
         if len(rejected):
-            for reason, count in Counter(why[rejected].tolist()).items():
+            labels = [reasons[i] for i in why[rejected].tolist()]
+            for reason, count in Counter(labels).items():
                 self.counts[reason.split(":")[0] if reason else "rejected"] += count
-            quarantine = _quarantine_lines(batch, rejected, why, first_line)
-        kept = int(keep.sum())
+            quarantine = _quarantine_lines(batch, rejected, labels, first_line)
+        kept = n - len(rejected)
         self.accepted += kept
         if not kept:
             return None, quarantine
-        mask = pa.array(keep)
+        mask = _arrow_mask(keep) if len(rejected) else None
         context = _context_lut()[kind_codes[keep]]
-        pseudo = self.pseudonymiser.pseudonyms(numbers[keep], context)
+        pseudo = self.pseudonymiser.pseudonyms(verdicts.numbers[keep], context)
         arrays = [
-            pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(16), kept, [None, pa.py_buffer(pseudo.tobytes())]
-            )
+            pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), kept, [None, pa.py_buffer(pseudo)])
         ]
         for fld in list(self.schema)[1:]:
-            arrays.append(pc.filter(columns[fld.name], mask).cast(fld.type))
+            column = columns[fld.name] if mask is None else columns[fld.name].filter(mask)
+            arrays.append(column if column.type == fld.type else column.cast(fld.type))
         return pa.Table.from_arrays(arrays, schema=self.schema), quarantine
 
 
 def _quarantine_lines(
-    batch: pa.RecordBatch, rows: np.ndarray, why: np.ndarray, first_line: int
+    batch: pa.RecordBatch, rows: np.ndarray, why: list[str], first_line: int
 ) -> list[str]:
-    taken = batch.take(pa.array(rows))
+    taken = batch.take(_arrow_indices(rows))
     values = [taken.column(i).to_pylist() for i in range(taken.num_columns)]
-    out = []
-    for j, row in enumerate(rows):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for j, row in enumerate(rows.tolist()):
         fields = [("" if v[j] is None else str(v[j])) for v in values]
-        buffer = io.StringIO()
-        csv.writer(buffer).writerow([first_line + int(row), why[row], *fields])
-        out.append(buffer.getvalue())
-    return out
+        writer.writerow([first_line + row, why[j], *fields])
+    return [buffer.getvalue()]
 
 
 # --- the whole ingest --------------------------------------------------------------------------
@@ -550,7 +676,7 @@ def ingest(
         rules,
         pseudonymiser,
         history,
-        _Dedup() if policy.one_row_per_person else None,
+        _Dedup(ids.fnr_slot_count(rules)) if policy.one_row_per_person else None,
         schema,
     )
     q_context = f"quarantine:{policy.dataset}:{key}"
@@ -558,25 +684,38 @@ def ingest(
         writer = pq.ParquetWriter(
             tmp / "data.parquet",
             schema,
-            compression="zstd",
-            # Pseudonyms are random: dictionaries and statistics would only cost time.
+            # Pseudonyms are random: compression, dictionaries and statistics would only cost
+            # time (zstd even makes them a little larger). Minimum and maximum of a string
+            # column cost a comparison per value, a quarter of the write, and nothing reads
+            # them (extracts read whole files): only fixed-width columns get statistics.
+            compression={f.name: "none" if f.name == PERSON_COLUMN else "zstd" for f in schema},
             use_dictionary=[f.name for f in schema if f.name != PERSON_COLUMN],
-            write_statistics=[f.name for f in schema if f.name != PERSON_COLUMN],
+            write_statistics=[
+                f.name for f in schema if f.name != PERSON_COLUMN and not pa.types.is_string(f.type)
+            ],
         )
         quarantine = open(tmp / "quarantine.sealed", "wb")  # noqa: SIM115 - closed below
         frame = 0
+        tables: list[pa.Table] = []
+        q_lines: list[str] = []
+        rows = 0
         try:
             for batch, first_line in _batches(
                 source, fmt, policy, encoding, scan if fmt == "csv" else None
             ):
-                table, q_lines = batcher.process(batch, first_line)
+                table, rejected_lines = batcher.process(batch, first_line)
                 if table is not None:
-                    writer.write_table(table)
-                if q_lines:
-                    _write_frame(quarantine, sealer, q_context, frame, "".join(q_lines).encode())
-                    frame += 1
+                    tables.append(table)
+                q_lines += rejected_lines
+                rows += batch.num_rows
+                if rows >= ROWS_PER_GROUP:
+                    frame = _write_group(
+                        writer, tables, quarantine, sealer, q_context, frame, q_lines
+                    )
+                    rows = 0
                 if progress:
                     progress(batcher.rows, total)
+            frame = _write_group(writer, tables, quarantine, sealer, q_context, frame, q_lines)
             _write_frame(quarantine, sealer, q_context, frame, b"", final=True)
         finally:
             writer.close()
@@ -605,6 +744,27 @@ def ingest(
     )
 
 
+def _write_group(
+    writer: pq.ParquetWriter,
+    tables: list[pa.Table],
+    quarantine: Any,
+    sealer: Any,
+    context: str,
+    frame: int,
+    q_lines: list[str],
+) -> int:
+    """Write and forget the tables (one row group) and quarantine lines (one frame) so far;
+    returns the number of the next frame."""
+    if tables:
+        writer.write_table(pa.concat_tables(tables))
+        tables.clear()
+    if q_lines:
+        _write_frame(quarantine, sealer, context, frame, "".join(q_lines).encode())
+        q_lines.clear()
+        frame += 1
+    return frame
+
+
 def _write_frame(
     fh: Any, sealer: Any, context: str, index: int, data: bytes, final: bool = False
 ) -> None:
@@ -630,6 +790,7 @@ def _batches(source: Path, fmt: str, policy: DatasetPolicy, encoding: str, scan:
             line += batch.num_rows
         return
     assert scan is not None
+    settings = get_settings()
     invalid: list[Any] = []
 
     def on_invalid(row: Any) -> str:
@@ -640,14 +801,18 @@ def _batches(source: Path, fmt: str, policy: DatasetPolicy, encoding: str, scan:
         source,
         read_options=pacsv.ReadOptions(
             encoding="latin1" if encoding == "latin-1" else "utf8",
-            block_size=BLOCK_SIZE,
+            # A row longer than a block is an error to the reader; latin-1 can double in
+            # length on its way to UTF-8.
+            block_size=max(BLOCK_SIZE, 2 * (settings.ingest_max_line_bytes + 1)),
             use_threads=False,
         ),
         parse_options=pacsv.ParseOptions(
             delimiter=scan.delimiter, newlines_in_values=False, invalid_row_handler=on_invalid
         ),
         convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in scan.header},
+            # Binary skips the reader's UTF-8 check: the scan has proved the file UTF-8 (or
+            # the reader transcodes latin-1), and `_as_text` makes the columns strings again.
+            column_types={name: pa.binary() for name in scan.header},
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),
@@ -657,7 +822,7 @@ def _batches(source: Path, fmt: str, policy: DatasetPolicy, encoding: str, scan:
         for batch in reader:
             if invalid:
                 break
-            yield batch, line
+            yield _as_text(batch), line
             line += batch.num_rows
     except pa.ArrowInvalid as exc:
         raise IngestError(f"{source.name} cannot be read as CSV near line {line}: {exc}.") from None
@@ -668,6 +833,12 @@ def _batches(source: Path, fmt: str, policy: DatasetPolicy, encoding: str, scan:
             f"{source.name} {where} has {bad.actual_columns} fields where the header has "
             f"{bad.expected_columns}; quote values that contain {scan.delimiter!r} or fix the line."
         )
+
+
+def _as_text(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Binary columns as strings, without a copy (their bytes are known to be UTF-8)."""
+    columns = [c.view(pa.string()) if c.type == pa.binary() else c for c in batch.columns]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def _register(

@@ -55,21 +55,28 @@ class _AESBlock:
         """Encrypt an (N, 16) uint8 array of blocks; returns (N, 16) uint8."""
         if blocks.ndim != 2 or blocks.shape[1] != 16 or blocks.dtype != np.uint8:
             raise ValueError("expected an (N, 16) uint8 array")
+        return self._encrypt(np.ascontiguousarray(blocks))
+
+    def _encrypt(self, blocks: np.ndarray) -> np.ndarray:
         encryptor = self.__cipher.encryptor()
-        out = encryptor.update(np.ascontiguousarray(blocks).tobytes()) + encryptor.finalize()
+        out = encryptor.update(blocks.reshape(-1).data) + encryptor.finalize()
         return np.frombuffer(out, dtype=np.uint8).reshape(-1, 16)
+
+
+# The holder-level block: version and kind in the first two bytes, then six zero bytes (the
+# head as one little-endian word), then the identifier as a big-endian word.
+_HOLDER_BLOCK = np.dtype([("head", "<u8"), ("identifier", ">u8")])
 
 
 class HolderPseudonymiser(_AESBlock):
     """Identifiers (int64 with a kind code) to holder-level pseudonyms (16 bytes each)."""
 
     def pseudonyms(self, identifiers: np.ndarray, kinds: np.ndarray) -> np.ndarray:
-        n = len(identifiers)
-        blocks = np.zeros((n, 16), dtype=np.uint8)
-        blocks[:, 0] = SCHEME_VERSION
-        blocks[:, 1] = kinds.astype(np.uint8)
-        blocks[:, 8:] = identifiers.astype(">u8").view(np.uint8).reshape(n, 8)
-        return self.permute(blocks)
+        blocks = np.empty(len(identifiers), dtype=_HOLDER_BLOCK)
+        blocks["head"] = (kinds.astype(np.uint64) & np.uint64(0xFF)) << np.uint64(8)
+        blocks["head"] |= np.uint64(SCHEME_VERSION)
+        blocks["identifier"] = identifiers
+        return self._encrypt(blocks.view(np.uint8))
 
 
 class ProjectPseudonymiser(_AESBlock):

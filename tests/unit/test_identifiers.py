@@ -32,9 +32,11 @@ from spe.ingest.identifiers import (
     birth_date,
     check_fnr,
     check_fnr_array,
+    check_fnr_numbers,
     check_orgnr,
     check_orgnr_array,
     describe,
+    fnr_slot_count,
     make_fnr,
     make_orgnr,
 )
@@ -289,6 +291,53 @@ def test_numpy_inputs_agree_with_arrow(values: list[str]) -> None:
         got = check_fnr_array(np.array(ascii_values, dtype=bytes), SYNTHETIC_ONLY, TODAY)
         expected = check_fnr_array(pa.array(ascii_values), SYNTHETIC_ONLY, TODAY)
         assert (got[0] == expected[0]).all()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(st.lists(st.one_of(valid_numbers(), any_value), min_size=1, max_size=40))
+def test_numbers_and_slots_name_each_valid_number_and_nothing_else(
+    values: list[str | None],
+) -> None:
+    arrow = pa.array(values, type=pa.string())
+    before = arrow.buffers()[2].to_pybytes() if arrow.buffers()[2] is not None else b""
+    for rules in ALL_RULES:
+        verdicts = check_fnr_numbers(arrow, rules, TODAY)
+        reasons, kinds = check_fnr_array(arrow, rules, TODAY)
+        assert (verdicts.reasons == reasons).all() and (verdicts.kinds == kinds).all()
+        valid = verdicts.reasons == 0
+        expected = [int(v) if ok else 0 for v, ok in zip(values, valid, strict=True)]
+        assert verdicts.numbers.tolist() == expected
+        assert (verdicts.slots[~valid] == 0).all()
+        assert (verdicts.slots >= 0).all() and (verdicts.slots < fnr_slot_count(rules)).all()
+        slot_of: dict[int, int] = {}
+        for number, slot in zip(verdicts.numbers[valid], verdicts.slots[valid], strict=True):
+            assert slot_of.setdefault(int(slot), int(number)) == number, "two numbers, one slot"
+    after = arrow.buffers()[2].to_pybytes() if arrow.buffers()[2] is not None else b""
+    assert after == before  # the caller's buffers are read, never written
+
+
+def test_distinct_valid_numbers_get_distinct_slots() -> None:
+    """Neighbours in every digit (day, month, year, individual number, k1) under every kind."""
+    permissive = IdentifierRules(True, True, True, True)
+    values = set()
+    for born in (dt.date(1899, 12, 31), dt.date(1900, 1, 1), dt.date(2000, 2, 29)):
+        for kind in IdKind:
+            for individual in range(1000):
+                for rules_2032 in (False, True):
+                    try:
+                        value = make_fnr(
+                            born, individual, "M" if individual % 2 else "F", kind, rules_2032
+                        )
+                    except ValueError:  # an individual number of another century
+                        continue
+                    if value is not None:
+                        values.add(value)
+                        # the same nine digits with k1 leaving another remainder (2032 rule)
+                        values.update(filter(None, (ref_complete(value[:9], r) for r in (1, 2, 3))))
+    valid = [v for v in sorted(values) if check_fnr(v, permissive, TODAY)[1] is None]
+    verdicts = check_fnr_numbers(valid, permissive, TODAY)
+    assert len(valid) > 4000 and (verdicts.reasons == 0).all()
+    assert len(set(verdicts.slots.tolist())) == len(valid)
 
 
 @settings(max_examples=300, deadline=None)
