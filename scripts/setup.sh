@@ -79,6 +79,16 @@ echo "==> installing Python packages into $VENV"
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
 setup_acro
 # configurable-http-proxy (JupyterHub's proxy) from npm, pinned by package-lock.json.
+if ! command -v npm >/dev/null; then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "==> installing npm"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+    else
+        echo "SPE needs npm for configurable-http-proxy; run this, then make again:" >&2
+        echo "    sudo apt-get install -y npm" >&2
+        exit 1
+    fi
+fi
 if [[ ! -x node_modules/.bin/configurable-http-proxy || package-lock.json -nt node_modules/.spe-installed ]]; then
     echo "==> installing configurable-http-proxy (npm ci)"
     npm ci --no-audit --no-fund --loglevel=error
