@@ -45,6 +45,13 @@ def _stop(child: subprocess.Popen[bytes], timeout: float = 30) -> None:
         child.wait()
 
 
+def _name(child: subprocess.Popen[bytes]) -> str:
+    args = child.args
+    if isinstance(args, list | tuple):
+        return " ".join(str(a) for a in args[-3:])
+    return str(args)
+
+
 def front_door_spec() -> Any:
     from spe.workspaces.front_door import FrontDoor
 
@@ -120,7 +127,7 @@ def run_platform(announce: bool = True) -> None:
     try:
         run_sealer(should_stop=lambda: stop.is_set() or any(c.poll() is not None for c in children))
     finally:
-        died = [c.args for c in children if c.poll() is not None]
+        died = [_name(c) for c in children if c.poll() is not None]
         for child in reversed(children):
             _stop(child)
     if died and not stop.is_set():
