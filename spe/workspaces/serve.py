@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
-from jupyter_server.serverapp import ServerApp
-from jupyterhub.singleuser.extension import JupyterHubSingleUser
+# Before jupyter_server is imported: it imports jsonschema (through jupyter_events), which imports
+# rfc3987_syntax, when installed, for its "iri" format checker, and that import compiles ~35 Lark
+# grammars: over a second of every workspace start, and memory for good. No Jupyter schema uses
+# the format; with the module unimportable, jsonschema leaves the format unchecked. Only this
+# server process is affected, not the kernels.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+from jupyter_server.serverapp import ServerApp  # noqa: E402
+from jupyterhub.singleuser.extension import JupyterHubSingleUser  # noqa: E402
 
 SERVER_FD = "SPE_SERVER_FD"
 
@@ -30,7 +38,19 @@ class InheritedSocketServerApp(ServerApp):
         return True
 
 
+def _skip_yarn_config() -> None:
+    """jupyterlab.labapp asks `node yarn.js config` for the npm registry as it is imported: a
+    node process at every workspace start (0.4 s, where node is installed). A workspace never
+    builds JupyterLab or installs extensions, so the answer is never used."""
+    try:
+        from jupyterlab import commands
+    except ImportError:  # an environment without JupyterLab
+        return
+    commands._yarn_config = lambda logger=None: {"yarn config": {}, "npm config": {}}
+
+
 def main(argv: Any = None) -> None:
+    _skip_yarn_config()
     # The extension keeps its own class (jupyter_server finds it through the jupyterhub
     # package's extension points); only the server application under it is ours.
     JupyterHubSingleUser.serverapp_class = InheritedSocketServerApp

@@ -36,6 +36,13 @@ def server_config() -> dict[str, object]:
             "contents_manager_class": "spe.workspaces.server_files.WorkspaceContents",
             "terminals_enabled": False,
             "open_browser": False,
+            # Installed with JupyterLab, of no use here: language servers (none installed),
+            # terminals (disabled above), classic-notebook compatibility.
+            "jpserver_extensions": {
+                "jupyter_lsp": False,
+                "jupyter_server_terminals": False,
+                "notebook_shim": False,
+            },
         },
         # Only SPE's kernel: a kernel spec written into the home folder is never offered.
         "KernelSpecManager": {"allowed_kernelspecs": [KERNEL], "ensure_native_kernel": False},
