@@ -11,13 +11,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from spe.clictx import acting
 from spe.errors import SPEError
 
 
@@ -26,17 +26,7 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-@contextmanager
-def _acting(ctx: click.Context) -> Iterator[tuple[Any, Any]]:
-    """A writing transaction and the user the command acts as."""
-    from spe.accounts.service import get_user
-    from spe.db import transaction
-
-    username = ctx.obj.get("as_user")
-    if not username:
-        raise SPEError("Say who you act as: add --as USERNAME (or set SPE_CLI_USER).")
-    with transaction() as session:
-        yield session, get_user(session, username)
+_acting = acting
 
 
 def _date(value: str, option: str) -> dt.date:

@@ -8,26 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from spe.errors import SPEError
-
-
-@contextmanager
-def _acting(ctx: click.Context) -> Iterator[tuple[Any, Any]]:
-    from spe.accounts.service import get_user
-    from spe.db import transaction
-
-    username = (ctx.find_root().obj or {}).get("as_user")
-    if not username:
-        raise SPEError("Say who you act as: add --as USERNAME (or set SPE_CLI_USER).")
-    with transaction() as session:
-        yield session, get_user(session, username)
+from spe.clictx import acting as _acting
 
 
 def _pairs(outputs: tuple[str, ...], justifications: tuple[str, ...]) -> list[Any]:
