@@ -8,7 +8,7 @@ rules and released tables, and the exported file must equal it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,9 @@ from spe.analysis.outputs import Computed, compute, used_columns
 from spe.analysis.recording import sha256_of
 from spe.analysis.sidecar import Sidecar, validate_sidecar
 from spe.sdc import ReleasedTable, Rules, Verdict
+
+# The project's persons: all of them, or a function returning which of the given ids exist.
+KnownPersons = Collection[str] | Callable[[list[str]], Collection[str]]
 
 
 @dataclass
@@ -83,7 +86,7 @@ def _read_evidence(path: Path) -> pd.DataFrame:
 def _evidence_problems(
     evidence: pd.DataFrame,
     sidecar: Sidecar,
-    known_persons: Collection[str] | None,
+    known_persons: KnownPersons | None,
 ) -> list[str]:
     spec = sidecar.spec
     person = spec["person_id"]
@@ -108,8 +111,15 @@ def _evidence_problems(
     if (ids.str.strip() == "").any():
         return [f"The evidence of {sidecar.name!r} has rows with an empty person; record it again."]
     if known_persons is not None:
-        known = known_persons if isinstance(known_persons, set | frozenset) else set(known_persons)
-        unknown = sum(1 for p in pd.unique(ids.to_numpy(dtype=object)) if p not in known)
+        distinct = [str(p) for p in pd.unique(ids.to_numpy(dtype=object))]
+        known: Collection[str]
+        if callable(known_persons):  # asks the data which of these persons it holds
+            known = set(known_persons(distinct))
+        elif isinstance(known_persons, set | frozenset):
+            known = known_persons
+        else:
+            known = set(known_persons)
+        unknown = sum(1 for p in distinct if p not in known)
         if unknown:
             return [
                 f"{unknown} persons in the evidence of {sidecar.name!r} are not persons of the "
@@ -137,7 +147,7 @@ def check_output(
     rules: Rules,
     released: Sequence[ReleasedTable] = (),
     *,
-    known_persons: Collection[str] | None = None,
+    known_persons: KnownPersons | None = None,
 ) -> OutputCheck:
     """Recompute a recorded output from its evidence with ``rules`` and check the exported file.
 

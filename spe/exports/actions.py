@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -336,19 +337,31 @@ def rules_for(session: Session, project: Project) -> Any:
     return strictest([load_rules(policies, holder=project.holder.name, dataset=n) for n in names])
 
 
-def project_persons(session: Session, project: Project) -> set[str]:
-    """Every pseudonym in the project's current extracts: evidence may name no one else."""
-    import pyarrow.parquet as pq
-
+def extract_files(session: Session, project: Project) -> list[Path]:
+    """The Parquet files of the project's current extracts."""
     from spe.projects.extracts import workspace_mounts
 
-    persons: set[str] = set()
-    for folder in workspace_mounts(session, project).values():
-        source = pq.ParquetFile(folder / "data.parquet")
+    return [folder / "data.parquet" for folder in workspace_mounts(session, project).values()]
+
+
+def persons_among(files: Sequence[Path], wanted: list[str]) -> set[str]:
+    """Which of ``wanted`` are pseudonyms in the project's extracts (evidence may name no one
+    else). Memory follows the evidence, not the project: the extracts stream past it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    values = pa.array(wanted, type=pa.string())
+    found: set[str] = set()
+    for path in files:
+        source = pq.ParquetFile(path)
         first = source.schema_arrow.names[0]  # the project pseudonym comes first
         for batch in source.iter_batches(columns=[first], batch_size=1 << 20):
-            persons.update(batch.column(0).to_pylist())
-    return persons
+            column = batch.column(0).cast(pa.string())
+            found.update(column.filter(pc.is_in(column, value_set=values)).to_pylist())
+        if len(found) == len(wanted):
+            break
+    return found
 
 
 def released_tables(session: Session, project_id: uuid.UUID) -> list[Any]:
@@ -379,7 +392,7 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
         granted = set(granted_datasets(session, project))
         released = released_tables(session, project.id)
         rules = rules_for(session, project)
-        persons = project_persons(session, project) if _any_recorded(request) else None
+        persons = partial(persons_among, extract_files(session, project))
         plan = []
         for out in _current(request):
             files = {f.name: storage.path(f.path) for f in out.files}
@@ -499,10 +512,6 @@ def _plain_file(name: str, media_type: str) -> _Check:
         report={"kind": "file", "media_type": media_type},
         released=[],
     )
-
-
-def _any_recorded(request: ExportRequest) -> bool:
-    return any(f.role == "sidecar" for o in _current(request) for f in o.files)
 
 
 def _refused(name: str, why: str) -> _Check:

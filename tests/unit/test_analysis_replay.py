@@ -298,6 +298,17 @@ def test_replay_fails_evidence_whose_persons_are_not_the_projects(workspace: Pat
     known.discard(df["person_id"].iloc[0])
     check = replay(workspace, "o", known_persons=known)
     assert check.status == Verdict.FAIL and "not persons of the project" in check.reasons[0]
+    # The server asks its extracts which of the evidence's persons exist (known_persons as a
+    # function): the same verdicts, without holding the whole project's persons.
+    asked: list[list[str]] = []
+
+    def lookup(wanted: list[str]) -> set[str]:
+        asked.append(wanted)
+        return {p for p in wanted if p in known}
+
+    check = replay(workspace, "o", known_persons=lookup)
+    assert check.status == Verdict.FAIL and "not persons of the project" in check.reasons[0]
+    assert sorted(asked[0]) == sorted(set(df["person_id"]))
 
 
 @pytest.mark.parametrize(
