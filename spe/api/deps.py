@@ -52,6 +52,16 @@ def acting(username: str) -> Iterator[tuple[Session, Any]]:
         yield session, get_user(session, username)
 
 
+@contextmanager
+def reading(username: str) -> Iterator[tuple[Session, Any]]:
+    """One read-only transaction as the caller (on SQLite it does not take the write lock)."""
+    from spe.accounts.service import get_user
+    from spe.db import readonly
+
+    with readonly() as session:
+        yield session, get_user(session, username)
+
+
 def status_of(error: SPEError) -> int:
     from spe.exports.errors import BundleError, ExportInputError, ExportStateError
     from spe.tasks import BrokerError

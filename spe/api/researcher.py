@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from spe.api.deps import CallerDep, acting
+from spe.api.deps import CallerDep, acting, reading
 from spe.api.schemas import (
     CommentIn,
     Filed,
@@ -50,7 +50,7 @@ def file_request(project: str, body: FileRequestIn, who: CallerDep) -> Filed:
 @router.get("/exports", response_model=list[RequestSummary])
 def my_requests(who: CallerDep, project: str | None = None) -> list[RequestSummary]:
     """Your export requests, newest first."""
-    with acting(who) as (session, user):
+    with reading(who) as (session, user):
         scope = get_project(session, project) if project else None
         return [RequestSummary(**r) for r in actions.list_requests(session, user, scope)]
 
@@ -58,7 +58,7 @@ def my_requests(who: CallerDep, project: str | None = None) -> list[RequestSumma
 @router.get("/exports/{request_id}", response_model=RequestDetail)
 def request_detail(request_id: str, who: CallerDep) -> RequestDetail:
     """One request: each output's check with the reasons per failing cell, votes, comments."""
-    with acting(who) as (session, user):
+    with reading(who) as (session, user):
         request = actions.get_request(session, request_id)
         return RequestDetail(**actions.detail(session, user, request))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from spe.api.deps import CallerDep, acting
+from spe.api.deps import CallerDep, acting, reading
 from spe.api.schemas import CommentIn, RequestDetail, RequestSummary, RevokeIn, VoteIn
 from spe.exports import actions
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/review", tags=["reviewer"])
 @router.get("/queue", response_model=list[RequestSummary])
 def queue(who: CallerDep, overdue: bool = False) -> list[RequestSummary]:
     """Requests waiting for your review (never your own), oldest first, with age and overdue."""
-    with acting(who) as (session, user):
+    with reading(who) as (session, user):
         rows = actions.review_queue(session, user, overdue_only=overdue)
     return [RequestSummary(**r) for r in rows]
 
@@ -24,7 +24,7 @@ def queue(who: CallerDep, overdue: bool = False) -> list[RequestSummary]:
 @router.get("/{request_id}", response_model=RequestDetail)
 def request_detail(request_id: str, who: CallerDep) -> RequestDetail:
     """A request with every output's check: failing cells with the rule and the numbers."""
-    with acting(who) as (session, user):
+    with reading(who) as (session, user):
         request = actions.get_request(session, request_id)
         return RequestDetail(**actions.detail(session, user, request))
 
@@ -32,7 +32,7 @@ def request_detail(request_id: str, who: CallerDep) -> RequestDetail:
 @router.get("/{request_id}/outputs/{name}", response_class=FileResponse)
 def output_file(request_id: str, name: str, who: CallerDep) -> FileResponse:
     """The frozen output file, as it would be released."""
-    with acting(who) as (session, user):
+    with reading(who) as (session, user):
         request = actions.get_request(session, request_id)
         path, media_type = actions.output_file(session, user, request, name)
     return FileResponse(path, media_type=media_type)
