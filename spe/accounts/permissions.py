@@ -42,6 +42,7 @@ class Action(enum.StrEnum):
     DATASET_INGEST = "dataset.ingest"
     DATASET_QUARANTINE_READ = "dataset.quarantine_read"
     PROJECT_GRANT = "project.grant"
+    DATASET_ACCESS_LOG = "dataset.access_log"
     AUDIT_READ = "audit.read"
     AUDIT_VERIFY = "audit.verify"
 
@@ -269,6 +270,7 @@ RULES: dict[Action, Rule] = {
     Action.DATASET_INGEST: _holder_reviewer("publish its datasets"),
     Action.DATASET_QUARANTINE_READ: _holder_reviewer("open its quarantine files"),
     Action.PROJECT_GRANT: _holder_reviewer("grant a project access to its datasets"),
+    Action.DATASET_ACCESS_LOG: _holder_reviewer("see who used its data"),
     Action.AUDIT_READ: _auditor,
     Action.AUDIT_VERIFY: _verifier,
 }

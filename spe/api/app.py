@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
 
 from spe.api import researcher, reviewer
 from spe.api.deps import spe_error_handler
@@ -25,9 +30,25 @@ def create_app() -> FastAPI:
         docs_url=f"{API}/docs",
         redoc_url=None,
     )
-    app.add_exception_handler(SPEError, spe_error_handler)
+    from spe.web import pages  # noqa: F401 - registers the pages on web_router
+    from spe.web.app import HERE, PREFIX, web_router
+
+    async def on_error(request: Request, error: Exception) -> Any:
+        """Refusals: a page under the pages' prefix, JSON everywhere else."""
+        if request.url.path.startswith(PREFIX):
+            from spe.web.app import page_error
+
+            return await page_error(request, error)
+        if isinstance(error, RequestValidationError):
+            return await request_validation_exception_handler(request, error)
+        return await spe_error_handler(request, error)
+
+    app.add_exception_handler(SPEError, on_error)
+    app.add_exception_handler(RequestValidationError, on_error)
     app.include_router(researcher.router, prefix=API)
     app.include_router(reviewer.router, prefix=API)
+    app.include_router(web_router)
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get(f"{API}/health", tags=["platform"])
     def health() -> dict[str, str]:

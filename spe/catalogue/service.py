@@ -135,3 +135,36 @@ def dcat_jsonld(datasets: list[Dataset], base: str = "urn:spe:") -> dict[str, An
 
 def dcat_text(datasets: list[Dataset]) -> str:
     return json.dumps(dcat_jsonld(datasets), indent=2, ensure_ascii=False)
+
+
+def datasets_of_holder(session: Session, holder_ids: list[Any]) -> list[Dataset]:
+    """The datasets these data holders publish."""
+    return list(
+        session.scalars(
+            select(Dataset).where(Dataset.holder_id.in_(holder_ids)).order_by(Dataset.name)
+        )
+    )
+
+
+def ingest_reports(dataset: Dataset) -> list[dict[str, Any]]:
+    """Each version's ingest report for its data holder: accepted and rejected rows by reason."""
+    out = []
+    for v in reversed(dataset.versions):
+        report = json.loads(v.report) if v.report else {}
+        rejected = report.get("rejected")
+        out.append(
+            {
+                "version": v.version,
+                "created_at": v.created_at,
+                "created_by": v.created_by,
+                "source_name": v.source_name,
+                "source_sha256": v.source_sha256,
+                "source_format": v.source_format,
+                "rows": v.row_count,
+                "rejected": v.rejected_count,
+                "rejected_by_reason": rejected if isinstance(rejected, dict) else {},
+                "size_bytes": v.size_bytes,
+                "quarantine": v.quarantine_path is not None,
+            }
+        )
+    return out

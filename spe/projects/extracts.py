@@ -396,3 +396,27 @@ def _remove_workspaces(
         workspace_stopped(session, actor, name, f"project {project.slug} closed")
     root = Path(get_settings().state_dir).resolve() / "workspaces"
     return LocalStorage(root).remove_tree(project.slug) if root.is_dir() else []
+
+
+def grants_of(session: Session, project: Project) -> list[dict[str, Any]]:
+    """What the project may use: per dataset, the variables and their generalisations."""
+    rows = session.execute(
+        select(Dataset.name, Dataset.access, ProjectGrant)
+        .join(ProjectGrant, ProjectGrant.dataset_id == Dataset.id)
+        .where(ProjectGrant.project_id == project.id)
+        .order_by(Dataset.name)
+    )
+    extracts = current_extracts(session, project)
+    return [
+        {
+            "dataset": name,
+            "access": access,
+            "variables": json.loads(grant.variables),
+            "generalisations": json.loads(grant.generalisations),
+            "granted_at": grant.granted_at,
+            "granted_by": grant.granted_by,
+            "extract_rows": extracts[name].row_count if name in extracts else None,
+            "extract_version": str(extracts[name].dataset_version_id) if name in extracts else None,
+        }
+        for name, access, grant in rows
+    ]

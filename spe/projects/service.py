@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -194,3 +195,23 @@ def check_can_access_data(session: Session, user: User, project: Project) -> Non
 
 def list_projects(session: Session) -> list[Project]:
     return list(session.scalars(select(Project).order_by(Project.created_at)))
+
+
+def projects_of_member(session: Session, user: User) -> list[Project]:
+    """Projects ``user`` is a current member of, newest first."""
+    return list(
+        session.scalars(
+            select(Project)
+            .join(ProjectMember, ProjectMember.project_id == Project.id)
+            .where(ProjectMember.user_id == user.id, ProjectMember.removed_at.is_(None))
+            .order_by(Project.created_at.desc())
+        )
+    )
+
+
+def projects_of_holder(session: Session, holder_ids: list[Any]) -> list[Project]:
+    """Projects that use the data of these data holders, pending ones first, then newest."""
+    rows = session.scalars(
+        select(Project).where(Project.holder_id.in_(holder_ids)).order_by(Project.created_at.desc())
+    )
+    return sorted(rows, key=lambda p: p.status != ProjectStatus.PENDING)

@@ -58,6 +58,7 @@ EXPECTED: dict[Action, set[Role]] = {
     Action.DATASET_INGEST: {REV},
     Action.DATASET_QUARANTINE_READ: {REV},
     Action.PROJECT_GRANT: {REV},
+    Action.DATASET_ACCESS_LOG: {REV},
     Action.AUDIT_READ: {AUD},
     Action.AUDIT_VERIFY: {AUD, OP},
 }
@@ -76,7 +77,11 @@ def _target(session, action: Action, actor) -> Target:
     researcher2 = get_user(session, "researcher2")
     if action in (Action.USER_CREATE, Action.TERMS_VIEW_STATUS, Action.PROJECT_CREATE):
         return Target(organisation=uni)
-    if action in (Action.DATASET_INGEST, Action.DATASET_QUARANTINE_READ):
+    if action in (
+        Action.DATASET_INGEST,
+        Action.DATASET_QUARANTINE_READ,
+        Action.DATASET_ACCESS_LOG,
+    ):
         return Target(organisation=get_organisation(session, "Holder Agency"))
     if action in (Action.USER_DEACTIVATE, Action.USER_REACTIVATE):
         return Target(user=researcher2)

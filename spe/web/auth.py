@@ -1,0 +1,175 @@
+"""Who is looking at a page: the hub's OAuth login (one login for hub and pages), or an SPE
+API token; and the double-submit token that keeps other sites from posting our forms.
+
+The OAuth state and PKCE verifier travel in a short-lived cookie, never in process memory, so
+any replica of the pages can finish a login another one started.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import secrets
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request, Response
+
+from spe.errors import SPEError
+
+SESSION_COOKIE = "spe-session"
+STATE_COOKIE = "spe-oauth-state"
+CSRF_COOKIE = "spe-csrf"
+CSRF_FIELD = "csrf"
+STATE_MAX_AGE = 600
+SESSION_MAX_AGE = 86400  # a working day, as the hub's own cookie
+
+
+class LoginRequired(SPEError):
+    """The page needs a logged-in person; the pages answer by sending the browser to log in."""
+
+    exit_code = 3
+
+
+class FormRefused(SPEError):
+    """A form came without this browser's form token (another site, or a stale page)."""
+
+
+@functools.cache
+def hub_oauth() -> Any | None:
+    """JupyterHub's OAuth client for this service, or None when not running under the hub.
+
+    The hub hands a managed service its client id, token and callback in JUPYTERHUB_*
+    variables; HubOAuth reads them itself.
+    """
+    from jupyterhub.services.auth import HubOAuth
+
+    try:
+        auth = HubOAuth(cache_max_age=60)
+        if not auth.oauth_client_id or not auth.api_token:  # empty outside the hub
+            return None
+    except Exception:
+        return None
+    return auth
+
+
+def cookie_path(prefix: str) -> str:
+    return prefix.rstrip("/") + "/"
+
+
+def _secure(request: Request) -> bool:
+    return request.headers.get("x-forwarded-proto", request.url.scheme) == "https"
+
+
+def start_login(request: Request, prefix: str, next_url: str) -> Response:
+    """Send the browser to the hub's authorize page, remembering where it was going."""
+    from fastapi.responses import RedirectResponse
+
+    auth = hub_oauth()
+    if auth is None:
+        raise LoginRequired(
+            "These pages log you in through the platform's hub, which is not running here; "
+            "start the platform with `spe up` (or `make demo`), or send an SPE API token as "
+            "'Authorization: Bearer TOKEN'."
+        )
+    state = secrets.token_urlsafe(24)
+    verifier, challenge, method = auth.generate_pkce_code_challenge()
+    params = {
+        "client_id": auth.oauth_client_id,
+        "redirect_uri": auth.oauth_redirect_uri,
+        "response_type": "code",
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": method,
+    }
+    response = RedirectResponse(f"{auth.oauth_authorization_url}?{urlencode(params)}", 302)
+    safe_next = next_url if next_url.startswith(prefix) else cookie_path(prefix)
+    response.set_cookie(
+        STATE_COOKIE,
+        f"{state} {verifier} {safe_next}",
+        max_age=STATE_MAX_AGE,
+        path=cookie_path(prefix),
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+    )
+    return response
+
+
+async def finish_login(request: Request, prefix: str, code: str, state: str) -> Response:
+    """The hub sent the browser back with a code: swap it for a token kept in a cookie."""
+    from fastapi.responses import RedirectResponse
+
+    auth = hub_oauth()
+    saved = (request.cookies.get(STATE_COOKIE) or "").split(" ", 2)
+    if auth is None or len(saved) != 3 or not hmac.compare_digest(saved[0], state):
+        raise LoginRequired(
+            "The login did not finish (it took too long, or was started elsewhere); log in again."
+        )
+    _state, verifier, next_url = saved
+    token = await auth.token_for_code(code, code_verifier=verifier, sync=False)
+    response = RedirectResponse(next_url, 302)
+    response.delete_cookie(STATE_COOKIE, path=cookie_path(prefix))
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=SESSION_MAX_AGE,
+        path=cookie_path(prefix),
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+    )
+    return response
+
+
+async def username_from_request(request: Request) -> str | None:
+    """The SPE username of the caller: an API token first, else the login cookie; or None."""
+    header = request.headers.get("authorization")
+    if header:
+        from spe.api.deps import caller
+
+        return caller(header)
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    auth = hub_oauth()
+    if auth is None:
+        return None
+    model = await auth.user_for_token(token, sync=False)
+    if not model:
+        return None
+    return str(model["name"])
+
+
+def csrf_token(request: Request) -> str:
+    """This browser's form token (made on first sight, kept in a cookie)."""
+    token = request.cookies.get(CSRF_COOKIE)
+    if not token:
+        token = request.state.__dict__.setdefault("new_csrf", secrets.token_urlsafe(24))
+    return token
+
+
+def set_csrf_cookie(request: Request, response: Response, prefix: str) -> None:
+    new = request.state.__dict__.get("new_csrf")
+    if new:
+        response.set_cookie(
+            CSRF_COOKIE,
+            new,
+            max_age=SESSION_MAX_AGE,
+            path=cookie_path(prefix),
+            httponly=True,
+            samesite="strict",
+            secure=_secure(request),
+        )
+
+
+def check_form_token(request: Request, sent: str | None) -> None:
+    """Refuse a form post without this browser's token (API-token callers need none)."""
+    if request.headers.get("authorization"):
+        return  # a bearer token is not sent by browsers on their own, so it cannot be forged
+    cookie = request.cookies.get(CSRF_COOKIE)
+    if not cookie or not sent or not hmac.compare_digest(cookie, sent):
+        raise FormRefused(
+            "This form was not sent from an SPE page open in this browser (or the page is "
+            "stale); reload the page and send it again."
+        )

@@ -1,0 +1,848 @@
+"""Every page of every role. Each handler asks the capability functions (the same ones the API
+and the CLI call), which check permissions and state, and renders what they return; a refusal
+is shown as the sentence it carries.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, TextIO, cast
+
+from fastapi import Form, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+
+from spe.accounts.models import Organisation, Role, User
+from spe.errors import NotFound, PermissionDenied
+from spe.web import auth
+from spe.web.app import (
+    PREFIX,
+    Viewer,
+    acting_as,
+    done,
+    page,
+    reading_as,
+    require,
+    url,
+    viewer_of,
+    web_router,
+    who,
+)
+
+FormText = Annotated[str, Form()]
+OptionalText = Annotated[str, Form()]
+Token = Annotated[str | None, Form(alias=auth.CSRF_FIELD)]
+
+
+def _org_ids(user: User, role: Role) -> list[Any]:
+    return [g.organisation_id for g in user.roles if g.role == role and g.organisation_id]
+
+
+def _orgs(session: Any, user: User, role: Role) -> list[Organisation]:
+    """The organisations for which ``user`` holds ``role``."""
+    return [session.get(Organisation, org_id) for org_id in _org_ids(user, role)]
+
+
+def _refuse_unless(allowed: bool, sentence: str) -> None:
+    if not allowed:
+        raise PermissionDenied(sentence)
+
+
+# --- login --------------------------------------------------------------------------------------
+
+
+@web_router.get("/login")
+async def login(request: Request, next: str = PREFIX + "/") -> Response:
+    return auth.start_login(request, PREFIX, next)
+
+
+@web_router.get("/oauth_callback")
+async def oauth_callback(request: Request, code: str = "", state: str = "") -> Response:
+    return await auth.finish_login(request, PREFIX, code, state)
+
+
+@web_router.get("/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/hub/logout", 302)
+    response.delete_cookie(auth.SESSION_COOKIE, path=auth.cookie_path(PREFIX))
+    return response
+
+
+# --- home and the public catalogue (DGA Art. 8: no login) ----------------------------------
+
+
+@web_router.get("/")
+async def home(request: Request) -> Response:
+    from spe.catalogue.service import list_datasets
+
+    name = await who(request)
+    with reading_as(name) as (session, user):
+        viewer = viewer_of(user) if user else None
+        datasets = list_datasets(session)
+        cards: list[dict[str, Any]] = []
+        if user is not None:
+            cards = _home_cards(session, user, viewer)  # type: ignore[arg-type]
+    return page(request, "home.html", viewer, datasets=datasets, cards=cards)
+
+
+def _home_cards(session: Any, user: User, viewer: Viewer) -> list[dict[str, Any]]:
+    """What waits for this person, per role, as a few counts with links."""
+    from spe.exports import actions
+    from spe.projects.service import projects_of_member
+
+    cards = []
+    if viewer.is_researcher:
+        mine = actions.list_requests(session, user)
+        waiting = [r for r in mine if r["status"] in ("changes_requested", "released")]
+        cards.append(
+            {
+                "title": "Research",
+                "lines": [
+                    (f"{len(projects_of_member(session, user))} projects", url("/projects")),
+                    (f"{len(mine)} export requests, {len(waiting)} for you", url("/exports")),
+                ],
+            }
+        )
+    if viewer.is_holder:
+        queue = actions.review_queue(session, user)
+        overdue = sum(1 for r in queue if r["overdue"])
+        cards.append(
+            {
+                "title": "Data holder",
+                "lines": [
+                    (f"{len(queue)} requests to review, {overdue} overdue", url("/review")),
+                    ("Datasets and ingest reports", url("/holder/datasets")),
+                    ("Projects and grants", url("/holder/projects")),
+                ],
+            }
+        )
+    if viewer.is_auditor:
+        cards.append({"title": "Audit", "lines": [("The access log", url("/audit"))]})
+    if viewer.is_admin:
+        cards.append({"title": "Institution", "lines": [("Researchers", url("/admin"))]})
+    return cards
+
+
+@web_router.get("/catalogue")
+async def catalogue(request: Request) -> Response:
+    from spe.catalogue.service import describe, list_datasets
+
+    name = await who(request)
+    with reading_as(name) as (session, user):
+        entries = [describe(d) for d in list_datasets(session)]
+        viewer = viewer_of(user) if user else None
+    return page(request, "catalogue.html", viewer, entries=entries)
+
+
+@web_router.get("/catalogue/{dataset}")
+async def catalogue_entry(request: Request, dataset: str) -> Response:
+    from spe.catalogue.service import describe, get_dataset
+
+    name = await who(request)
+    with reading_as(name) as (session, user):
+        entry = describe(get_dataset(session, dataset))
+        viewer = viewer_of(user) if user else None
+    return page(request, "dataset.html", viewer, d=entry)
+
+
+# --- researchers ------------------------------------------------------------------------------
+
+
+def _budgets(session: Any, user: User, project: Any) -> list[dict[str, Any]] | None:
+    """The project's privacy budgets when differentially private queries are available."""
+    try:
+        from spe.dp import service as dp_service
+    except ImportError:
+        return None
+    try:
+        return list(dp_service.budgets(session, user, project))
+    except (PermissionDenied, NotFound):
+        return None
+
+
+@web_router.get("/projects")
+async def my_projects(request: Request) -> Response:
+    from spe.projects.extracts import grants_of
+    from spe.projects.service import projects_of_member
+    from spe.projects.states import is_open_for_work
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        rows = [
+            {
+                "project": p,
+                "grants": grants_of(session, p),
+                "open": is_open_for_work(p),
+                "budgets": _budgets(session, user, p),
+            }
+            for p in projects_of_member(session, user)
+        ]
+        from spe.accounts.permissions import terms_accepted
+
+        accepted = terms_accepted(session, user)
+        # Rendered inside the transaction: the rows are database objects.
+        return page(request, "projects.html", viewer, rows=rows, terms_accepted=accepted)
+
+
+@web_router.get("/terms")
+async def terms(request: Request) -> Response:
+    from spe.accounts.permissions import terms_accepted
+    from spe.accounts.terms import current_terms
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        accepted = terms_accepted(session, user)
+    current = current_terms()
+    return page(request, "terms.html", viewer, terms=current, accepted=accepted)
+
+
+@web_router.post("/terms/accept")
+async def terms_accept(request: Request, csrf: Token = None) -> Response:
+    from spe.accounts.service import accept_terms
+
+    auth.check_form_token(request, csrf)
+    name = require_name(await who(request))
+    with acting_as(name) as (session, user):
+        version = accept_terms(session, user)
+    return done(url("/projects"), f"You accepted the terms of use ({version}).")
+
+
+def require_name(name: str | None) -> str:
+    if name is None:
+        raise auth.LoginRequired("Log in to do this.")
+    return name
+
+
+@web_router.get("/exports")
+async def my_exports(request: Request) -> Response:
+    from spe.exports import actions
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        requests = actions.list_requests(session, user)
+    return page(request, "exports.html", viewer, requests=requests)
+
+
+def _grid(report: dict[str, Any]) -> dict[str, Any] | None:
+    """A checked table's cells as rows and columns, for rendering with failing cells marked."""
+    cells = report.get("cells")
+    shape = report.get("shape")
+    if not cells or not shape or len(shape) != 2:
+        return None
+    n_rows, n_cols = int(shape[0]), int(shape[1])
+    if n_rows * n_cols != len(cells):
+        return None
+    first = cells[0]
+    col_labels = [" / ".join(str(v) for v in cells[c].get("columns", [])) for c in range(n_cols)]
+    rows = []
+    for r in range(n_rows):
+        row = cells[r * n_cols : (r + 1) * n_cols]
+        rows.append(
+            {
+                "labels": [str(v) for v in row[0].get("index", [])],
+                "cells": [
+                    {
+                        "value": c.get("value"),
+                        "status": c.get("status", "pass"),
+                        "published": c.get("published", True),
+                        "persons": c.get("persons"),
+                        "failing": c.get("failing", []),
+                        "id": f"r{r}c{i}",
+                    }
+                    for i, c in enumerate(row)
+                ],
+            }
+        )
+    return {
+        "index_names": [str(n) for n in first.get("index_names", [])],
+        "column_names": [str(n) for n in first.get("column_names", [])],
+        "columns": col_labels,
+        "rows": rows,
+    }
+
+
+@web_router.get("/exports/{request_id}")
+async def export_detail(request: Request, request_id: str) -> Response:
+    from spe.exports import actions
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        req = actions.get_request(session, request_id)
+        data = actions.detail(session, user, req)
+        is_author = req.author == user.username
+    for out in data["outputs"]:
+        out["grid"] = _grid(out["report"]) if out["kind"] == "table" else None
+        out["image"] = next(
+            (
+                f
+                for f in out["files"]
+                if f["role"] == "output" and f["media_type"].startswith("image/")
+            ),
+            None,
+        )
+    return page(request, "export.html", viewer, r=data, is_author=is_author)
+
+
+@web_router.get("/exports/{request_id}/outputs/{output}/file")
+async def export_output_file(request: Request, request_id: str, output: str) -> Response:
+    """An output's frozen file, shown inline (pictures on the review page; CSV as text)."""
+    from spe.exports import actions
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        path, media_type = actions.output_file(
+            session, user, actions.get_request(session, request_id), output
+        )
+    shown = media_type if media_type.startswith("image/") else "text/plain; charset=utf-8"
+    return FileResponse(
+        path,
+        media_type=shown,
+        headers={"Content-Disposition": "inline", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@web_router.get("/exports/{request_id}/bundle")
+async def export_bundle(request: Request, request_id: str) -> Response:
+    """The signed release bundle, for its author (the download is audited)."""
+    from spe.exports import actions
+
+    name = require_name(await who(request))
+    with acting_as(name) as (session, user):
+        path = actions.download(session, user, actions.get_request(session, request_id))
+    return FileResponse(
+        path, media_type="application/zip", filename=f"spe-release-{request_id[:8]}.zip"
+    )
+
+
+def _dispatch(job_id: str) -> str:
+    """Send a check job once its transaction is committed; an unreachable broker is a note."""
+    from spe.tasks import BrokerError, dispatch
+
+    try:
+        dispatch(job_id)
+    except BrokerError as exc:
+        return " " + exc.message
+    return ""
+
+
+@web_router.post("/exports/{request_id}/withdraw")
+async def export_withdraw(
+    request: Request, request_id: str, reason: OptionalText = "", csrf: Token = None
+) -> Response:
+    from spe.exports import actions
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        actions.withdraw(session, user, actions.get_request(session, request_id), reason)
+    return done(url(f"/exports/{request_id}"), "You withdrew the request.")
+
+
+@web_router.post("/exports/{request_id}/outputs/{output}/accept-safe")
+async def export_accept_safe(
+    request: Request,
+    request_id: str,
+    output: str,
+    method: OptionalText = "suppress",
+    csrf: Token = None,
+) -> Response:
+    from spe.exports import actions
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        job_id = actions.accept_safe_version(
+            session, user, actions.get_request(session, request_id), output, method
+        )
+    note = _dispatch(job_id)
+    return done(
+        url(f"/exports/{request_id}"),
+        f"The safe version of {output} replaces it; the request is being checked again.{note}",
+    )
+
+
+@web_router.post("/exports/{request_id}/comment")
+async def export_comment(
+    request: Request,
+    request_id: str,
+    body: FormText,
+    private: OptionalText = "",
+    csrf: Token = None,
+) -> Response:
+    from spe.exports import actions
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        actions.comment(
+            session,
+            user,
+            actions.get_request(session, request_id),
+            body,
+            "reviewers" if private else "shared",
+        )
+    return done(url(f"/exports/{request_id}"), "Your comment is added.")
+
+
+# --- reviewers ---------------------------------------------------------------------------------
+
+
+@web_router.get("/review")
+async def review_queue(request: Request) -> Response:
+    from spe.exports import actions
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        queue = actions.review_queue(session, user)
+    return page(request, "queue.html", viewer, queue=queue)
+
+
+@web_router.post("/exports/{request_id}/outputs/{output}/vote")
+async def export_vote(
+    request: Request,
+    request_id: str,
+    output: str,
+    choice: FormText,
+    comment: OptionalText = "",
+    csrf: Token = None,
+) -> Response:
+    from spe.exports import actions
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        actions.vote(
+            session, user, actions.get_request(session, request_id), output, choice, comment
+        )
+    return done(url(f"/exports/{request_id}"), f"Your vote on {output} is recorded.")
+
+
+@web_router.post("/exports/{request_id}/decide")
+async def export_decide(request: Request, request_id: str, csrf: Token = None) -> Response:
+    from spe.exports import actions
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        status = actions.decide(session, user, actions.get_request(session, request_id))
+    return done(
+        url(f"/exports/{request_id}"), f"Decided: the request is {status.value.replace('_', ' ')}."
+    )
+
+
+@web_router.post("/exports/{request_id}/revoke")
+async def export_revoke(
+    request: Request, request_id: str, reason: FormText, csrf: Token = None
+) -> Response:
+    from spe.exports import actions
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        actions.revoke(session, user, actions.get_request(session, request_id), reason)
+    return done(url(f"/exports/{request_id}"), "The release is revoked; the researcher sees why.")
+
+
+# --- data holders ------------------------------------------------------------------------------
+
+
+@web_router.get("/holder/datasets")
+async def holder_datasets(request: Request) -> Response:
+    from spe.catalogue.service import datasets_of_holder, ingest_reports
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        _refuse_unless(viewer.is_holder, "Only a data holder's reviewers see its datasets here.")
+        rows = [
+            {"dataset": d, "reports": ingest_reports(d)}
+            for d in datasets_of_holder(session, _org_ids(user, Role.HOLDER_REVIEWER))
+        ]
+        return page(request, "holder_datasets.html", viewer, rows=rows)
+
+
+@web_router.get("/holder/projects")
+async def holder_projects(request: Request) -> Response:
+    from spe.projects.extracts import grants_of
+    from spe.projects.service import projects_of_holder
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        _refuse_unless(viewer.is_holder, "Only a data holder's reviewers see its projects here.")
+        rows = [
+            {"project": p, "grants": grants_of(session, p)}
+            for p in projects_of_holder(session, _org_ids(user, Role.HOLDER_REVIEWER))
+        ]
+        return page(request, "holder_projects.html", viewer, rows=rows)
+
+
+@web_router.get("/holder/projects/{slug}")
+async def holder_project(request: Request, slug: str) -> Response:
+    from spe.accounts.permissions import Action, Target, can
+    from spe.catalogue.service import datasets_of_holder
+    from spe.projects.extracts import grants_of
+    from spe.projects.service import get_project
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        project = get_project(session, slug)
+        _refuse_unless(
+            can(session, user, Action.PROJECT_GRANT, Target(project=project)),
+            "Only a reviewer of the project's data holder sees its grants.",
+        )
+        datasets = [
+            {
+                "name": d.name,
+                "variables": [
+                    v.name
+                    for v in (d.latest.variables if d.latest else [])
+                    if v.name != "person_id"
+                ],
+            }
+            for d in datasets_of_holder(session, [project.holder_id])
+        ]
+        members = [
+            {"username": m.user.username, "role": m.role.value}
+            for m in project.members
+            if m.removed_at is None
+        ]
+        grants = grants_of(session, project)
+        may_approve = can(session, user, Action.PROJECT_APPROVE, Target(project=project))
+        return page(
+            request,
+            "holder_project.html",
+            viewer,
+            project=project,
+            grants=grants,
+            datasets=datasets,
+            members=members,
+            may_approve=may_approve,
+        )
+
+
+@web_router.post("/holder/projects/{slug}/grant")
+async def holder_grant(
+    request: Request,
+    slug: str,
+    dataset: FormText,
+    variables: Annotated[list[str], Form()],
+    csrf: Token = None,
+) -> Response:
+    from spe.projects.extracts import grant_dataset
+    from spe.projects.models import ProjectStatus
+    from spe.projects.service import get_project
+    from spe.tasks import submit_and_dispatch
+
+    auth.check_form_token(request, csrf)
+    name = require_name(await who(request))
+    with acting_as(name) as (session, user):
+        project = get_project(session, slug)
+        grant_dataset(session, user, project, dataset, variables)
+        approved = project.status == ProjectStatus.APPROVED
+    message = f"Granted {slug} {len(variables)} variables of {dataset}."
+    if approved:  # an approved project's extract follows its grants
+        job = submit_and_dispatch(name, "extract", {"project": slug, "dataset": dataset}, False)
+        message += f" Its extract is being built (job {job[:8]})."
+    return done(url(f"/holder/projects/{slug}"), message)
+
+
+@web_router.post("/holder/projects/{slug}/approve")
+async def holder_approve(
+    request: Request, slug: str, note: OptionalText = "", csrf: Token = None
+) -> Response:
+    from spe.projects.extracts import granted_datasets
+    from spe.projects.service import approve_project, get_project
+    from spe.tasks import submit_and_dispatch
+
+    auth.check_form_token(request, csrf)
+    name = require_name(await who(request))
+    with acting_as(name) as (session, user):
+        project = get_project(session, slug)
+        approve_project(session, user, project, note)
+        names = granted_datasets(session, project)
+    for dataset in names:
+        submit_and_dispatch(name, "extract", {"project": slug, "dataset": dataset}, False)
+    return done(
+        url(f"/holder/projects/{slug}"),
+        f"Approved {slug}; its extracts of {', '.join(names) or 'no dataset yet'} are being built.",
+    )
+
+
+def _filters(
+    actor: str, project: str, dataset: str, action: str, since: str, until: str
+) -> tuple[Any, dict[str, str]]:
+    from spe.audit.query import EventFilter, parse_time
+
+    given = {
+        k: v.strip()
+        for k, v in {
+            "actor": actor,
+            "project": project,
+            "dataset": dataset,
+            "action": action,
+            "since": since,
+            "until": until,
+        }.items()
+        if v and v.strip()
+    }
+    filt = EventFilter(
+        since=parse_time(given["since"], "since") if "since" in given else None,
+        until=parse_time(given["until"], "until") if "until" in given else None,
+        actor=given.get("actor"),
+        project=given.get("project"),
+        dataset=given.get("dataset"),
+        action=given.get("action"),
+    )
+    return filt, given
+
+
+@web_router.get("/holder/access")
+async def holder_access(
+    request: Request,
+    actor: str = "",
+    project: str = "",
+    dataset: str = "",
+    action: str = "",
+    since: str = "",
+    until: str = "",
+    before: Annotated[int | None, Query()] = None,
+) -> Response:
+    """Who touched my data: every event about the holder's datasets or their projects."""
+    from spe.accounts.permissions import Action, Target, check_can
+    from spe.audit.browse import page_events
+    from spe.catalogue.service import datasets_of_holder
+    from spe.projects.service import projects_of_holder
+
+    filt, given = _filters(actor, project, dataset, action, since, until)
+    name = require_name(await who(request))
+    with acting_as(name) as (session, user):
+        viewer = viewer_of(user)
+        orgs = _org_ids(user, Role.HOLDER_REVIEWER)
+        _refuse_unless(bool(orgs), "Only a data holder's reviewers see who used its data.")
+        for org in _orgs(session, user, Role.HOLDER_REVIEWER):
+            check_can(session, user, Action.DATASET_ACCESS_LOG, Target(organisation=org))
+        datasets = [d.name for d in datasets_of_holder(session, orgs)]
+        projects = [p.slug for p in projects_of_holder(session, orgs)]
+        events = page_events(session, filt, before=before, datasets=datasets, projects=projects)
+        from spe.audit import record
+
+        record(session, user, "audit.browse", "audit-log", {"scope": "holder", **given})
+    return page(
+        request,
+        "access.html",
+        viewer,
+        page_=events,
+        given=given,
+        datasets=datasets,
+        projects=projects,
+        base=url("/holder/access"),
+    )
+
+
+# --- auditors -----------------------------------------------------------------------------------
+
+
+@web_router.get("/audit")
+async def audit_log(
+    request: Request,
+    actor: str = "",
+    project: str = "",
+    dataset: str = "",
+    action: str = "",
+    since: str = "",
+    until: str = "",
+    before: Annotated[int | None, Query()] = None,
+    limit: Annotated[int, Query(ge=10, le=500)] = 50,
+) -> Response:
+    from spe.accounts.permissions import Action, check_can
+    from spe.audit import record
+    from spe.audit.browse import log_state, page_events
+
+    filt, given = _filters(actor, project, dataset, action, since, until)
+    name = require_name(await who(request))
+    # Reading the log is itself logged (as `spe audit tail` is), in the same transaction.
+    with acting_as(name) as (session, user):
+        viewer = viewer_of(user)
+        check_can(session, user, Action.AUDIT_READ)
+        events = page_events(session, filt, before=before, limit=limit)
+        state = log_state(session)
+        record(session, user, "audit.browse", "audit-log", {**given, "before": before})
+    if limit != 50:
+        given["limit"] = str(limit)  # kept by the pager's links
+    export_query = "&".join(f"{k}={v}" for k, v in given.items() if k != "limit")
+    return page(
+        request,
+        "audit.html",
+        viewer,
+        page_=events,
+        given=given,
+        state=state,
+        base=url("/audit"),
+        export_query=export_query,
+    )
+
+
+@web_router.post("/audit/verify")
+async def audit_verify(request: Request, csrf: Token = None) -> Response:
+    """Re-hash the whole log and check every signed checkpoint (``spe audit verify``)."""
+    from spe.accounts.permissions import Action, check_can
+    from spe.audit import record
+    from spe.audit.verify import load_external_checkpoints, verify_log
+    from spe.config import get_settings
+    from spe.db.session import get_engine
+    from spe.keys.signing import audit_public_key
+
+    auth.check_form_token(request, csrf)
+    name = require_name(await who(request))
+    settings = get_settings()
+    with acting_as(name) as (session, user):
+        viewer = viewer_of(user)
+        check_can(session, user, Action.AUDIT_VERIFY)
+        public = audit_public_key(session)
+        record(session, user, "audit.verify", "audit-log", {"via": "pages"})
+    checkpoints = settings.checkpoint_file
+    external = (
+        load_external_checkpoints(checkpoints) if checkpoints and checkpoints.exists() else None
+    )
+    report = verify_log(get_engine(), public, external, settings.seal_interval_seconds)
+    return page(request, "verify.html", viewer, report=report.to_json(), public_key=public)
+
+
+@web_router.get("/audit/export")
+async def audit_export(
+    request: Request,
+    fmt: str = "csv",
+    actor: str = "",
+    project: str = "",
+    dataset: str = "",
+    action: str = "",
+    since: str = "",
+    until: str = "",
+) -> Response:
+    """The filtered log as CSV or JSON lines, streamed (the export is itself logged)."""
+    import tempfile
+
+    from spe.accounts.permissions import Action, check_can
+    from spe.audit import record
+    from spe.audit.log import AuditError
+    from spe.audit.query import export_events
+    from spe.db import readonly
+
+    if fmt not in ("csv", "jsonl"):
+        raise AuditError(f"Unknown export format {fmt!r}; use csv or jsonl.")
+    filt, given = _filters(actor, project, dataset, action, since, until)
+    name = require_name(await who(request))
+    with acting_as(name) as (session, user):
+        check_can(session, user, Action.AUDIT_READ)
+        record(session, user, "audit.export", "audit-log", {"format": fmt, **given})
+
+    # Written to a spooled file first (memory up to 8 MiB, then disk), so that a database
+    # error is a page, not a truncated download.
+    spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by the stream when sent
+        max_size=8 << 20, mode="w+", encoding="utf-8"
+    )
+    with readonly() as session:
+        export_events(session, filt, fmt, cast(TextIO, spool))
+    spool.seek(0)
+
+    def stream() -> Any:
+        with spool:
+            while chunk := spool.read(1 << 16):
+                yield chunk
+
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+    return StreamingResponse(
+        stream(),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="spe-audit.{fmt}"'},
+    )
+
+
+# --- institution admins -------------------------------------------------------------------------
+
+
+@web_router.get("/admin")
+async def admin(request: Request) -> Response:
+    from spe.accounts.service import terms_status
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        _refuse_unless(viewer.is_admin, "Only an institution admin manages its researchers.")
+        institutions = [
+            {"name": org.name, "people": _people(session, user, org, terms_status)}
+            for org in _orgs(session, user, Role.INSTITUTION_ADMIN)
+        ]
+    return page(request, "admin.html", viewer, institutions=institutions, new_password=None)
+
+
+def _people(
+    session: Any, actor: User, organisation: Any, terms_status: Any
+) -> list[dict[str, Any]]:
+    from spe.accounts.service import get_user
+
+    out = []
+    for username, accepted in terms_status(session, actor, organisation):
+        person = get_user(session, username)
+        out.append(
+            {
+                "username": username,
+                "full_name": person.full_name,
+                "accepted": accepted,
+                "roles": sorted(g.role.value for g in person.roles),
+                "last_active": person.last_active_at,
+            }
+        )
+    return out
+
+
+@web_router.post("/admin/enrol")
+async def admin_enrol(
+    request: Request,
+    username: FormText,
+    full_name: OptionalText = "",
+    email: OptionalText = "",
+    institution: OptionalText = "",
+    csrf: Token = None,
+) -> Response:
+    from spe.accounts.service import enrol_researcher, get_organisation
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        viewer = viewer_of(user)
+        names = [org.name for org in _orgs(session, user, Role.INSTITUTION_ADMIN)]
+        _refuse_unless(bool(names), "Only an institution admin enrols researchers.")
+        org = get_organisation(session, institution or names[0])
+        person, password = enrol_researcher(
+            session, user, org, username.strip(), full_name.strip(), email.strip()
+        )
+        enrolled = person.username
+    # The one-time password is shown once, on this response only (never in a redirect).
+    response = page(
+        request,
+        "enrolled.html",
+        viewer,
+        username=enrolled,
+        password=password,
+        institution=org.name,
+    )
+    return response
+
+
+@web_router.post("/admin/remove")
+async def admin_remove(
+    request: Request, username: FormText, reason: FormText, csrf: Token = None
+) -> Response:
+    from spe.accounts.service import get_user, remove_researcher
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        person = get_user(session, username)
+        remove_researcher(session, user, person, reason)
+    return done(
+        url("/admin"), f"Removed {username}: the researcher role and the account are closed."
+    )
+
+
+def json_pretty(value: Any) -> str:
+    return json.dumps(value, indent=1, ensure_ascii=False, default=str)
