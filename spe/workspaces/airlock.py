@@ -167,6 +167,12 @@ def handle_request(ws: RunningWorkspace, line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": "The request is not one line of JSON."}
     if not isinstance(request, dict):
         return {"ok": False, "error": "The request must be a JSON object."}
+    return dispatch(ws, request)
+
+
+def dispatch(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
+    """Run one parsed request for ``ws``; both transports (unix socket, TCP with a pod-bound
+    token in spe.workspaces.airlock_tcp) identify the workspace first and then call this."""
     op = request.get("op")
     handler = OPERATIONS.get(op) if isinstance(op, str) else None
     if handler is None:
