@@ -169,6 +169,96 @@ class Settings(BaseSettings):
         description="A request waiting for review longer than this is overdue (DGA Art. 9's "
         "two months).",
     )
+    # --- Kubernetes and OIDC (helm/spe sets these; unused on one machine) -------------------
+    workspace_backend: str = Field(
+        default="local",
+        pattern="^(local|kubernetes)$",
+        description="Where workspaces run: 'local' (this machine's sandbox) or 'kubernetes' "
+        "(KubeSpawner pods, spe.workspaces.kube_spawner).",
+    )
+    k8s_namespace: str = Field(
+        default="spe", description="Namespace of workspaces, their volumes and policies."
+    )
+    k8s_workspace_image: str = Field(
+        default="spe-workspace:0.1.0",
+        description="Image of workspace pods (docker/Dockerfile.workspace), pinned by tag.",
+    )
+    k8s_storage_class: str = Field(
+        default="", description="Storage class of workspace homes; empty: the cluster default."
+    )
+    k8s_extract_storage_class: str = Field(
+        default="",
+        description="Storage class of project extracts; it must offer ReadOnlyMany "
+        "(e.g. an NFS or CephFS class). Empty: the cluster default.",
+    )
+    k8s_home_size: str = Field(default="10Gi", description="Size of each workspace home PVC.")
+    k8s_extract_size: str = Field(default="10Gi", description="Size of each extract PVC.")
+    k8s_airlock_service: str = Field(
+        default="spe-airlock", description="The Service in front of the TCP airlock."
+    )
+    k8s_airlock_port: int = Field(
+        default=8950, ge=1, le=65535, description="Port of the TCP airlock (`spe k8s airlock`)."
+    )
+    k8s_hub_service: str = Field(
+        default="hub", description="The hub's Service (z2jh names it 'hub'); workspaces call it."
+    )
+    workspace_token_hours: float = Field(
+        default=12.0,
+        gt=0,
+        le=168,
+        description="Lifetime of a workspace's pod-bound airlock token; the spawner renews it "
+        "at half-life while the workspace runs.",
+    )
+    workspace_airlock_url: str = Field(
+        default="",
+        description="Inside a Kubernetes workspace: tcp://ADDRESS:PORT of the airlock (empty: "
+        "use the unix socket).",
+    )
+    workspace_airlock_token_file: Path = Field(
+        default=Path("/run/spe-airlock/token"),
+        description="Inside a Kubernetes workspace: the pod-bound token sent to the airlock.",
+    )
+    hub_authenticator: str = Field(
+        default="spe",
+        pattern="^(spe|oidc)$",
+        description="How people log in to the hub: 'spe' (SPE passwords) or 'oidc' "
+        "(OpenID Connect, e.g. Feide or ID-porten; SPE_OIDC_*).",
+    )
+    oidc_issuer: str = Field(
+        default="", description="OIDC issuer URL, e.g. https://auth.dataporten.no."
+    )
+    oidc_authorize_url: str = Field(default="", description="OIDC authorisation endpoint.")
+    oidc_token_url: str = Field(default="", description="OIDC token endpoint.")
+    oidc_userinfo_url: str = Field(default="", description="OIDC userinfo endpoint.")
+    oidc_client_id: str = Field(default="", description="OIDC client id registered for SPE.")
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="OIDC client secret (a Kubernetes Secret in the chart)."
+    )
+    oidc_callback_url: str = Field(
+        default="", description="https://HOST/hub/oauth_callback, as registered at the provider."
+    )
+    oidc_scopes: str = Field(
+        default="openid profile email", description="Scopes asked for, space-separated."
+    )
+    oidc_username_claim: str = Field(
+        default="sub", description="Claim whose value is the SPE username (mapped, see oidc.py)."
+    )
+    oidc_institution_claim: str = Field(
+        default="",
+        description="Claim naming the person's institution (e.g. Feide's eduPersonOrgDN or "
+        "an org number); empty: not checked.",
+    )
+    oidc_institutions: str = Field(
+        default="",
+        description="Claim value=SPE organisation pairs, comma-separated, e.g. "
+        "'uio.no=University of Oslo'.",
+    )
+    oidc_unknown_users: str = Field(
+        default="refuse",
+        pattern="^(refuse|enrol)$",
+        description="A person who logs in without an SPE account: 'refuse', or 'enrol' as a "
+        "researcher of their mapped institution.",
+    )
 
     @field_validator("database_url")
     @classmethod
