@@ -24,14 +24,37 @@ def socket_path() -> Path:
     return Path(get_settings().workspace_airlock_socket)
 
 
+def _tcp_target() -> tuple[tuple[str, int], str] | None:
+    """On Kubernetes: the airlock's (host, port) and this pod's token (read at every call: the
+    spawner renews it); None on one machine, where the socket says who calls."""
+    from spe.config import get_settings
+
+    settings = get_settings()
+    url = settings.workspace_airlock_url
+    if not url:
+        return None
+    host, _, port = url.removeprefix("tcp://").rpartition(":")
+    if not port.isdigit():
+        raise AirlockUnavailable(f"The airlock address {url!r} is not tcp://HOST:PORT.")
+    try:
+        token = Path(settings.workspace_airlock_token_file).read_text().strip()
+    except OSError as exc:
+        raise AirlockUnavailable(f"The workspace's airlock token cannot be read ({exc}).") from None
+    return (host.strip("[]"), int(port)), token
+
+
 def call(request: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
     """Send one request; raise AirlockUnavailable unless the airlock answers ok."""
-    target = str(path or socket_path())
+    tcp = _tcp_target()
+    target = f"tcp://{tcp[0][0]}:{tcp[0][1]}" if tcp else str(path or socket_path())
+    if tcp:
+        request = {**request, "token": tcp[1]}
     data = json.dumps(request).encode() + b"\n"
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        family = socket.AF_INET6 if tcp and ":" in tcp[0][0] else socket.AF_INET
+        with socket.socket(family if tcp else socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(TIMEOUT_SECONDS)
-            conn.connect(target)
+            conn.connect(tcp[0] if tcp else target)
             conn.sendall(data)
             buffer = b""
             while not buffer.endswith(b"\n"):

@@ -1,0 +1,205 @@
+"""The airlock on Kubernetes: a TCP server whose callers prove who they are with a pod-bound
+token, checked against the pod the token names (its address and labels) and the workspaces
+table. The verbs are the unix-socket airlock's (spe.workspaces.airlock.dispatch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from spe.errors import SPEError
+from spe.workspaces import kube_objects, layout
+from spe.workspaces.airlock import MAX_LINE, dispatch
+from spe.workspaces.registry import RunningWorkspace
+
+log = logging.getLogger("spe.airlock.tcp")
+POD_CACHE_SECONDS = 5.0
+
+
+class AirlockIdentityError(SPEError):
+    """The caller is not the workspace its token names; the message says why."""
+
+
+@dataclass(frozen=True)
+class PodFacts:
+    """What the cluster says about a pod: its address and labels, and whether it runs."""
+
+    ip: str | None
+    labels: Mapping[str, str]
+    phase: str
+
+
+class PodDirectory(Protocol):
+    def pod(self, namespace: str, name: str) -> PodFacts | None: ...
+
+
+class KubePodDirectory:
+    """Pods as the Kubernetes API reports them (in-cluster config, or KUBECONFIG)."""
+
+    def __init__(self) -> None:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self.api = client.CoreV1Api()
+
+    def pod(self, namespace: str, name: str) -> PodFacts | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self.api.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return PodFacts(
+            found.status.pod_ip if found.status else None,
+            dict(found.metadata.labels or {}),
+            found.status.phase if found.status else "Unknown",
+        )
+
+
+class CachedPods:
+    """A few seconds of memory for pod lookups (every cell asks the airlock)."""
+
+    def __init__(self, pods: PodDirectory, seconds: float = POD_CACHE_SECONDS) -> None:
+        self.pods, self.seconds = pods, seconds
+        self._seen: dict[tuple[str, str], tuple[float, PodFacts | None]] = {}
+
+    def pod(self, namespace: str, name: str) -> PodFacts | None:
+        now = time.monotonic()
+        hit = self._seen.get((namespace, name))
+        if hit is not None and now - hit[0] < self.seconds:
+            return hit[1]
+        facts = self.pods.pod(namespace, name)
+        self._seen[(namespace, name)] = (now, facts)
+        return facts
+
+
+def identify(token: Any, peer_ip: str, pods: PodDirectory, namespace: str) -> RunningWorkspace:
+    """The running workspace whose pod sent ``token`` from ``peer_ip``; refuse anything else."""
+    from spe.db import readonly
+    from spe.keys.workspace_tokens import verify_token
+    from spe.workspaces.registry import running_workspaces
+
+    if not isinstance(token, str) or not token:
+        raise AirlockIdentityError("Send the workspace's token with every request.")
+    with readonly() as session:
+        claims = verify_token(session, token)
+        running = {ws.name: ws for ws in running_workspaces(session)}
+    project, user, name = claims["project"], claims["user"], claims["ws"]
+    if claims["ns"] != namespace:
+        raise AirlockIdentityError("The token belongs to another namespace.")
+    if name != layout.workspace_id(project, user) or claims["pod"] != kube_objects.pod_name(
+        project, user
+    ):
+        raise AirlockIdentityError("The token's workspace and pod do not belong together.")
+    pod = pods.pod(namespace, claims["pod"])
+    if pod is None or pod.phase != "Running":
+        raise AirlockIdentityError("The token's pod is not running.")
+    if pod.ip != peer_ip:
+        # A token copied out of its pod is worthless anywhere else.
+        raise AirlockIdentityError("The token was sent from another pod than the one it names.")
+    wanted = kube_objects.workspace_labels(project, user)
+    if any(pod.labels.get(key) != value for key, value in wanted.items()):
+        raise AirlockIdentityError("The token's pod does not carry its workspace's labels.")
+    ws = running.get(name)
+    if ws is None or ws.project != project or ws.username != user:
+        raise AirlockIdentityError("The token's workspace is not running.")
+    return ws
+
+
+def handle_line(line: bytes, peer_ip: str, pods: PodDirectory, namespace: str) -> dict[str, Any]:
+    """Answer one request line from ``peer_ip``: identify by token, then the shared verbs."""
+    try:
+        request = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return {"ok": False, "error": "The request is not one line of JSON."}
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "The request must be a JSON object."}
+    token = request.pop("token", None)
+    try:
+        ws = identify(token, peer_ip, pods, namespace)
+    except SPEError as exc:
+        log.warning("airlock refused a caller at %s: %s", peer_ip, exc.message)
+        return {"ok": False, "error": exc.message}
+    except Exception as exc:  # the cluster or database away: refuse, never guess
+        log.exception("airlock could not identify a caller at %s", peer_ip)
+        return {
+            "ok": False,
+            "error": f"The airlock cannot check the caller ({type(exc).__name__}).",
+        }
+    return dispatch(ws, request)
+
+
+class TcpAirlock:
+    """Serves the airlock on host:port; one JSON request per line, one answer per line."""
+
+    def __init__(self, host: str, port: int, pods: PodDirectory, namespace: str) -> None:
+        self.host, self.port, self.namespace = host, port, namespace
+        self.pods = CachedPods(pods)
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        """Start listening; the port (useful when 0 was asked for)."""
+        self.server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_LINE)
+        port: int = self.server.sockets[0].getsockname()[1]
+        log.info("airlock listening on %s:%s", self.host, port)
+        return port
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer_ip = str(writer.get_extra_info("peername")[0])
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (asyncio.LimitOverrunError, ValueError):
+                    answer = {"ok": False, "error": f"A request may be at most {MAX_LINE} bytes."}
+                    writer.write(json.dumps(answer).encode() + b"\n")
+                    await writer.drain()
+                    break
+                if not line:
+                    break
+                answer = await asyncio.to_thread(
+                    handle_line, line, peer_ip, self.pods, self.namespace
+                )
+                writer.write(json.dumps(answer, default=str).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def run_tcp_airlock(host: str, port: int, namespace: str) -> None:
+    """`spe k8s airlock`: serve until SIGINT/SIGTERM, pods looked up in the cluster."""
+    import signal
+
+    async def main() -> None:
+        airlock = TcpAirlock(host, port, KubePodDirectory(), namespace)
+        await airlock.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await airlock.close()
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s airlock %(message)s")
+    asyncio.run(main())
