@@ -1,4 +1,5 @@
-"""Routes for researchers: file export requests, follow them, withdraw, resubmit, download."""
+"""Routes for researchers: file export requests, follow them, withdraw, resubmit, accept the
+safe version of a failing table, download."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from fastapi.responses import FileResponse
 
 from spe.api.deps import CallerDep, acting, reading
 from spe.api.schemas import (
+    AcceptSafeIn,
     CommentIn,
     Filed,
     FileRequestIn,
     RequestDetail,
     RequestSummary,
     ResubmitIn,
+    SafePreview,
     WithdrawIn,
 )
 from spe.exports import actions
@@ -104,3 +107,27 @@ def download(request_id: str, who: CallerDep) -> FileResponse:
         path = actions.download(session, user, request)
         name = f"release-{str(request.id)[:8]}.zip"
     return FileResponse(path, media_type="application/zip", filename=name)
+
+
+@router.get("/exports/{request_id}/outputs/{output}/safe-version", response_model=SafePreview)
+def safe_preview(
+    request_id: str, output: str, who: CallerDep, method: str = "suppress"
+) -> SafePreview:
+    """The safe version of a failing table as the server computes it, and its verdict."""
+    with reading(who) as (session, user):
+        request = actions.get_request(session, request_id)
+        return SafePreview(**actions.safe_preview(session, user, request, output, method))
+
+
+@router.post(
+    "/exports/{request_id}/outputs/{output}/accept-safe", response_model=Filed, status_code=202
+)
+def accept_safe(request_id: str, output: str, body: AcceptSafeIn, who: CallerDep) -> Filed:
+    """Replace a failing table by its safe version, computed on the server (a new round, checked
+    again; 202 Accepted)."""
+    with acting(who) as (session, user):
+        request = actions.get_request(session, request_id)
+        job_id = actions.accept_safe_version(session, user, request, output, body.method)
+        summary = actions.summary(request, actions.project_of(session, request))
+    sent, note = _dispatch(job_id)
+    return Filed(request=RequestSummary(**summary), check_job=job_id, dispatched=sent, note=note)

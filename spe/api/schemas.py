@@ -74,3 +74,37 @@ class RequestDetail(RequestSummary):
     review: dict[str, Any]
     bundle_sha256: str | None = None
     viewer_is_reviewer: bool
+
+
+class AcceptSafeIn(BaseModel):
+    method: Literal["suppress", "round"] = Field(
+        default="suppress",
+        description="'suppress': failing cells left out, with cells that protect them; "
+        "'round': counts rounded to multiples of 5 (tables of counts only).",
+    )
+
+
+class SafePreview(BaseModel):
+    request: str
+    round: int
+    output: str
+    command: str
+    method: str
+    index_names: list[str]
+    column_names: list[str]
+    columns: list[list[str]] = Field(
+        description="Each column's label, one part per column dimension, as the CSV writes it."
+    )
+    rows: list[dict[str, Any]] = Field(
+        description="Per row: its labels, and its cells (value as text or null, suppressed, "
+        "rounded)."
+    )
+    suppressed_cells: int
+    rounded_cells: int
+    changes: list[dict[str, Any]] = Field(description="What was done to each cell, and why.")
+    status: str = Field(description="The server check's verdict on the safe version.")
+    reasons: list[str]
+    file_sha256: str
+    csv: str
+    can_accept: bool
+    cannot_accept: str | None = None

@@ -40,7 +40,7 @@ from spe.exports.models import (
     Visibility,
     Vote,
 )
-from spe.exports.states import check_transition, short_id
+from spe.exports.states import check_transition, describe_status, short_id
 from spe.projects.models import Project
 from spe.projects.states import is_open_for_work
 from spe.storage import data_storage
@@ -927,6 +927,11 @@ def resubmit(
     project = project_of(session, request)
     perms.check_user_is_author(session, actor, request, "resubmit it")
     perms.check_user_can_file(session, actor, project)
+    if request.status == S.IN_REVIEW:  # IN_REVIEW -> CHECKING is for safe versions only
+        raise ExportStateError(
+            f"Request {short_id(request)} cannot be resubmitted: it is waiting for review. "
+            "Wait for the reviewers' decision, or withdraw it and file a new request."
+        )
     check_transition(request, S.CHECKING, "resubmitted")
     request.round += 1
     request.status = S.CHECKING
@@ -944,6 +949,431 @@ def resubmit(
         project=project.slug,
     )
     return _queue_check(session, actor, request)
+
+
+# --- the safe version of a failing table ---------------------------------------------------------
+
+# Which safe versions each table command has (FORMATS.md: describe publishes no totals, so it
+# can only leave cells out; rounding protects counts).
+SAFE_METHODS_OF: dict[str, tuple[str, ...]] = {
+    "crosstab": ("suppress", "round"),
+    "pivot_table": ("suppress", "round"),
+    "hist": ("suppress", "round"),
+    "describe": ("suppress",),
+}
+
+
+@dataclass(frozen=True)
+class _SafeVersion:
+    """A failing table's safe version, recomputed on the server from the frozen evidence."""
+
+    output: ExportOutput
+    method: str
+    command: str
+    table: Any  # the published pandas table
+    hidden: Any  # numpy bool mask over ``table``: cells left out (suppressed)
+    rounded: Any  # numpy bool mask over ``table``: counts rounded
+    changes: list[dict[str, Any]]
+    csv: bytes
+    sidecar: bytes
+    evidence: Path
+    released: list[Any]
+    rules: Any
+
+
+def _check_can_accept(
+    session: Session, actor: User, request: ExportRequest, project: Project
+) -> None:
+    """Raise, with a sentence, unless ``actor`` may accept a safe version for ``request`` now."""
+    perms.check_user_is_author(session, actor, request, "accept a safe version")
+    perms.check_user_can_file(session, actor, project)
+    if not is_open_for_work(project):
+        raise ExportStateError(
+            f"Project {project.slug} is not running, so nothing can be exported."
+        )
+    if request.status not in (S.IN_REVIEW, S.CHANGES_REQUESTED):
+        raise ExportStateError(
+            f"Request {short_id(request)} cannot take a safe version now: "
+            f"{describe_status(request)}. A safe version replaces a failing table while the "
+            "request is in review or returned for changes; file a new request for it instead."
+        )
+    check_transition(request, S.CHECKING, "sent back to the check")
+
+
+def _frozen_bytes(file: ExportFile, output_name: str) -> bytes:
+    """A frozen file's bytes, refused when they no longer match the SHA-256 it was frozen with."""
+    data = data_storage().path(file.path).read_bytes()
+    if _sha(data) != file.sha256:
+        raise ExportError(
+            f"{file.name} of {output_name} no longer matches the SHA-256 it was frozen with; "
+            "ask an operator to look at the export storage."
+        )
+    return data
+
+
+def _released_before(
+    session: Session, request: ExportRequest, project: Project, out: ExportOutput, rules: Any
+) -> list[Any]:
+    """What the check will hold ``out`` against: the project's released tables and those of the
+    round's earlier outputs, replayed as run_checks replays them (so the safe table computed
+    now is the one the check recomputes)."""
+    from spe.analysis.replay import check_output
+    from spe.projects.extracts import granted_datasets
+
+    storage = data_storage()
+    granted = set(granted_datasets(session, project))
+    persons = partial(persons_among, extract_files(session, project))
+    released = released_tables(session, project.id)
+    for earlier in _current(request):
+        if earlier.position >= out.position:
+            break
+        sidecar_file = next((f for f in earlier.files if f.role == "sidecar"), None)
+        if earlier.kind == "file" or sidecar_file is None:
+            continue
+        if set(json.loads(earlier.datasets)) - granted:
+            continue
+        files = {f.name: storage.path(f.path) for f in earlier.files}
+        try:
+            sidecar = json.loads(storage.path(sidecar_file.path).read_text("utf-8"))
+            check = check_output(sidecar, files, rules, released, known_persons=persons)
+        except Exception:  # run_checks refuses such an output: it releases nothing
+            check = None
+        released = [*released, *(check.released if check is not None else [])]
+    return released
+
+
+def _make_safe(
+    session: Session, request: ExportRequest, project: Project, output_name: str, method: str
+) -> _SafeVersion:
+    """Recompute the safe version of a failing table from its frozen sidecar and evidence, with
+    the server's rules; nothing the workspace computed is used."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from spe.analysis.csvtable import table_csv
+    from spe.analysis.errors import AnalysisError
+    from spe.analysis.outputs import compute
+    from spe.analysis.sidecar import utc_now, validate_sidecar
+    from spe.sdc import Verdict
+
+    out = _output(request, output_name)
+    name = out.name
+    if out.kind == "file":
+        raise ExportInputError(
+            f"{name} is not a table recorded by spe.analysis, so the server cannot make a safe "
+            "version of it; reviewers decide on it as it is, or record the table with "
+            "spe.analysis and resubmit it."
+        )
+    if out.kind != "table":
+        what = "a model" if out.kind == "model" else "a life table"
+        raise ExportInputError(
+            f"{name} is {what}; only tables (crosstab, pivot_table, hist, describe) have a safe "
+            "version. Change the analysis in the workspace and resubmit it."
+        )
+    roles = {f.role: f for f in out.files}
+    if "sidecar" not in roles or "evidence" not in roles:
+        raise ExportInputError(
+            f"{name} came without its spe.analysis record and evidence, so the server cannot "
+            "recompute it; record it with spe.analysis and resubmit it."
+        )
+    if out.check_status == "pass":
+        raise ExportInputError(f"{name} passes every check already; there is nothing to make safe.")
+    if out.check_status not in ("fail", "review"):
+        raise ExportStateError(f"{name} has not been checked yet; wait for its check.")
+    try:
+        meta = validate_sidecar(json.loads(_frozen_bytes(roles["sidecar"], name)))
+    except (ValueError, AnalysisError) as exc:
+        why = getattr(exc, "message", None) or "it is not JSON"
+        raise ExportInputError(
+            f"The record of {name} cannot be read ({why}); record the output again and resubmit it."
+        ) from None
+    allowed = SAFE_METHODS_OF.get(meta.command)
+    if allowed is None:
+        raise ExportInputError(f"{name} is a {meta.command} output, which has no safe version.")
+    if method not in allowed:
+        if method in SAFE_METHODS_OF["crosstab"]:
+            raise ExportInputError(
+                f"{name} is a describe table, whose only safe version leaves failing statistics "
+                "out; use method 'suppress'."
+            )
+        raise ExportInputError(
+            f"{method!r} is not a safe version; use 'suppress' (failing cells left out, with "
+            "cells that protect them) or 'round' (counts rounded to multiples of 5)."
+        )
+    if method == "round" and meta.spec.get("agg", "count") != "count":
+        raise ExportInputError(
+            f"Rounding protects counts, and {name} is a table of {meta.spec['agg']}; use method "
+            "'suppress'."
+        )
+    if meta.spec.get("safe") == method:
+        raise ExportInputError(
+            f"{name} is already the {method} safe version; the reviewers decide on it now."
+        )
+    evidence = data_storage().path(roles["evidence"].path)
+    evidence_sha = _sha(_frozen_bytes(roles["evidence"], name))
+    if evidence_sha != meta.evidence_sha256:
+        raise ExportInputError(
+            f"The evidence of {name} is not the evidence its record names (the SHA-256 differs), "
+            "so no safe version can be computed from it; record the output again and resubmit it."
+        )
+    rules = rules_for(session, project)
+    released = _released_before(session, request, project, out, rules)
+    spec = {**meta.spec, "safe": method}
+    try:
+        rows = pq.read_table(evidence).to_pandas()
+        computed = compute(meta.command, rows, spec, rules, released)
+    except AnalysisError as exc:
+        raise ExportInputError(f"No safe version of {name} can be made: {exc.message}") from None
+    except Exception as exc:  # hostile evidence ends in a sentence, never a crash
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExportInputError(
+            f"{name} cannot be recomputed from its evidence ({first}); record it again and "
+            "resubmit it."
+        ) from None
+    table = computed.table
+    withheld = None
+    if computed.safe is None:  # describe: no totals, so failing statistics are simply left out
+        withheld = computed.severity >= Verdict.FAIL.severity
+        values = table.to_numpy(dtype=object, copy=True)
+        values[withheld] = np.nan
+        table = type(table)(values, index=table.index, columns=table.columns).infer_objects()
+        hidden = withheld.copy()
+        rounded = np.zeros(table.shape, dtype=bool)
+        changes = [
+            {
+                "index": cell["index"],
+                "columns": cell["columns"],
+                "action": "suppressed",
+                "kind": "primary",
+                "reason": "; ".join(o["sentence"] for o in cell.get("failing", [])),
+            }
+            for cell in computed.report(withheld)["cells"]
+            if not cell["published"]
+        ]
+    else:
+        safe = computed.safe
+        hidden = np.zeros(table.shape, dtype=bool)
+        rounded = np.zeros(table.shape, dtype=bool)
+        n_rows, n_cols = safe.shape
+        hidden[:n_rows, :n_cols] = np.asarray(safe.suppressed, dtype=bool)
+        rows_at = {label: i for i, label in enumerate(safe.row_labels)}
+        cols_at = {label: i for i, label in enumerate(safe.col_labels)}
+        for change in safe.changes:
+            if change.action == "rounded":
+                rounded[rows_at[change.index], cols_at[change.columns]] = True
+        # The original values stay out: the preview shows what would be published.
+        changes = [
+            {k: v for k, v in c.to_dict().items() if k not in ("original", "published")}
+            for c in safe.changes
+        ]
+    csv = table_csv(table).encode("utf-8")
+    report = computed.report(withheld)
+    report["advisory"] = (
+        "Safe version computed by the SPE server from the frozen evidence when its author "
+        "accepted it; the export check decides on it."
+    )
+    sidecar = {
+        "spe_output": 1,
+        "name": meta.name,
+        "kind": meta.kind,
+        "command": meta.command,
+        "file": meta.file,
+        "file_sha256": _sha(csv),
+        "evidence": meta.evidence,
+        "evidence_sha256": meta.evidence_sha256,
+        "spec": spec,
+        "datasets": list(meta.datasets),
+        "created": utc_now(),
+        "report": report,
+    }
+    validate_sidecar(sidecar)  # never store what the check would refuse
+    text = json.dumps(sidecar, ensure_ascii=False, indent=1, allow_nan=False, default=str)
+    return _SafeVersion(
+        output=out,
+        method=method,
+        command=meta.command,
+        table=table,
+        hidden=hidden,
+        rounded=rounded,
+        changes=changes,
+        csv=csv,
+        sidecar=text.encode("utf-8"),
+        evidence=evidence,
+        released=released,
+        rules=rules,
+    )
+
+
+@state_change("export.accept_safe")
+def accept_safe_version(
+    session: Session,
+    actor: User,
+    request: ExportRequest,
+    output_name: str,
+    method: str = "suppress",
+) -> str:
+    """Replace a failing table by its safe version, computed here from the frozen evidence.
+
+    A new round starts with every output of the current one carried over (their frozen files
+    copied) and the chosen one replaced; returns the id of the check job, which the caller sends
+    once committed. The check then replays the safe version like any output: its verdict, and
+    the release, stay the server's.
+    """
+    project = project_of(session, request)
+    # One acceptance at a time per request (SQLite's writers are serial already).
+    session.refresh(request, with_for_update=True)
+    _check_can_accept(session, actor, request, project)
+    safe = _make_safe(session, request, project, output_name, method)
+    previous, before = _current(request), request.status
+    request.round += 1
+    request.status = S.CHECKING
+    request.submitted_at = utcnow()
+    request.checked_at = None
+    relative = f"exports/{request.project_id}/{request.id}/r{request.round}"
+    storage = data_storage()
+    carried: list[tuple[ExportOutput, list[tuple[ExportFile, bytes]]]] = []
+    with storage.atomic_dir(relative) as tmp:  # all or nothing
+        for out in previous:
+            files = []
+            for f in out.files:
+                if out.id == safe.output.id and f.role == "output":
+                    data = safe.csv
+                elif out.id == safe.output.id and f.role == "sidecar":
+                    data = safe.sidecar
+                else:
+                    data = _frozen_bytes(f, out.name)
+                (tmp / f.name).write_bytes(data)
+                files.append((f, data))
+            carried.append((out, files))
+    summary = []
+    for out, files in carried:
+        row = ExportOutput(
+            request_id=request.id,
+            round=request.round,
+            position=out.position,
+            name=out.name,
+            justification=out.justification,
+            kind=out.kind,
+            datasets=out.datasets,
+        )
+        session.add(row)
+        session.flush()
+        for f, data in files:
+            session.add(
+                ExportFile(
+                    output_id=row.id,
+                    role=f.role,
+                    name=f.name,
+                    media_type=f.media_type,
+                    size=len(data),
+                    sha256=_sha(data),
+                    path=f"{relative}/{f.name}",
+                )
+            )
+        summary.append(
+            {
+                "name": out.name,
+                "kind": out.kind,
+                "files": [
+                    {"role": f.role, "name": f.name, "sha256": _sha(d), "size": len(d)}
+                    for f, d in files
+                ],
+            }
+        )
+    record(
+        session,
+        actor,
+        "export.accept_safe",
+        _target(request),
+        {
+            "round": request.round,
+            "previous_round": request.round - 1,
+            "previous_status": before.value,
+            "output": safe.output.name,
+            "method": method,
+            "file_sha256": _sha(safe.csv),
+            "sidecar_sha256": _sha(safe.sidecar),
+            "replaced_file_sha256": next(f.sha256 for f in safe.output.files if f.role == "output"),
+            "outputs": summary,
+        },
+        project=project.slug,
+    )
+    return _queue_check(session, actor, request)
+
+
+def safe_preview(
+    session: Session,
+    actor: User,
+    request: ExportRequest,
+    output_name: str,
+    method: str = "suppress",
+) -> dict[str, Any]:
+    """What accepting the safe version would publish, and the check's verdict on it; changes
+    nothing. For the pages: rows of labels and values (suppressed cells marked), and whether
+    the viewer may accept it now (``can_accept``, else ``cannot_accept`` says why)."""
+    import tempfile
+
+    from spe.analysis.csvtable import render
+    from spe.analysis.replay import check_output
+    from spe.errors import PermissionDenied
+
+    project = project_of(session, request)
+    perms.check_user_can_view(session, actor, request, project)
+    safe = _make_safe(session, request, project, output_name, method)
+    sidecar = json.loads(safe.sidecar)
+    with tempfile.TemporaryDirectory(prefix="spe-safe-") as folder:
+        csv_path = Path(folder) / sidecar["file"]
+        csv_path.write_bytes(safe.csv)
+        check = check_output(
+            sidecar,
+            {sidecar["file"]: csv_path, sidecar["evidence"]: safe.evidence},
+            safe.rules,
+            safe.released,
+            known_persons=partial(persons_among, extract_files(session, project)),
+        )
+    try:
+        _check_can_accept(session, actor, request, project)
+        refusal = None
+    except (PermissionDenied, ExportError) as exc:
+        refusal = exc.message
+    shown = render(safe.table)
+    labels = shown.label_fields
+    heads = [line[labels:] for line in shown.rows[: max(shown.header_lines - 1, 1)]]
+    rows = []
+    for r, fields in enumerate(shown.rows[shown.header_lines :]):
+        rows.append(
+            {
+                "labels": fields[:labels],
+                "cells": [
+                    {
+                        "value": value if value != "" else None,
+                        "suppressed": bool(safe.hidden[r, c]),
+                        "rounded": bool(safe.rounded[r, c]),
+                    }
+                    for c, value in enumerate(fields[labels:])
+                ],
+            }
+        )
+    return {
+        "request": str(request.id),
+        "round": request.round,
+        "output": safe.output.name,
+        "command": safe.command,
+        "method": safe.method,
+        "index_names": [str(n) for n in safe.table.index.names],
+        "column_names": [str(n) for n in safe.table.columns.names if n is not None],
+        "columns": [list(parts) for parts in zip(*heads, strict=True)],
+        "rows": rows,
+        "suppressed_cells": int(safe.hidden.sum()),
+        "rounded_cells": int(safe.rounded.sum()),
+        "changes": safe.changes,
+        "status": check.status.value,
+        "reasons": list(check.reasons),
+        "file_sha256": _sha(safe.csv),
+        "csv": safe.csv.decode("utf-8"),
+        "can_accept": refusal is None,
+        "cannot_accept": refusal,
+    }
 
 
 @state_change("export.revoke")

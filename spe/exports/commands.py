@@ -341,3 +341,34 @@ def export_verify(bundle: Path, public_key: str | None, as_json: bool) -> None:
             for problem in result.problems:
                 click.echo(f"  {problem}", err=True)
         sys.exit(6)
+
+
+@export.command("accept-safe")
+@click.argument("request_id")
+@click.argument("output")
+@click.option(
+    "--method",
+    type=click.Choice(["suppress", "round"]),
+    default="suppress",
+    show_default=True,
+    help="suppress: failing cells left out (with cells that protect them); round: counts to "
+    "multiples of 5.",
+)
+@_INLINE
+@click.pass_context
+def export_accept_safe(
+    ctx: click.Context, request_id: str, output: str, method: str, inline: bool
+) -> None:
+    """Replace a failing table of your request by its safe version, computed on the server.
+
+    A new round starts and is checked again; the other outputs come along unchanged.
+    """
+    from spe.exports.actions import accept_safe_version, get_request
+
+    with _acting(ctx) as (session, actor):
+        job_id = accept_safe_version(
+            session, actor, get_request(session, request_id), output, method
+        )
+    click.echo(f"Accepted the {method} safe version of {output}: {_send(job_id, inline)}.")
+    if inline:
+        click.echo(f"Request {request_id} is now {_show_status(request_id)}.")

@@ -33,7 +33,12 @@ STATUS_OWNER: dict[RequestStatus, Owner] = {
 
 TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     S.CHECKING: frozenset({S.IN_REVIEW, S.RELEASED, S.WITHDRAWN}),
-    S.IN_REVIEW: frozenset({S.RELEASED, S.REJECTED, S.CHANGES_REQUESTED, S.WITHDRAWN}),
+    # IN_REVIEW -> CHECKING: the author accepts the server-computed safe version of a failing
+    # table (actions.accept_safe_version); the changed round must be checked again before any
+    # reviewer sees it, and the open round's votes stay with that round. Resubmitting outputs
+    # from the outbox still waits for the reviewers (actions.resubmit asks for
+    # CHANGES_REQUESTED itself).
+    S.IN_REVIEW: frozenset({S.CHECKING, S.RELEASED, S.REJECTED, S.CHANGES_REQUESTED, S.WITHDRAWN}),
     S.CHANGES_REQUESTED: frozenset({S.CHECKING, S.WITHDRAWN}),
     S.RELEASED: frozenset({S.REVOKED}),
     S.REJECTED: frozenset(),

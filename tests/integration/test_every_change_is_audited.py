@@ -97,6 +97,84 @@ def _resubmit(s: Any) -> Any:
     )
 
 
+def _record_small_table(folder: Path, name: str) -> None:
+    """A crosstab with cells of fewer than 10 persons, recorded as spe.analysis records it."""
+    import hashlib
+    import json
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spe.analysis.csvtable import table_csv
+    from spe.analysis.outputs import compute
+    from spe.analysis.sidecar import utc_now
+    from spe.sdc import Rules
+
+    rows = pd.DataFrame(
+        {
+            "person": [f"p{i:03d}" for i in range(40)],
+            "region": ["North"] * 34 + ["South"] * 6,
+            "sex": ["F", "M"] * 20,
+        }
+    )
+    spec = {
+        "index": ["region"],
+        "columns": ["sex"],
+        "values": None,
+        "agg": "count",
+        "person_id": "person",
+        "safe": None,
+    }
+    computed = compute("crosstab", rows, spec, Rules())
+    (folder / f"{name}.csv").write_text(table_csv(computed.table))
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), folder / f"{name}.ev.tmp")
+    (folder / f"{name}.ev.tmp").rename(folder / f"{name}.evidence.parquet")
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    sidecar = {
+        "spe_output": 1,
+        "name": name,
+        "kind": "table",
+        "command": "crosstab",
+        "file": f"{name}.csv",
+        "file_sha256": digest(folder / f"{name}.csv"),
+        "evidence": f"{name}.evidence.parquet",
+        "evidence_sha256": digest(folder / f"{name}.evidence.parquet"),
+        "spec": spec,
+        "datasets": [],
+        "created": utc_now(),
+        "report": computed.report(),
+    }
+    (folder / f"{name}.spe.json").write_text(json.dumps(sidecar, default=str))
+
+
+_record_small_table(_OUTBOX, "small")
+
+
+def _accept_safe(s: Any) -> Any:
+    """The author accepts the safe version of a table whose check failed."""
+    from spe.exports import actions
+    from spe.exports.models import RequestStatus
+
+    projects.approve_project(s, u(s, "reviewer"), proj(s, "study"))
+    accounts.accept_terms(s, u(s, "researcher"))
+    request, _job = actions.file_request(
+        s,
+        u(s, "researcher"),
+        proj(s, "study"),
+        [actions.OutputRequest("small.csv", "for the paper")],
+        "Table",
+        _OUTBOX,
+    )
+    request.status = RequestStatus.IN_REVIEW  # as the check job leaves a failing table
+    for out in request.outputs:
+        out.check_status = "fail"
+    return actions.accept_safe_version(s, u(s, "researcher"), request, "small.csv")
+
+
 def _ex() -> Any:
     from spe.exports import actions
 
@@ -200,6 +278,7 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
         s, u(s, "researcher"), _export(s), "wrong file"
     ),
     "spe.exports.actions.resubmit": _resubmit,
+    "spe.exports.actions.accept_safe_version": _accept_safe,
     "spe.exports.actions.revoke": lambda s: _ex().revoke(
         s, u(s, "reviewer"), _approved(s), "identifiable"
     ),
