@@ -175,6 +175,18 @@ def _accept_safe(s: Any) -> Any:
     return actions.accept_safe_version(s, u(s, "researcher"), request, "small.csv")
 
 
+def _k8s() -> Any:
+    from spe.k8s import provision
+
+    return provision
+
+
+def _cluster() -> Any:
+    from tests.kube_fakes import FakeCluster
+
+    return FakeCluster()
+
+
 def _ex() -> Any:
     from spe.exports import actions
 
@@ -282,6 +294,19 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
     "spe.exports.actions.revoke": lambda s: _ex().revoke(
         s, u(s, "reviewer"), _approved(s), "identifiable"
     ),
+    "spe.k8s.tokens.issue_workspace_token": lambda s: __import__(
+        "spe.k8s.tokens"
+    ).k8s.tokens.issue_workspace_token(
+        s, "study", "researcher", namespace="spe", lifetime_seconds=60
+    ),
+    "spe.k8s.provision.apply_project": lambda s: (
+        projects.approve_project(s, u(s, "reviewer"), proj(s, "study")),
+        _k8s().apply_project(s, u(s, "op"), proj(s, "study"), _cluster()),
+    ),
+    "spe.k8s.provision.delete_project": lambda s: (
+        projects.close_project(s, u(s, "reviewer"), proj(s, "study"), "done"),
+        _k8s().delete_project(s, u(s, "op"), proj(s, "study"), _cluster()),
+    ),
     "spe.projects.service.remove_member": lambda s: (
         projects.add_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),
         projects.remove_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),
@@ -317,6 +342,8 @@ ALLOWED_UNREGISTERED = {
     "spe.audit.log.record": "is the recorder",
     "spe.audit.log.flush_events": "inserts queued audit events",
     "spe.keys.pseudonyms.ensure_scope_key": "its callers record key.create",
+    "spe.keys.workspace_tokens.ensure_workspace_token_key": "its caller (issue_workspace_token) "
+    "records key.create",
     "spe.keys.pseudonyms.destroy_scope_key": "its caller records the deletion certificate",
     "spe.jobs.service.claim": "job bookkeeping; the jobs table is exempt (submission is audited)",
     "spe.jobs.service.finish": "job bookkeeping; the jobs table is exempt (results are audited)",
