@@ -925,6 +925,7 @@ def resubmit(
 ) -> str:
     """Send changed outputs after the reviewers asked for changes: a new round, votes reset."""
     project = project_of(session, request)
+    session.refresh(request, with_for_update=True)  # as accept_safe_version: one new round
     perms.check_user_is_author(session, actor, request, "resubmit it")
     perms.check_user_can_file(session, actor, project)
     if request.status == S.IN_REVIEW:  # IN_REVIEW -> CHECKING is for safe versions only
@@ -1000,15 +1001,37 @@ def _check_can_accept(
     check_transition(request, S.CHECKING, "sent back to the check")
 
 
+def _altered(file: ExportFile, output_name: str) -> ExportError:
+    return ExportError(
+        f"{file.name} of {output_name} no longer matches the SHA-256 it was frozen with; ask an "
+        "operator to look at the export storage."
+    )
+
+
 def _frozen_bytes(file: ExportFile, output_name: str) -> bytes:
-    """A frozen file's bytes, refused when they no longer match the SHA-256 it was frozen with."""
+    """A small frozen file's bytes (a sidecar), refused when altered since it was frozen."""
     data = data_storage().path(file.path).read_bytes()
     if _sha(data) != file.sha256:
-        raise ExportError(
-            f"{file.name} of {output_name} no longer matches the SHA-256 it was frozen with; "
-            "ask an operator to look at the export storage."
-        )
+        raise _altered(file, output_name)
     return data
+
+
+def _verify_frozen(file: ExportFile, output_name: str, copy_to: Path | None = None) -> None:
+    """Stream a frozen file (evidence may be large) through SHA-256, copying it on the way;
+    refused when altered since it was frozen."""
+    import contextlib
+    import hashlib
+
+    digest = hashlib.sha256()
+    with contextlib.ExitStack() as files:
+        source = files.enter_context(open(data_storage().path(file.path), "rb"))
+        target = files.enter_context(open(copy_to, "xb")) if copy_to is not None else None
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+            if target is not None:
+                target.write(block)
+    if digest.hexdigest() != file.sha256:
+        raise _altered(file, output_name)
 
 
 def _released_before(
@@ -1110,8 +1133,8 @@ def _make_safe(
             f"{name} is already the {method} safe version; the reviewers decide on it now."
         )
     evidence = data_storage().path(roles["evidence"].path)
-    evidence_sha = _sha(_frozen_bytes(roles["evidence"], name))
-    if evidence_sha != meta.evidence_sha256:
+    _verify_frozen(roles["evidence"], name)
+    if roles["evidence"].sha256 != meta.evidence_sha256:
         raise ExportInputError(
             f"The evidence of {name} is not the evidence its record names (the SHA-256 differs), "
             "so no safe version can be computed from it; record the output again and resubmit it."
@@ -1231,19 +1254,19 @@ def accept_safe_version(
     request.checked_at = None
     relative = f"exports/{request.project_id}/{request.id}/r{request.round}"
     storage = data_storage()
-    carried: list[tuple[ExportOutput, list[tuple[ExportFile, bytes]]]] = []
+    # Per output, its files as (old row, size, sha256) in the new round.
+    carried: list[tuple[ExportOutput, list[tuple[ExportFile, int, str]]]] = []
     with storage.atomic_dir(relative) as tmp:  # all or nothing
         for out in previous:
             files = []
             for f in out.files:
-                if out.id == safe.output.id and f.role == "output":
-                    data = safe.csv
-                elif out.id == safe.output.id and f.role == "sidecar":
-                    data = safe.sidecar
+                new = {"output": safe.csv, "sidecar": safe.sidecar}.get(f.role)
+                if out.id == safe.output.id and new is not None:
+                    (tmp / f.name).write_bytes(new)
+                    files.append((f, len(new), _sha(new)))
                 else:
-                    data = _frozen_bytes(f, out.name)
-                (tmp / f.name).write_bytes(data)
-                files.append((f, data))
+                    _verify_frozen(f, out.name, copy_to=tmp / f.name)
+                    files.append((f, f.size, f.sha256))
             carried.append((out, files))
     summary = []
     for out, files in carried:
@@ -1258,15 +1281,15 @@ def accept_safe_version(
         )
         session.add(row)
         session.flush()
-        for f, data in files:
+        for f, size, sha256 in files:
             session.add(
                 ExportFile(
                     output_id=row.id,
                     role=f.role,
                     name=f.name,
                     media_type=f.media_type,
-                    size=len(data),
-                    sha256=_sha(data),
+                    size=size,
+                    sha256=sha256,
                     path=f"{relative}/{f.name}",
                 )
             )
@@ -1275,8 +1298,8 @@ def accept_safe_version(
                 "name": out.name,
                 "kind": out.kind,
                 "files": [
-                    {"role": f.role, "name": f.name, "sha256": _sha(d), "size": len(d)}
-                    for f, d in files
+                    {"role": f.role, "name": f.name, "sha256": sha256, "size": size}
+                    for f, size, sha256 in files
                 ],
             }
         )

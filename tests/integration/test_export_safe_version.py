@@ -256,6 +256,23 @@ def test_refusals_say_what_to_do_and_change_nothing(workspace):
     assert not preview(RESEARCHER, rid, "county_cohort.csv")["can_accept"]
 
 
+def test_a_frozen_file_altered_in_storage_stops_the_new_round_and_nothing_is_kept(workspace):
+    from spe.exports.errors import ExportError
+
+    rid = file_(workspace, "notes.txt", "county_cohort.csv")
+    with readonly() as s:
+        request = actions.get_request(s, rid)
+        note = next(f for o in request.outputs if o.name == "notes.txt" for f in o.files)
+        frozen = data_storage().path(note.path)
+    frozen.write_text("Income rises with education, in Tromsø above all.\n")
+    before = table_snapshot()
+    with pytest.raises(ExportError, match="no longer matches the SHA-256 it was frozen with"):
+        act(RESEARCHER, actions.accept_safe_version, rid, "county_cohort.csv")
+    assert table_snapshot() == before
+    round_2 = data_storage().path(f"exports/{_project_id(rid)}/{rid}/r2")
+    assert not round_2.exists() and not list(round_2.parent.glob(".tmp-*"))
+
+
 def _project_id(rid: str) -> str:
     with readonly() as s:
         return str(actions.get_request(s, rid).project_id)
