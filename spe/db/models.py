@@ -4,6 +4,7 @@ from spe.accounts.models import ApiToken, Organisation, RoleGrant, TermsAcceptan
 from spe.audit.models import AuditCheckpoint, AuditEvent
 from spe.catalogue.models import Dataset, DatasetVersion, Variable
 from spe.db.base import Base
+from spe.dp.models import DPBudget, DPQuery
 from spe.exports.models import (
     ExportFile,
     ExportOutput,
@@ -22,6 +23,8 @@ __all__ = [
     "AuditCheckpoint",
     "AuditEvent",
     "Base",
+    "DPBudget",
+    "DPQuery",
     "Dataset",
     "DatasetVersion",
     "ExportFile",

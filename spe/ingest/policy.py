@@ -11,12 +11,15 @@ import enum
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from spe.errors import SPEError
 from spe.policyfile import Located, compose, pairs, suggest
+
+if TYPE_CHECKING:
+    from spe.dp.policy import DPPolicy
 
 
 class PolicyError(SPEError):
@@ -79,6 +82,7 @@ class DatasetPolicy:
     access: str = "rows"
     temporal_coverage: str = ""
     sha256: str = ""
+    dp: DPPolicy | None = None  # the budget and public bounds of an aggregate_only dataset
 
     @property
     def person_column(self) -> ColumnPolicy:
@@ -106,6 +110,7 @@ _TOP_KEYS = {
     "delimiter": False,
     "access": False,
     "temporal_coverage": False,
+    "dp": False,
 }
 _COLUMN_KEYS = {"class", "type", "description", "generalise", "required"}
 _ID_KEYS = {"allow_synthetic", "allow_d_number", "allow_h_number", "allow_2032_rule"}
@@ -221,6 +226,7 @@ def load_policy(path: Path) -> DatasetPolicy:
     access = _scalar(loc, top["access"], "access") if "access" in top else "rows"
     if access not in ("rows", "aggregate_only"):
         raise loc.fail(top["access"], "access must be rows or aggregate_only.")
+    dp = _dp_block(loc, top, access, columns)
     return DatasetPolicy(
         path=path,
         dataset=dataset,
@@ -244,7 +250,31 @@ def load_policy(path: Path) -> DatasetPolicy:
             else ""
         ),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
+        dp=dp,
     )
+
+
+def _dp_block(
+    loc: Located, top: dict[str, yaml.Node], access: str, columns: tuple[ColumnPolicy, ...]
+) -> DPPolicy | None:
+    """An aggregate_only dataset needs a dp block (its budget and public bounds), and one row
+    per person: a person is the unit differential privacy protects."""
+    from spe.dp.policy import parse_dp
+
+    if access != "aggregate_only":
+        if "dp" in top:
+            raise loc.fail(top["dp"], "a dp block needs access: aggregate_only.")
+        return None
+    if "dp" not in top:
+        raise loc.fail(top["access"], "access: aggregate_only needs a dp block with epsilon_total.")
+    one_row = top.get("one_row_per_person")
+    if one_row is None or not _bool(loc, one_row, "one_row_per_person"):
+        raise loc.fail(
+            top["access"],
+            "access: aggregate_only needs one_row_per_person: true (a person is the unit "
+            "differential privacy protects).",
+        )
+    return parse_dp(loc, top["dp"], {c.name: c.cls.value for c in columns})
 
 
 def find_policy(name_or_path: str, policies_dir: Path) -> DatasetPolicy:

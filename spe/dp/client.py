@@ -1,0 +1,242 @@
+"""The notebook side of DP queries: build the request, send it through the airlock, show the answer.
+
+Runs in every workspace kernel, so it imports only the standard library (pandas only when a
+result is turned into a table). The control plane does the rest; nothing here sees rows.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+TIMEOUT_SECONDS = 300.0  # a model over millions of rows may take a while on the worker
+
+
+class DPQueryError(RuntimeError):
+    """The query was refused or could not be answered; the message says why and what to do."""
+
+
+def _socket_path() -> Path:
+    from spe.config import get_settings
+
+    return Path(get_settings().workspace_airlock_socket)
+
+
+def call(request: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
+    """Send one request to the airlock and return its answer; DPQueryError unless it is ok."""
+    target = str(path or _socket_path())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(TIMEOUT_SECONDS)
+            conn.connect(target)
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            buffer = b""
+            while not buffer.endswith(b"\n"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+    except OSError as exc:
+        raise DPQueryError(f"The airlock at {target} cannot be reached ({exc}).") from None
+    try:
+        answer = json.loads(buffer)
+    except ValueError:
+        raise DPQueryError("The airlock gave no answer.") from None
+    if not answer.get("ok"):
+        raise DPQueryError(str(answer.get("error") or "The airlock refused the query."))
+    return dict(answer)
+
+
+def _where(where: Mapping[str, Any] | Sequence[Any] | None) -> list[list[Any]]:
+    """{'sex': 'F', 'county': ['03', '46'], 'age': ('>=', 18)} -> [[column, op, value], ...]."""
+    if where is None:
+        return []
+    if isinstance(where, Mapping):
+        out = []
+        for column, cond in where.items():
+            if isinstance(cond, tuple) and len(cond) == 2 and isinstance(cond[0], str):
+                out.append([column, cond[0], cond[1]])
+            elif isinstance(cond, list | set | frozenset):
+                out.append([column, "in", sorted(cond) if isinstance(cond, set) else list(cond)])
+            else:
+                out.append([column, "==", cond])
+        return out
+    return [list(item) for item in where]
+
+
+def _by(by: str | Sequence[str] | None) -> list[str]:
+    if by is None:
+        return []
+    return [by] if isinstance(by, str) else list(by)
+
+
+class DPResult:
+    """A differentially private answer: values per cell, the epsilon it spent, its mechanism,
+    noise scale and (where defined) 95 % intervals, and the budget that remains."""
+
+    def __init__(self, answer: Mapping[str, Any]) -> None:
+        self.raw = dict(answer)
+        self.kind: str = answer["kind"]
+        self.dataset: str = answer.get("dataset", "")
+        self.epsilon: float = answer["epsilon"]
+        self.mechanism: str = answer["mechanism"]
+        self.noise_scale = answer.get("noise_scale")
+        self.sensitivity = answer.get("sensitivity")
+        self.by: list[str] = list(answer.get("by") or [])
+        self.labels: list[list[Any]] = answer.get("labels") or [[]]
+        self.values: list[Any] = list(answer["values"])
+        self.interval95 = answer.get("interval95")
+        self.remaining: float | None = answer.get("remaining")
+        self.notes: list[str] = list(answer.get("notes") or [])
+
+    @property
+    def value(self) -> Any:
+        """The single value of a query without group-by."""
+        if len(self.values) != 1:
+            raise DPQueryError("This answer has several cells; use .values or .table().")
+        return self.values[0]
+
+    def table(self) -> Any:
+        """The answer as a pandas DataFrame (one row per cell)."""
+        import pandas as pd
+
+        rows = []
+        for i, value in enumerate(self.values):
+            row = dict(zip(self.by, self.labels[i] if self.labels else [], strict=False))
+            row["value"] = value
+            if self.interval95:
+                row["low95"], row["high95"] = self.interval95[i]
+            if isinstance(self.noise_scale, list):
+                row["noise_scale"] = self.noise_scale[i]
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _header(self) -> str:
+        scale = self.noise_scale
+        scale_text = (
+            "per cell" if isinstance(scale, list) else ("n/a" if scale is None else f"{scale:.4g}")
+        )
+        return (
+            f"DP {self.kind} of {self.dataset!r}: epsilon {self.epsilon:g} spent, mechanism "
+            f"{self.mechanism}, noise scale {scale_text}; budget remaining "
+            f"{self.remaining if self.remaining is not None else '?'}"
+        )
+
+    def __repr__(self) -> str:
+        lines = [self._header()]
+        for i, value in enumerate(self.values[:50]):
+            label = ", ".join(f"{b}={v}" for b, v in zip(self.by, self.labels[i], strict=False))
+            interval = ""
+            if self.interval95:
+                lo, hi = self.interval95[i]
+                interval = f"  (95 %: {lo:.6g} .. {hi:.6g})"
+            lines.append(f"  {label or 'all'}: {value:.6g}{interval}")
+        if len(self.values) > 50:
+            lines.append(f"  ... {len(self.values) - 50} more cells: use .table()")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<p>{html.escape(self._header())}</p>" + self.table().to_html(index=False)
+
+
+def query(kind: str, dataset: str, epsilon: float, **spec: Any) -> DPResult:
+    """Send one DP query; the answer comes back at once (no review) with the epsilon spent."""
+    request = {"op": "dp", "kind": kind, "dataset": dataset, "epsilon": epsilon, **spec}
+    try:
+        return DPResult(call(request))
+    except DPQueryError as exc:
+        raise DPQueryError(str(exc)) from None  # one sentence, no airlock traceback
+
+
+def count(dataset: str, *, where: Any = None, by: Any = None, epsilon: float = 0.1) -> DPResult:
+    """The number of persons (per category of ``by``), with geometric noise."""
+    return query("count", dataset, epsilon, where=_where(where), by=_by(by))
+
+
+def sum(
+    dataset: str, column: str, *, where: Any = None, by: Any = None, epsilon: float = 0.1
+) -> DPResult:
+    return query("sum", dataset, epsilon, column=column, where=_where(where), by=_by(by))
+
+
+def mean(
+    dataset: str, column: str, *, where: Any = None, by: Any = None, epsilon: float = 0.1
+) -> DPResult:
+    return query("mean", dataset, epsilon, column=column, where=_where(where), by=_by(by))
+
+
+def var(
+    dataset: str, column: str, *, where: Any = None, by: Any = None, epsilon: float = 0.1
+) -> DPResult:
+    return query("var", dataset, epsilon, column=column, where=_where(where), by=_by(by))
+
+
+def quantile(
+    dataset: str,
+    column: str,
+    q: float,
+    *,
+    where: Any = None,
+    by: Any = None,
+    epsilon: float = 0.1,
+) -> DPResult:
+    return query(
+        "quantile", dataset, epsilon, column=column, quantile=q, where=_where(where), by=_by(by)
+    )
+
+
+def median(
+    dataset: str, column: str, *, where: Any = None, by: Any = None, epsilon: float = 0.1
+) -> DPResult:
+    return query("median", dataset, epsilon, column=column, where=_where(where), by=_by(by))
+
+
+def histogram(
+    dataset: str, column: str, *, bins: int = 10, where: Any = None, epsilon: float = 0.1
+) -> DPResult:
+    return query("histogram", dataset, epsilon, column=column, bins=bins, where=_where(where))
+
+
+def crosstab(
+    dataset: str, rows: str, columns: str, *, where: Any = None, epsilon: float = 0.1
+) -> DPResult:
+    return query("crosstab", dataset, epsilon, by=[rows, columns], where=_where(where))
+
+
+def linear_regression(
+    dataset: str, target: str, features: Sequence[str], *, where: Any = None, epsilon: float = 0.5
+) -> DPResult:
+    return query(
+        "linear_regression", dataset, epsilon, target=target, features=list(features),
+        where=_where(where),
+    )  # fmt: skip
+
+
+def logistic_regression(
+    dataset: str, target: str, features: Sequence[str], *, where: Any = None, epsilon: float = 0.5
+) -> DPResult:
+    return query(
+        "logistic_regression", dataset, epsilon, target=target, features=list(features),
+        where=_where(where),
+    )  # fmt: skip
+
+
+def budget() -> list[dict[str, Any]]:
+    """This project's privacy budgets: per aggregate-only dataset, total, spent and remaining."""
+    return list(call({"op": "dp_budget"})["budgets"])
+
+
+def aggregate_only_datasets() -> list[str]:
+    """The project's datasets queried only through spe.dp (none outside a workspace)."""
+    path = _socket_path()
+    if not path.parent.is_dir():
+        return []
+    try:
+        return list(call({"op": "dp_datasets"}, path)["datasets"])
+    except DPQueryError:
+        return []

@@ -1,0 +1,590 @@
+"""The DP computations themselves, server-side: a query over an extract's columns with diffprivlib.
+
+Pure functions of (query, columns, bounds): no database, no files. Filters and group-by run in
+pyarrow; group cells are the policy's declared categories only (never values found in the data),
+and every mechanism takes the policy's bounds. diffprivlib's PrivacyLeakWarning is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from spe.dp.errors import DPError, DPPolicyError
+from spe.dp.policy import DPPolicy, VariableBounds
+
+NUMERIC_KINDS = {"sum", "mean", "var", "quantile", "median", "histogram"}
+REGRESSIONS = {"linear_regression", "logistic_regression"}
+KINDS = ("count", "crosstab", *sorted(NUMERIC_KINDS), *sorted(REGRESSIONS))
+OPS = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater",
+       ">=": "greater_equal", "in": "is_in"}  # fmt: skip
+MAX_CELLS = 10_000
+PARALLEL = (
+    "Each person is in at most one cell, so the cells share the epsilon (parallel composition)."
+)
+MIN_EPSILON = 0.001
+Z95_LAPLACE = math.log(20.0)  # P(|Laplace(b)| > b ln 20) = 5 %
+
+
+@dataclass(frozen=True)
+class Query:
+    """A DP query as the notebook asked it (validated for shape, not yet against a policy)."""
+
+    kind: str
+    dataset: str
+    epsilon: float
+    column: str | None = None
+    by: tuple[str, ...] = ()
+    where: tuple[tuple[str, str, Any], ...] = ()
+    quantile: float | None = None
+    bins: int = 10
+    features: tuple[str, ...] = ()
+    target: str | None = None
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> Query:
+        kind = request.get("kind")
+        if kind not in KINDS:
+            raise DPError(f"Unknown DP query {kind!r}; use one of {', '.join(KINDS)}.")
+        dataset = request.get("dataset")
+        if not isinstance(dataset, str) or not dataset:
+            raise DPError("Name the dataset to query.")
+        try:
+            epsilon = float(request.get("epsilon"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise DPError("Give epsilon as a number, e.g. epsilon=0.1.") from None
+        if not math.isfinite(epsilon) or epsilon < MIN_EPSILON:
+            raise DPError(f"epsilon must be a number of at least {MIN_EPSILON}.")
+        by = _names(request.get("by"), "by")
+        features = _names(request.get("features"), "features")
+        where = []
+        for item in request.get("where") or []:
+            if not (isinstance(item, list | tuple) and len(item) == 3 and item[1] in OPS):
+                raise DPError(
+                    "Each filter is [column, operator, value] with an operator among "
+                    f"{', '.join(OPS)}; e.g. where={{'sex': 'F', 'age': ('>=', 18)}}."
+                )
+            if not isinstance(item[0], str):
+                raise DPError("A filter's column must be a column name.")
+            if item[1] == "in" and not isinstance(item[2], list):
+                raise DPError(f"The filter on {item[0]!r} with 'in' needs a list of values.")
+            where.append((item[0], item[1], item[2]))
+        column = request.get("column")
+        if column is not None and not isinstance(column, str):
+            raise DPError("column must be a column name.")
+        target = request.get("target")
+        if target is not None and not isinstance(target, str):
+            raise DPError("target must be a column name.")
+        quantile = request.get("quantile")
+        if kind == "median":
+            quantile = 0.5
+        if kind == "quantile" and (not isinstance(quantile, int | float) or not 0 <= quantile <= 1):
+            raise DPError("A quantile query needs quantile= a number between 0 and 1.")
+        bins = request.get("bins", 10)
+        if not isinstance(bins, int) or not 1 <= bins <= 1000:
+            raise DPError("bins must be a whole number from 1 to 1000.")
+        share = None if quantile is None else float(quantile)
+        query = cls(kind, dataset, epsilon, column, by, tuple(where), share, bins, features, target)
+        query._check_shape()
+        return query
+
+    def _check_shape(self) -> None:
+        if self.kind in NUMERIC_KINDS and not self.column:
+            raise DPError(f"A {self.kind} query needs column= the variable to summarise.")
+        if self.kind == "crosstab" and len(self.by) < 2:
+            raise DPError("A crosstab needs two categorical variables (rows and columns).")
+        if self.kind == "histogram" and self.by:
+            raise DPError("A histogram has no group-by; filter with where= instead.")
+        if self.kind in REGRESSIONS:
+            if not self.features or not self.target:
+                raise DPError(f"A {self.kind} needs features=[...] and target=.")
+            if self.by:
+                raise DPError("Regressions have no group-by; filter with where= instead.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "dataset": self.dataset,
+            "epsilon": self.epsilon,
+            "column": self.column,
+            "by": list(self.by),
+            "where": [list(w) for w in self.where],
+            "quantile": self.quantile,
+            "bins": self.bins,
+            "features": list(self.features),
+            "target": self.target,
+        }
+
+    def columns(self) -> list[str]:
+        """Every column the query reads."""
+        names = [*(w[0] for w in self.where), *self.by, *self.features]
+        names += [c for c in (self.column, self.target) if c]
+        return list(dict.fromkeys(names))
+
+    def bounded_columns(self) -> list[str]:
+        """Columns whose public min/max the mechanism needs."""
+        if self.kind in NUMERIC_KINDS:
+            return [self.column] if self.column else []
+        if self.kind == "linear_regression":
+            return [*self.features, *([self.target] if self.target else [])]
+        if self.kind == "logistic_regression":
+            return list(self.features)
+        return []
+
+    def categorical_columns(self) -> list[str]:
+        """Columns whose public category list the query needs (group cells, a binary target)."""
+        out = list(self.by)
+        if self.kind == "logistic_regression" and self.target:
+            out.append(self.target)
+        return out
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(dict.fromkeys(value))
+    raise DPError(f"{what} must be a column name or a list of column names.")
+
+
+def check_against_policy(query: Query, dp: DPPolicy, policy_path: str, granted: list[str]) -> None:
+    """Refuse a query that reads a column not granted, or needs bounds the policy lacks."""
+    for name in query.columns():
+        if name not in granted:
+            raise DPError(
+                f"The dataset {query.dataset!r} has no granted variable {name!r} in this project; "
+                f"the granted ones are {', '.join(granted)}."
+            )
+    for name in query.bounded_columns():
+        bounds = dp.variables.get(name)
+        if bounds is None or not bounds.numeric:
+            raise DPPolicyError(
+                f"The variable {name!r} has no public bounds (min and max) in the dataset policy "
+                f"{policy_path}, and bounds are never taken from the data; ask the data holder to "
+                f"declare them under dp.variables.{name}."
+            )
+    for name in query.categorical_columns():
+        bounds = dp.variables.get(name)
+        if bounds is None or not bounds.categories:
+            raise DPPolicyError(
+                f"The variable {name!r} has no category list in the dataset policy {policy_path}, "
+                "and categories are never taken from the data; ask the data holder to declare "
+                f"them under dp.variables.{name}.categories."
+            )
+    if (
+        query.kind == "logistic_regression"
+        and query.target
+        and len(dp.variables[query.target].categories) != 2
+    ):
+        raise DPError(
+            f"A logistic regression needs a target with two categories; {query.target!r} "
+            f"has {len(dp.variables[query.target].categories)}."
+        )
+    if dp.max_epsilon_per_query is not None and query.epsilon > dp.max_epsilon_per_query:
+        raise DPError(
+            f"The data holder allows at most epsilon {dp.max_epsilon_per_query:g} per query on "
+            f"{query.dataset!r}; ask with a smaller epsilon."
+        )
+
+
+# --- computing -------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """A DP answer: cells (labels and values), the mechanism, its noise scale and intervals."""
+
+    kind: str
+    epsilon: float
+    mechanism: str
+    sensitivity: float | None
+    noise_scale: float | list[float] | None
+    by: list[str] = field(default_factory=list)
+    labels: list[list[Any]] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    interval95: list[list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "epsilon": self.epsilon,
+            "mechanism": self.mechanism,
+            "sensitivity": self.sensitivity,
+            "noise_scale": self.noise_scale,
+            "by": self.by,
+            "labels": self.labels,
+            "values": self.values,
+            "interval95": self.interval95,
+            **self.extra,
+            "notes": self.notes,
+        }
+
+
+def _accountant() -> Any:
+    # A fresh accountant per call: diffprivlib's default one would grow in a long-lived worker.
+    from diffprivlib import BudgetAccountant
+
+    return BudgetAccountant()
+
+
+def geometric_halfwidth95(epsilon: float, sensitivity: float = 1.0) -> int:
+    """Smallest t with P(|two-sided geometric noise| <= t) >= 95 %, p = exp(-epsilon/s)."""
+    p = math.exp(-epsilon / sensitivity)
+    # P(|X| > t) = 2 p^(t+1) / (1 + p)
+    t = math.log(0.05 * (1 + p) / 2) / math.log(p) - 1
+    return max(0, math.ceil(t - 1e-12))
+
+
+def _filter_mask(table: pa.Table, where: tuple[tuple[str, str, Any], ...]) -> pa.Array | None:
+    mask = None
+    for column, op, value in where:
+        arr = table.column(column)
+        try:
+            if op == "in":
+                cond = pc.is_in(arr, value_set=pa.array(value).cast(arr.type))
+            else:
+                cond = getattr(pc, OPS[op])(arr, pa.scalar(value).cast(arr.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise DPError(
+                f"The filter value {value!r} does not fit the variable {column!r} ({arr.type})."
+            ) from None
+        cond = pc.fill_null(cond, False)
+        mask = cond if mask is None else pc.and_(mask, cond)
+    return mask
+
+
+def _cell_codes(table: pa.Table, by: tuple[str, ...], dp: DPPolicy) -> tuple[np.ndarray, int]:
+    """Each row's cell number over the declared categories (-1: a value outside them)."""
+    codes = np.zeros(table.num_rows, dtype=np.int64)
+    valid = np.ones(table.num_rows, dtype=bool)
+    stride = 1
+    for name in reversed(by):
+        cats = dp.variables[name].categories
+        arr = table.column(name)
+        try:
+            value_set = pa.array(list(cats)).cast(arr.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DPPolicyError(
+                f"The categories declared for {name!r} do not fit its type ({arr.type})."
+            ) from None
+        index = pc.index_in(arr, value_set=value_set)
+        valid &= index.is_valid().to_numpy(zero_copy_only=False)
+        codes += stride * index.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        stride *= len(cats)
+    codes[~valid] = -1
+    return codes, stride
+
+
+def _labels(by: tuple[str, ...], dp: DPPolicy) -> list[list[Any]]:
+    if not by:
+        return [[]]
+    grids = np.meshgrid(*[np.arange(len(dp.variables[b].categories)) for b in by], indexing="ij")
+    flat = [g.ravel() for g in grids]
+    return [
+        [dp.variables[b].categories[int(flat[j][i])] for j, b in enumerate(by)]
+        for i in range(len(flat[0]))
+    ]
+
+
+def _numeric(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric column as float64 and its not-missing mask."""
+    arr = table.column(name)
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        raise DPError(
+            f"The variable {name!r} is {arr.type}, not a number, so it cannot be summarised."
+        )
+    present = arr.is_valid().to_numpy(zero_copy_only=False)
+    values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return values, present
+
+
+def compute(query: Query, table: pa.Table, dp: DPPolicy, random_state: Any = None) -> Answer:
+    """Answer ``query`` over ``table`` (the extract's columns) with diffprivlib.
+
+    ``random_state`` is for tests only (a seeded numpy RandomState); by default every mechanism
+    draws from the operating system's secure generator.
+    """
+    from diffprivlib.utils import PrivacyLeakWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyLeakWarning)
+        try:
+            return _compute(query, table, dp, random_state)
+        except PrivacyLeakWarning as exc:  # a bound that would come from the data
+            raise DPPolicyError(
+                f"diffprivlib would have taken a bound from the data ({exc}); the query was "
+                "refused. Declare the bounds in the dataset policy."
+            ) from None
+
+
+def _compute(query: Query, table: pa.Table, dp: DPPolicy, rng: Any) -> Answer:
+    mask = _filter_mask(table, query.where)
+    keep = None if mask is None else mask.to_numpy(zero_copy_only=False)
+    if query.kind in REGRESSIONS:
+        return _regression(query, table, dp, keep, rng)
+    if query.by:
+        codes, ncells = _cell_codes(table, query.by, dp)
+        if ncells > MAX_CELLS:
+            raise DPError(
+                f"The group-by makes {ncells:,} cells; at most {MAX_CELLS:,} are allowed."
+            )
+    else:
+        codes, ncells = np.zeros(table.num_rows, dtype=np.int64), 1
+    if keep is not None:
+        codes = np.where(keep, codes, -1)
+    labels = _labels(query.by, dp)
+    if query.kind in ("count", "crosstab"):
+        return _count(query, codes, ncells, labels, rng)
+    assert query.column is not None
+    bounds = dp.variables[query.column]
+    values, present = _numeric(table, query.column)
+    codes = np.where(present, codes, -1)
+    if query.kind == "histogram":
+        return _histogram(query, values[codes >= 0], bounds, rng)
+    return _per_cell(query, values, codes, ncells, labels, bounds, rng)
+
+
+def _count(
+    query: Query, codes: np.ndarray, ncells: int, labels: list[list[Any]], rng: Any
+) -> Answer:
+    from diffprivlib.mechanisms import GeometricTruncated
+
+    counts = np.bincount(codes[codes >= 0], minlength=ncells) if ncells > 1 else None
+    if counts is None:
+        counts = np.array([int(np.count_nonzero(codes >= 0))])
+    mech = GeometricTruncated(
+        epsilon=query.epsilon, sensitivity=1, lower=0, upper=sys.maxsize, random_state=rng
+    )
+    noisy = [int(mech.randomise(int(c))) for c in counts]
+    half = geometric_halfwidth95(query.epsilon)
+    return Answer(
+        query.kind,
+        query.epsilon,
+        "GeometricTruncated (two-sided geometric, diffprivlib)",
+        1.0,
+        1.0 / query.epsilon,
+        list(query.by),
+        labels,
+        noisy,
+        [[max(0, v - half), v + half] for v in noisy],
+        notes=[PARALLEL] if ncells > 1 else [],
+    )
+
+
+def _per_cell(
+    query: Query,
+    values: np.ndarray,
+    codes: np.ndarray,
+    ncells: int,
+    labels: list[list[Any]],
+    bounds: VariableBounds,
+    rng: Any,
+) -> Answer:
+    from diffprivlib import tools
+
+    assert bounds.lower is not None and bounds.upper is not None
+    lo, hi = bounds.lower, bounds.upper
+    width = hi - lo
+    if ncells == 1:
+        slices = [values[codes >= 0] if (codes < 0).any() else values]
+    else:
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        start = np.searchsorted(sorted_codes, 0)
+        edges = start + np.concatenate(
+            [[0], np.cumsum(np.bincount(sorted_codes[start:], minlength=ncells))]
+        )
+        ordered = values[order]
+        slices = [ordered[edges[i] : edges[i + 1]] for i in range(ncells)]
+    out: list[Any] = []
+    scales: list[float] = []
+    intervals: list[list[float]] = []
+    eps = query.epsilon
+    for cell in slices:
+        n = len(cell)
+        if query.kind == "sum":
+            value = tools.sum(cell, epsilon=eps, bounds=(lo, hi), random_state=rng,
+                              accountant=_accountant())  # fmt: skip
+            scale = width / eps
+        elif query.kind == "mean":
+            if n == 0:  # no persons: noise as for one person around the middle of the bounds
+                cell = np.array([(lo + hi) / 2])
+            value = tools.mean(cell, epsilon=eps, bounds=(lo, hi), random_state=rng,
+                               accountant=_accountant())  # fmt: skip
+            scale = width / (max(n, 1) * eps)
+        elif query.kind == "var":
+            if n < 2:
+                cell = np.array([lo, hi])[: 2 - n] if n == 0 else np.append(cell, (lo + hi) / 2)
+            value = tools.var(cell, epsilon=eps, bounds=(lo, hi), random_state=rng,
+                              accountant=_accountant())  # fmt: skip
+            m = max(len(cell), 2)
+            scale = (width / m) ** 2 * (m - 1) / eps
+        else:  # quantile, median: the exponential mechanism
+            assert query.quantile is not None
+            value = tools.quantile(cell, query.quantile, epsilon=eps, bounds=(lo, hi),
+                                   random_state=rng, accountant=_accountant())  # fmt: skip
+            scale = float("nan")
+        out.append(float(value))
+        scales.append(scale)
+        if math.isfinite(scale):
+            half = scale * Z95_LAPLACE
+            intervals.append([float(value) - half, float(value) + half])
+    mechanism = {
+        "sum": "LaplaceTruncated (diffprivlib tools.sum)",
+        "mean": "LaplaceTruncated (diffprivlib tools.mean)",
+        "var": "LaplaceBoundedDomain (diffprivlib tools.var)",
+        "quantile": "Exponential (diffprivlib tools.quantile)",
+        "median": "Exponential (diffprivlib tools.median)",
+    }[query.kind]
+    sensitivity = width if query.kind == "sum" else None
+    noise: float | list[float] | None
+    if query.kind in ("quantile", "median"):
+        noise = None
+    else:
+        noise = scales[0] if len(scales) == 1 else scales
+    notes = [f"Values are clipped to the policy's bounds [{lo:g}, {hi:g}]."]
+    if query.kind in ("mean", "var"):
+        notes.append(
+            "As in diffprivlib, the noise scale depends on the cell's number of persons, which "
+            "this model (bounded DP) treats as public."
+        )
+    return Answer(
+        query.kind,
+        eps,
+        mechanism,
+        sensitivity,
+        noise,
+        list(query.by),
+        labels,
+        out,
+        intervals if len(intervals) == len(out) else None,
+        notes=notes,
+    )
+
+
+def _histogram(query: Query, values: np.ndarray, bounds: VariableBounds, rng: Any) -> Answer:
+    from diffprivlib import tools
+
+    lo, hi = bounds.lower, bounds.upper
+    counts, edges = tools.histogram(values, epsilon=query.epsilon, bins=query.bins,
+                                    range=(lo, hi), random_state=rng,
+                                    accountant=_accountant())  # fmt: skip
+    half = geometric_halfwidth95(query.epsilon)
+    noisy = [int(c) for c in counts]
+    return Answer(
+        "histogram",
+        query.epsilon,
+        "GeometricTruncated per bin (diffprivlib tools.histogram)",
+        1.0,
+        1.0 / query.epsilon,
+        ["bin"],
+        [[f"[{edges[i]:g}, {edges[i + 1]:g})"] for i in range(len(noisy))],
+        noisy,
+        [[max(0, v - half), v + half] for v in noisy],
+        extra={"bin_edges": [float(e) for e in edges]},
+        notes=[f"Bins span the policy's bounds [{lo:g}, {hi:g}]; values outside are left out."],
+    )
+
+
+def _regression(
+    query: Query, table: pa.Table, dp: DPPolicy, keep: np.ndarray | None, rng: Any
+) -> Answer:
+    from diffprivlib import models
+
+    assert query.target is not None
+    columns = []
+    present = np.ones(table.num_rows, dtype=bool) if keep is None else keep.copy()
+    for name in query.features:
+        values, ok = _numeric(table, name)
+        columns.append(values)
+        present &= ok
+    lows = np.array([dp.variables[f].lower for f in query.features], dtype=float)
+    highs = np.array([dp.variables[f].upper for f in query.features], dtype=float)
+    if query.kind == "linear_regression":
+        y, ok = _numeric(table, query.target)
+        tb = dp.variables[query.target]
+        assert tb.lower is not None and tb.upper is not None
+        y = np.clip(y[present & ok], tb.lower, tb.upper)
+        x = np.column_stack(columns)[present & ok]
+        x = np.clip(x, lows, highs)
+        model = models.LinearRegression(
+            epsilon=query.epsilon, bounds_X=(lows, highs), bounds_y=(tb.lower, tb.upper),
+            random_state=rng, accountant=_accountant(),
+        )  # fmt: skip
+        mechanism = "Functional mechanism (diffprivlib LinearRegression)"
+    else:
+        cats = dp.variables[query.target].categories
+        arr = table.column(query.target)
+        index = pc.index_in(arr, value_set=pa.array(list(cats)).cast(arr.type))
+        ok = index.is_valid().to_numpy(zero_copy_only=False)
+        y = index.fill_null(0).to_numpy(zero_copy_only=False)[present & ok]
+        x = np.clip(np.column_stack(columns)[present & ok], lows, highs)
+        norm = float(np.sqrt(np.sum(np.maximum(np.abs(lows), np.abs(highs)) ** 2)))
+        model = _logistic(query.epsilon, norm, rng)
+        mechanism = "Objective perturbation (diffprivlib LogisticRegression)"
+    if len(y) < 2:
+        raise DPError("Too few persons pass the filter to fit a model; widen the filter.")
+    model.fit(x, y)
+    coef = np.ravel(model.coef_).tolist()
+    intercept = float(np.ravel([model.intercept_])[0])
+    names = ["intercept", *query.features]
+    return Answer(
+        query.kind,
+        query.epsilon,
+        mechanism,
+        None,
+        None,
+        ["term"],
+        [[n] for n in names],
+        [intercept, *coef],
+        None,
+        extra={"target": query.target},
+        notes=["Features are clipped to the policy's bounds."],
+    )
+
+
+def _logistic(epsilon: float, data_norm: float, rng: Any) -> Any:
+    """diffprivlib's LogisticRegression without the ``multi_class`` argument that scikit-learn
+    1.8 no longer takes (diffprivlib 0.6.6 still passes it; its fit does not use it)."""
+    from diffprivlib.models import LogisticRegression
+    from sklearn import linear_model
+
+    class _Logit(LogisticRegression):  # type: ignore[misc]
+        def __init__(
+            self,
+            *,
+            epsilon: float = 1.0,
+            data_norm: float | None = None,
+            tol: float = 1e-4,
+            C: float = 1.0,
+            fit_intercept: bool = True,
+            max_iter: int = 100,
+            verbose: int = 0,
+            warm_start: bool = False,
+            n_jobs: int | None = None,
+            random_state: Any = None,
+            accountant: Any = None,
+        ) -> None:
+            linear_model.LogisticRegression.__init__(
+                self, penalty="l2", dual=False, tol=tol, C=C, fit_intercept=fit_intercept,
+                intercept_scaling=1.0, class_weight=None, random_state=random_state,
+                solver="lbfgs", max_iter=max_iter, verbose=verbose, warm_start=warm_start,
+                n_jobs=n_jobs,
+            )  # fmt: skip
+            self.epsilon = epsilon
+            self.data_norm = data_norm
+            self.classes_ = None
+            self.accountant = accountant if accountant is not None else _accountant()
+
+    return _Logit(epsilon=epsilon, data_norm=data_norm, random_state=rng, accountant=_accountant())

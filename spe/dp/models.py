@@ -1,0 +1,52 @@
+"""Tables of differentially private queries: the budget ledger and the queries it paid for.
+
+Epsilon is kept in whole micro-units (BigInteger) so that the ledger's conditional update
+``spent + cost <= total`` is exact: 30 queries of 0.1 spend 3.0, not 3.0000000000000004.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from spe.db.base import Base, new_id, utcnow
+
+MICRO = 1_000_000  # micro-epsilon per epsilon
+
+
+class DPBudget(Base):
+    """What a project may spend on one aggregate-only dataset, and what it has spent."""
+
+    __tablename__ = "dp_budgets"
+    __table_args__ = (UniqueConstraint("project_id", "dataset_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
+    total_micro: Mapped[int] = mapped_column(BigInteger)
+    spent_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DPQuery(Base):
+    """One query, answered (its noisy result is a released output) or refused with the reason.
+
+    The id is the job's: a worker that runs the job twice finds the answer already here.
+    """
+
+    __tablename__ = "dp_queries"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[str] = mapped_column(Text)  # JSON of the query as asked
+    epsilon_micro: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # released | refused
+    result: Mapped[str] = mapped_column(Text)  # JSON: the answer, or {"error": sentence}
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
