@@ -993,10 +993,15 @@ def _check_can_accept(
             f"Project {project.slug} is not running, so nothing can be exported."
         )
     if request.status not in (S.IN_REVIEW, S.CHANGES_REQUESTED):
+        then = (
+            "wait for the check to finish"
+            if request.status == S.CHECKING
+            else "file a new request for the table instead"
+        )
         raise ExportStateError(
             f"Request {short_id(request)} cannot take a safe version now: "
             f"{describe_status(request)}. A safe version replaces a failing table while the "
-            "request is in review or returned for changes; file a new request for it instead."
+            f"request is in review or returned for changes; {then}."
         )
     check_transition(request, S.CHECKING, "sent back to the check")
 

@@ -251,7 +251,7 @@ def test_refusals_say_what_to_do_and_change_nothing(workspace):
     assert table_snapshot() == before
 
     act(RESEARCHER, actions.withdraw, rid, "wrong table")
-    with pytest.raises(ExportStateError, match="it was withdrawn"):
+    with pytest.raises(ExportStateError, match=r"it was withdrawn.*file a new request"):
         act(RESEARCHER, accept, rid, "county_cohort.csv")
     assert not preview(RESEARCHER, rid, "county_cohort.csv")["can_accept"]
 
@@ -273,6 +273,16 @@ def test_a_frozen_file_altered_in_storage_stops_the_new_round_and_nothing_is_kep
     assert not round_2.exists() and not list(round_2.parent.glob(".tmp-*"))
 
 
+def test_a_closed_project_takes_no_safe_version(workspace):
+    from spe.projects.service import close_project
+
+    rid = file_(workspace, "county_cohort.csv")
+    with transaction() as s:
+        close_project(s, get_user(s, HOLDER), get_project(s, workspace["project"]), "Ended.")
+    with pytest.raises(PermissionDenied, match="is closed, so its data cannot be used"):
+        act(RESEARCHER, actions.accept_safe_version, rid, "county_cohort.csv")
+
+
 def _project_id(rid: str) -> str:
     with readonly() as s:
         return str(actions.get_request(s, rid).project_id)
@@ -289,7 +299,7 @@ def test_after_changes_were_requested_the_other_outputs_come_along_and_votes_sta
     first = round_files(rid, 1)
     job = act(RESEARCHER, actions.accept_safe_version, rid, "county_cohort.csv")
     # Once the round is being checked, it cannot take another safe version.
-    with pytest.raises(ExportStateError, match="still being checked"):
+    with pytest.raises(ExportStateError, match=r"still being checked.*wait for the check"):
         act(RESEARCHER, actions.accept_safe_version, rid, "county_cohort.csv", "round")
     run_inline(job)
     second = round_files(rid, 2)
