@@ -1,5 +1,6 @@
 """Everything that happens to an export request: filing, the server-side check, votes and
-comments, the decision, release, withdrawal, resubmission, revocation and download.
+comments, the decision, release, withdrawal, resubmission, a failing table's safe version,
+revocation and download.
 
 Each action asks spe.exports.permissions who may and spe.exports.states what the status allows,
 then changes the request and writes its audit event in the same transaction.
