@@ -225,6 +225,25 @@ def test_a_describe_table_is_made_safe_by_leaving_its_failing_statistics_out(wor
     assert round_files(rid, 2)["d.csv"][1].decode() == shown["csv"]
 
 
+@pytest.mark.parametrize("by", [[], ["sex"]])
+def test_a_histogram_is_made_safe_by_rounding_its_counts(workspace, by):
+    import spe.analysis as sa
+
+    pop = sa.load("population")
+    assert not sa.hist(pop, "birth_date", bins=40, by=by or None, name="years").passed
+    rid = file_(workspace, "years.csv")
+    shown = preview(RESEARCHER, rid, "years.csv", "round")
+    run_inline(act(RESEARCHER, actions.accept_safe_version, rid, "years.csv", "round"))
+    after = seen_by(RESEARCHER, rid)["outputs"][0]
+    assert after["check_status"] == shown["status"], after["reasons"]
+    data = round_files(rid, 2)["years.csv"][1]
+    assert data.decode() == shown["csv"]
+    lines = csv_cells(data)[(2 if by else 1) :]
+    counts = [int(v) for row in lines for v in row[1:] if v]
+    assert counts and all(v % 5 == 0 for v in counts)
+    assert shown["rounded_cells"] > 0
+
+
 def test_refusals_say_what_to_do_and_change_nothing(workspace):
     rid = file_(workspace, "notes.txt", "county_by_sex.csv", "county_cohort.csv")
     view = {o["name"]: o["check_status"] for o in seen_by(RESEARCHER, rid)["outputs"]}
