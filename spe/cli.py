@@ -1078,6 +1078,10 @@ from spe.exports.commands import export  # noqa: E402 - the group lives with its
 
 cli.add_command(export)
 
+from spe.dp.commands import dp  # noqa: E402 - the group lives with its capability
+
+cli.add_command(dp)
+
 from spe.k8s.commands import k8s  # noqa: E402 - the group lives with its capability
 
 cli.add_command(k8s)

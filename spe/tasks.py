@@ -94,7 +94,18 @@ def _export_check(params: dict[str, Any], progress: jobs.Progress) -> dict[str, 
     return run_checks(params["request"], int(params["round"]), progress)
 
 
-WORK = {"ingest": _ingest, "extract": _extract, "export_check": _export_check}
+def _dp_query(params: dict[str, Any], progress: jobs.Progress) -> dict[str, Any]:
+    from spe.dp.service import run_query
+
+    return run_query(str(progress.job_id), params)
+
+
+WORK = {
+    "ingest": _ingest,
+    "extract": _extract,
+    "export_check": _export_check,
+    "dp_query": _dp_query,
+}
 
 
 @app.task(name="spe.run_job", bind=True)

@@ -45,6 +45,8 @@ class Action(enum.StrEnum):
     DATASET_ACCESS_LOG = "dataset.access_log"
     AUDIT_READ = "audit.read"
     AUDIT_VERIFY = "audit.verify"
+    DP_BUDGET_VIEW = "dp.budget_view"
+    DP_BUDGET_TOPUP = "dp.budget_topup"
 
 
 # Roles held per organisation, and roles held for the whole platform.
@@ -240,6 +242,20 @@ def _holder_reviewer(what: str) -> Rule:
     return rule
 
 
+def _dp_budget_view(_s: Session, actor: User, t: Target) -> str | None:
+    project = t.project
+    if project is None:
+        return "Name the project."
+    if holds(actor, Role.HOLDER_REVIEWER, project.holder_id):
+        return None
+    if _is_member(project, actor) and holds(actor, Role.RESEARCHER):
+        return None
+    return (
+        f"Only members of project {project.slug} and reviewers of its data holder may see its "
+        "privacy budgets."
+    )
+
+
 def _auditor(_s: Session, actor: User, _t: Target) -> str | None:
     if holds(actor, Role.AUDITOR):
         return None
@@ -273,6 +289,8 @@ RULES: dict[Action, Rule] = {
     Action.DATASET_ACCESS_LOG: _holder_reviewer("see who used its data"),
     Action.AUDIT_READ: _auditor,
     Action.AUDIT_VERIFY: _verifier,
+    Action.DP_BUDGET_VIEW: _dp_budget_view,
+    Action.DP_BUDGET_TOPUP: _holder_reviewer("top up a project's privacy budget"),
 }
 
 

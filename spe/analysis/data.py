@@ -79,7 +79,18 @@ def load(
     """
     import pyarrow.parquet as pq
 
-    path = dataset_path(name)
+    try:
+        path = dataset_path(name)
+    except AnalysisError:
+        from spe.dp.client import aggregate_only_datasets
+
+        if name in aggregate_only_datasets():
+            raise AnalysisError(
+                f"The dataset {name!r} is aggregate-only: its rows are not available in a "
+                "workspace. Use spe.dp.* (count, mean, crosstab, ...: differentially private, "
+                "each query spends privacy budget)."
+            ) from None
+        raise
     try:
         schema_names = pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises several types on a broken file

@@ -560,7 +560,7 @@ def _logistic(epsilon: float, data_norm: float, rng: Any) -> Any:
     from diffprivlib.models import LogisticRegression
     from sklearn import linear_model
 
-    class _Logit(LogisticRegression):  # type: ignore[misc]
+    class _Logit(LogisticRegression):
         def __init__(
             self,
             *,

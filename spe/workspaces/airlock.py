@@ -82,6 +82,9 @@ def _load(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise AirlockError("columns must be a list of column names.")
     rows = request.get("rows")
+    from spe.dp.verbs import refuse_rows_load
+
+    refuse_rows_load(ws, dataset)  # an aggregate-only dataset is never read as rows
     with get_engine().begin() as conn:
         record(
             conn,
@@ -146,6 +149,12 @@ def _exports(ws: RunningWorkspace, _request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "requests": mine}
 
 
+def _dp(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
+    from spe.dp.verbs import VERBS
+
+    return VERBS[request["op"]](ws, request)
+
+
 def _hello(ws: RunningWorkspace, _request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "workspace": ws.name, "project": ws.project, "user": ws.username}
 
@@ -156,6 +165,9 @@ OPERATIONS: dict[str, Callable[[RunningWorkspace, dict[str, Any]], dict[str, Any
     "load": _load,
     "export": _export,
     "exports": _exports,
+    "dp": _dp,  # a differentially private query (spe.dp), answered at once
+    "dp_budget": _dp,
+    "dp_datasets": _dp,
 }
 
 

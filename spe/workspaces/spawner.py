@@ -142,7 +142,10 @@ def admit_workspace(username: str, project_slug: str) -> WorkspacePlan:
         user = session.scalar(select(User).where(User.username == username))
         project = session.scalar(select(Project).where(Project.slug == project_slug))
         assert user is not None and project is not None
-        mounts = workspace_mounts(session, project)
+        from spe.dp.service import row_mounts
+
+        # Aggregate-only datasets get no mount: they are queried through spe.dp only.
+        mounts = row_mounts(session, project, workspace_mounts(session, project))
         workspace_started(session, user, project)
     return WorkspacePlan(project_slug, username, layout.host_paths(project_slug, username), mounts)
 

@@ -187,6 +187,22 @@ def _cluster() -> Any:
     return FakeCluster()
 
 
+def _dp_topup(s: Any) -> Any:
+    """A data holder tops up study's budget for 'people', made aggregate-only for the scenario."""
+    from spe.catalogue.models import Dataset
+    from spe.dp import service as dp
+    from spe.dp.models import DPBudget
+    from spe.projects.extracts import grant_dataset
+
+    study = proj(s, "study")
+    grant_dataset(s, u(s, "reviewer"), study, "people", ["income"])
+    people = s.scalar(select(Dataset).where(Dataset.name == "people"))
+    people.access = "aggregate_only"
+    s.add(DPBudget(project_id=study.id, dataset_id=people.id, total_micro=10**6, spent_micro=0))
+    s.flush()
+    return dp.topup(s, u(s, "reviewer"), study, "people", 1.0)
+
+
 def _ex() -> Any:
     from spe.exports import actions
 
@@ -194,6 +210,7 @@ def _ex() -> Any:
 
 
 SCENARIOS: dict[str, Callable[[Any], Any]] = {
+    "spe.dp.service.topup": _dp_topup,
     "spe.accounts.service.bootstrap_operator": _bootstrap,
     "spe.accounts.service.create_organisation": lambda s: accounts.create_organisation(
         s, u(s, "op"), "New Org", accounts.parse_org_kind("holder")
@@ -347,6 +364,8 @@ ALLOWED_UNREGISTERED = {
     "spe.keys.pseudonyms.destroy_scope_key": "its caller records the deletion certificate",
     "spe.jobs.service.claim": "job bookkeeping; the jobs table is exempt (submission is audited)",
     "spe.jobs.service.finish": "job bookkeeping; the jobs table is exempt (results are audited)",
+    "spe.dp.service.run_query": "runs its own transactions; records dp.query or "
+    "dp.query_refused with the ledger update (tests/integration/test_dp_budget.py proves it)",
     "spe.projects.extracts.extract": "runs its own transactions; records project.extract "
     "(tests/integration/test_ingest.py proves it)",
 }

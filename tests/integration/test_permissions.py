@@ -61,6 +61,8 @@ EXPECTED: dict[Action, set[Role]] = {
     Action.DATASET_ACCESS_LOG: {REV},
     Action.AUDIT_READ: {AUD},
     Action.AUDIT_VERIFY: {AUD, OP},
+    Action.DP_BUDGET_VIEW: {REV, RES},
+    Action.DP_BUDGET_TOPUP: {REV},
 }
 
 
@@ -89,7 +91,7 @@ def _target(session, action: Action, actor) -> Target:
         return Target(organisation=uni, user=researcher2, role=Role.RESEARCHER)
     if action == Action.TERMS_ACCEPT:
         return Target(user=actor)
-    if action.value.startswith("project."):
+    if action.value.startswith(("project.", "dp.")):
         return Target(project=study, user=researcher2)
     return Target()
 

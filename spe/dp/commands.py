@@ -1,0 +1,52 @@
+"""`spe dp ...`: see and top up privacy budgets from the command line.
+
+The commands only parse options and print; the rules live in spe.dp.service.
+"""
+
+from __future__ import annotations
+
+import click
+
+from spe.clictx import acting
+
+
+@click.group("dp")
+def dp() -> None:
+    """Differentially private queries: privacy budgets per project and dataset."""
+
+
+@dp.command("budget")
+@click.option("--project", "slug", required=True, help="The project's short name.")
+@click.pass_context
+def budget(ctx: click.Context, slug: str) -> None:
+    """Show each aggregate-only dataset's total, spent and remaining epsilon."""
+    from spe.dp.service import budgets
+
+    with acting(ctx) as (session, actor):
+        rows = budgets(session, actor, slug)
+    if not rows:
+        click.echo(f"Project {slug} has no aggregate-only dataset, so no privacy budget.")
+        return
+    click.echo(f"{'dataset':<20} {'total':>8} {'spent':>8} {'remaining':>10} {'queries':>8}")
+    for row in rows:
+        click.echo(
+            f"{row['dataset']:<20} {row['total']:>8g} {row['spent']:>8g} "
+            f"{row['remaining']:>10g} {row['queries']:>8}"
+        )
+
+
+@dp.command("topup")
+@click.argument("slug", metavar="PROJECT")
+@click.argument("dataset")
+@click.option("--epsilon", type=float, required=True, help="How much epsilon to add.")
+@click.pass_context
+def topup(ctx: click.Context, slug: str, dataset: str, epsilon: float) -> None:
+    """Add epsilon to a project's budget for an aggregate-only dataset (data holder)."""
+    from spe.dp.service import topup as add
+
+    with acting(ctx) as (session, actor):
+        row = add(session, actor, slug, dataset, epsilon)
+    click.echo(
+        f"Topped up {slug}/{dataset} by {epsilon:g}: total {row['total']:g}, spent "
+        f"{row['spent']:g}, remaining {row['remaining']:g}."
+    )

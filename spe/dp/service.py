@@ -1,0 +1,490 @@
+"""Privacy budgets and the life of a DP query: asked through the airlock, run by a worker.
+
+The ledger is sequential composition per (project, dataset): a query is charged with one
+conditional UPDATE (``spent + cost <= total``) in the same transaction as its audit event and
+its recorded answer, so two concurrent queries can never overspend. Nothing here imports
+diffprivlib; the computation is in ``spe.dp.compute``, loaded by the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from spe.accounts.models import User
+from spe.accounts.permissions import Action, Target, check_can
+from spe.audit import record, state_change
+from spe.catalogue.models import Dataset
+from spe.db.base import new_id, utcnow
+from spe.dp.errors import BudgetExhausted, DPError, DPPolicyError, WrongAccessPath
+from spe.dp.models import MICRO, DPBudget, DPQuery
+from spe.errors import NotFound
+from spe.ingest.policy import DatasetPolicy, PolicyError, load_policy
+from spe.projects.models import Project, ProjectGrant
+
+AGGREGATE_ONLY = "aggregate_only"
+WAIT_SECONDS = 300.0
+
+
+def micro(epsilon: float) -> int:
+    return round(epsilon * MICRO)
+
+
+def eps(micro_units: int) -> float:
+    return micro_units / MICRO
+
+
+# --- policies and access ---------------------------------------------------------------------
+
+
+def dataset_policy(name: str) -> DatasetPolicy:
+    """The policy of an aggregate-only dataset (policies/datasets/<name>.yaml) with its dp."""
+    from spe.config import get_settings
+
+    path = Path(get_settings().policies_dir) / "datasets" / f"{name}.yaml"
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        raise DPPolicyError(
+            f"The dataset {name!r} cannot be queried: its policy is not usable ({exc.message})"
+        ) from None
+    if policy.dataset != name or policy.access != AGGREGATE_ONLY or policy.dp is None:
+        raise DPPolicyError(
+            f"The policy {path} does not declare {name!r} as access: aggregate_only with a dp "
+            "block, so it cannot be queried with DP; ask the data holder."
+        )
+    return policy
+
+
+def _project(session: Session, project: Project | str) -> Project:
+    if isinstance(project, Project):
+        return project
+    found = session.scalar(select(Project).where(Project.slug == project))
+    if found is None:
+        raise NotFound(f"There is no project {project!r}.")
+    return found
+
+
+def _grant(session: Session, project: Project, name: str) -> tuple[Dataset, ProjectGrant]:
+    row = session.execute(
+        select(Dataset, ProjectGrant)
+        .join(ProjectGrant, ProjectGrant.dataset_id == Dataset.id)
+        .where(ProjectGrant.project_id == project.id, Dataset.name == name)
+    ).first()
+    if row is None:
+        raise NotFound(f"Project {project.slug} has no dataset {name!r}.")
+    return row[0], row[1]
+
+
+def aggregate_only_datasets(session: Session, project: Project) -> list[str]:
+    """The project's granted datasets that may be used only through DP queries."""
+    return list(
+        session.scalars(
+            select(Dataset.name)
+            .join(ProjectGrant, ProjectGrant.dataset_id == Dataset.id)
+            .where(ProjectGrant.project_id == project.id, Dataset.access == AGGREGATE_ONLY)
+            .order_by(Dataset.name)
+        )
+    )
+
+
+def row_mounts(session: Session, project: Project, mounts: dict[str, Path]) -> dict[str, Path]:
+    """``mounts`` without the aggregate-only datasets: their rows never enter a workspace."""
+    hidden = set(aggregate_only_datasets(session, project))
+    return {name: folder for name, folder in mounts.items() if name not in hidden}
+
+
+def refuse_rows_read(session: Session, project_slug: str, dataset: str) -> None:
+    """Raise WrongAccessPath when ``dataset`` is aggregate-only in the project."""
+    project = _project(session, project_slug)
+    if dataset in aggregate_only_datasets(session, project):
+        raise WrongAccessPath(rows_refusal(dataset))
+
+
+def rows_refusal(dataset: str) -> str:
+    return (
+        f"The dataset {dataset!r} is aggregate-only: its rows are not available in a workspace. "
+        f"Query it with spe.dp.count / sum / mean / ... (differentially private; each query "
+        "spends privacy budget)."
+    )
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+
+def _budget_row(session: Session, project: Project, dataset: Dataset) -> DPBudget | None:
+    return session.scalar(
+        select(DPBudget).where(DPBudget.project_id == project.id, DPBudget.dataset_id == dataset.id)
+    )
+
+
+def _ensure_budget(session: Session, project: Project, dataset: Dataset) -> bool:
+    """Open the ledger row with the policy's epsilon_total; True when this call made it.
+    INSERT ... ON CONFLICT DO NOTHING, so concurrent first queries make one row."""
+    if _budget_row(session, project, dataset) is not None:
+        return False
+    policy = dataset_policy(dataset.name)
+    assert policy.dp is not None
+    now = utcnow()
+    values = {
+        "id": new_id(),
+        "project_id": project.id,
+        "dataset_id": dataset.id,
+        "total_micro": micro(policy.dp.epsilon_total),
+        "spent_micro": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(DPBudget).values(**values)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(DPBudget).values(**values)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["project_id", "dataset_id"])
+    made = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    if made:
+        record(
+            session,
+            "system:dp",
+            "dp.budget_open",
+            f"project:{project.slug}",
+            {"epsilon_total": policy.dp.epsilon_total, "policy": str(policy.path)},
+            project=project.slug,
+            dataset=dataset.name,
+        )
+    return made
+
+
+def _budget_view(session: Session, project: Project, dataset: Dataset) -> dict[str, Any]:
+    row = _budget_row(session, project, dataset)
+    if row is None:
+        try:
+            policy = dataset_policy(dataset.name)
+            assert policy.dp is not None
+            total, spent = micro(policy.dp.epsilon_total), 0
+        except DPPolicyError:
+            total, spent = 0, 0
+    else:
+        total, spent = row.total_micro, row.spent_micro
+    queries = session.scalar(
+        select(func.count(DPQuery.id)).where(
+            DPQuery.project_id == project.id,
+            DPQuery.dataset_id == dataset.id,
+            DPQuery.status == "released",
+        )
+    )
+    return {
+        "dataset": dataset.name,
+        "total": eps(total),
+        "spent": eps(spent),
+        "remaining": eps(total - spent),
+        "queries": int(queries or 0),
+    }
+
+
+def budgets(session: Session, user: User, project: Project | str) -> list[dict[str, Any]]:
+    """Each aggregate-only dataset of the project: total, spent and remaining epsilon."""
+    project = _project(session, project)
+    check_can(session, user, Action.DP_BUDGET_VIEW, Target(project=project))
+    out = []
+    for name in aggregate_only_datasets(session, project):
+        dataset, _grant_row = _grant(session, project, name)
+        out.append(_budget_view(session, project, dataset))
+    return out
+
+
+@state_change("dp.budget_topup")
+def topup(
+    session: Session, user: User, project: Project | str, dataset: str, epsilon: float
+) -> dict[str, Any]:
+    """Add ``epsilon`` to the project's budget for an aggregate-only dataset (data holder only)."""
+    project = _project(session, project)
+    check_can(session, user, Action.DP_BUDGET_TOPUP, Target(project=project))
+    if not isinstance(epsilon, int | float) or not 0 < epsilon <= 1000:
+        raise DPError("Top up by a positive epsilon of at most 1000, e.g. --epsilon 1.0.")
+    found, _grant_row = _grant(session, project, dataset)
+    if found.access != AGGREGATE_ONLY:
+        raise WrongAccessPath(
+            f"The dataset {dataset!r} gives rows access to project {project.slug}, so it has no "
+            "privacy budget."
+        )
+    _ensure_budget(session, project, found)
+    session.execute(
+        update(DPBudget)
+        .where(DPBudget.project_id == project.id, DPBudget.dataset_id == found.id)
+        .values(total_micro=DPBudget.total_micro + micro(epsilon), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    view = _budget_view(session, project, found)
+    record(
+        session,
+        user,
+        "dp.budget_topup",
+        f"project:{project.slug}",
+        {"epsilon": epsilon, "total": view["total"], "remaining": view["remaining"]},
+        project=project.slug,
+        dataset=dataset,
+    )
+    return view
+
+
+# --- asking (the airlock's side) ---------------------------------------------------------------
+
+
+def _checked_query(session: Session, user: User, project: Project, request: dict[str, Any]) -> Any:
+    """The query, validated against the grant, the access path and the policy's bounds."""
+    from spe.dp.compute import Query, check_against_policy
+
+    check_can(session, user, Action.PROJECT_DATA_ACCESS, Target(project=project))
+    query = Query.from_request(request)
+    dataset, grant = _grant(session, project, query.dataset)
+    if dataset.access != AGGREGATE_ONLY:
+        raise WrongAccessPath(
+            f"The dataset {query.dataset!r} gives rows access in project {project.slug}; load it "
+            "with spe.analysis.load and check results with the disclosure helpers instead of DP."
+        )
+    policy = dataset_policy(query.dataset)
+    assert policy.dp is not None
+    check_against_policy(query, policy.dp, str(policy.path), json.loads(grant.variables))
+    return query, dataset
+
+
+def _refusal(query: Any, remaining: int) -> str:
+    return (
+        f"The query needs epsilon {query.epsilon:g} but only {eps(remaining):g} of the privacy "
+        f"budget for {query.dataset!r} remains in this project; ask with a smaller epsilon or "
+        "ask the data holder to top up the budget."
+    )
+
+
+def submit_query(username: str, project_slug: str, request: dict[str, Any]) -> str:
+    """Validate a DP query and queue its job; returns the job id. A query over the remaining
+    budget is refused at once (and audited)."""
+    from spe.accounts.service import get_user
+    from spe.db import transaction
+    from spe.jobs import service as jobs
+
+    refused = None
+    with transaction() as session:
+        user = get_user(session, username)
+        project = _project(session, project_slug)
+        query, dataset = _checked_query(session, user, project, request)
+        row = _budget_row(session, project, dataset)
+        if row is not None and micro(query.epsilon) > row.total_micro - row.spent_micro:
+            refused = _refusal(query, row.total_micro - row.spent_micro)
+            record(
+                session,
+                user,
+                "dp.query_refused",
+                f"project:{project.slug}",
+                {"query": query.to_dict(), "reason": refused},
+                project=project.slug,
+                dataset=query.dataset,
+            )
+        else:
+            job = jobs.submit(
+                session,
+                user,
+                "dp_query",
+                {"project": project.slug, "username": username, "query": query.to_dict()},
+            )
+            job_id = str(job.id)
+    if refused is not None:
+        raise BudgetExhausted(refused)
+    return job_id
+
+
+def wait_for_answer(job_id: str, timeout: float = WAIT_SECONDS) -> dict[str, Any]:
+    """Poll the jobs table (read-only, 2 ms at first) until the query's job has finished."""
+    from spe.db import readonly
+    from spe.jobs.models import Job
+
+    key = uuid.UUID(job_id)
+    started = time.monotonic()
+    delay = 0.002
+    while True:
+        with readonly() as session:
+            row = session.execute(
+                select(Job.status, Job.result, Job.error).where(Job.id == key)
+            ).first()
+        if row is not None and row.status == "done":
+            return dict(json.loads(row.result))
+        if row is not None and row.status == "failed":
+            raise DPError(str(row.error))
+        if time.monotonic() - started > timeout:
+            raise DPError(
+                f"The query (job {job_id}) did not finish within {timeout:.0f} s; its answer "
+                "will be recorded when it does (`spe task status` shows it)."
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+
+
+def ask(username: str, project_slug: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The airlock's DP verb: submit, send to a worker, wait for the answer."""
+    from spe.tasks import dispatch
+
+    job_id = submit_query(username, project_slug, request)
+    dispatch(job_id)
+    return wait_for_answer(job_id)
+
+
+# --- running (the worker's side) ---------------------------------------------------------------
+
+_cache_lock = threading.Lock()
+_table_cache: OrderedDict[tuple[str, int, tuple[str, ...]], Any] = OrderedDict()
+CACHE_ENTRIES = 8
+
+
+def read_columns(path: Path, columns: list[str]) -> Any:
+    """The extract's columns as a pyarrow Table; a few recent reads are kept in memory (extracts
+    never change in place: a new extract is a new file)."""
+    import pyarrow.parquet as pq
+
+    key = (str(path), path.stat().st_mtime_ns, tuple(sorted(columns)))
+    with _cache_lock:
+        if key in _table_cache:
+            _table_cache.move_to_end(key)
+            return _table_cache[key]
+    table = pq.read_table(path, columns=sorted(columns))
+    with _cache_lock:
+        _table_cache[key] = table
+        while len(_table_cache) > CACHE_ENTRIES:
+            _table_cache.popitem(last=False)
+    return table
+
+
+def run_query(job_id: str, params: dict[str, Any], compute: Any = None) -> dict[str, Any]:
+    """The dp_query job: compute the answer, then charge the budget, record the answer and its
+    audit event in one transaction. Idempotent: a second run returns the recorded answer.
+    ``compute`` replaces spe.dp.compute.compute (tests)."""
+    from spe.accounts.service import get_user
+    from spe.db import readonly, transaction
+    from spe.projects.extracts import current_extracts
+    from spe.storage import data_storage
+
+    if compute is None:
+        from spe.dp.compute import compute
+    key = uuid.UUID(job_id)
+    with readonly() as session:
+        done = session.get(DPQuery, key)
+        if done is not None:
+            return _finished(done)
+        user = get_user(session, params["username"])
+        project = _project(session, params["project"])
+        query, dataset = _checked_query(session, user, project, params["query"])
+        extract = current_extracts(session, project).get(query.dataset)
+        if extract is None:
+            raise DPError(
+                f"Project {project.slug} has no extract of {query.dataset!r} yet; ask the data "
+                "holder to approve the grant."
+            )
+        path = data_storage().path(extract.path)
+        dataset_id = dataset.id
+    policy = dataset_policy(query.dataset)
+    assert policy.dp is not None
+    table = read_columns(path, query.columns())
+    answer = compute(query, table, policy.dp).to_dict()
+    cost = micro(query.epsilon)
+    with transaction() as session:
+        project = _project(session, params["project"])
+        dataset = session.get(Dataset, dataset_id)
+        assert dataset is not None
+        if session.get(DPQuery, key) is not None:  # a concurrent run of this job finished first
+            return _finished(session.get(DPQuery, key))  # type: ignore[arg-type]
+        _ensure_budget(session, project, dataset)
+        charged = session.execute(
+            update(DPBudget)
+            .where(
+                DPBudget.project_id == project.id,
+                DPBudget.dataset_id == dataset.id,
+                DPBudget.spent_micro + cost <= DPBudget.total_micro,
+            )
+            .values(spent_micro=DPBudget.spent_micro + cost, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        row = _budget_row(session, project, dataset)
+        assert row is not None
+        session.refresh(row)
+        remaining = row.total_micro - row.spent_micro
+        spec = query.to_dict()
+        if charged.rowcount == 1:  # type: ignore[attr-defined]
+            result = {**answer, "query": job_id, "dataset": query.dataset,
+                      "remaining": eps(remaining)}  # fmt: skip
+            status, action = "released", "dp.query"
+            details: dict[str, Any] = {
+                "query": job_id,
+                "spec": spec,
+                "epsilon": query.epsilon,
+                "mechanism": answer["mechanism"],
+                "remaining": eps(remaining),
+            }
+        else:
+            result = {"error": _refusal(query, remaining)}
+            status, action = "refused", "dp.query_refused"
+            details = {"query": job_id, "spec": spec, "reason": result["error"]}
+        session.add(
+            DPQuery(
+                id=key,
+                project_id=project.id,
+                dataset_id=dataset.id,
+                username=params["username"],
+                kind=query.kind,
+                spec=json.dumps(spec, sort_keys=True),
+                epsilon_micro=cost,
+                status=status,
+                result=json.dumps(result),
+            )
+        )
+        record(
+            session,
+            params["username"],
+            action,
+            f"project:{project.slug}",
+            details,
+            project=project.slug,
+            dataset=query.dataset,
+        )
+    if status == "refused":
+        raise BudgetExhausted(result["error"])
+    return result
+
+
+def _finished(done: DPQuery) -> dict[str, Any]:
+    result = dict(json.loads(done.result))
+    if done.status != "released":
+        raise BudgetExhausted(str(result.get("error")))
+    return result
+
+
+def history(session: Session, user: User, project: Project | str) -> list[dict[str, Any]]:
+    """The project's DP queries, newest first (who, when, what, epsilon, answered or refused)."""
+    project = _project(session, project)
+    check_can(session, user, Action.DP_BUDGET_VIEW, Target(project=project))
+    names = {d.id: d.name for d in session.scalars(select(Dataset))}
+    rows = session.scalars(
+        select(DPQuery).where(DPQuery.project_id == project.id).order_by(DPQuery.created_at.desc())
+    )
+    return [
+        {
+            "query": str(r.id),
+            "dataset": names.get(r.dataset_id),
+            "user": r.username,
+            "kind": r.kind,
+            "epsilon": eps(r.epsilon_micro),
+            "status": r.status,
+            "at": r.created_at,
+        }
+        for r in rows
+    ]
