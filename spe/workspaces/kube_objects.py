@@ -403,9 +403,7 @@ def _has_foreign_models(obj: Any) -> bool:
     )
 
 
-def spawner_overrides(
-    spec: WorkspaceSpec, *, airlock_url: str, hub_api_url: str | None = None
-) -> dict[str, Any]:
+def spawner_overrides(spec: WorkspaceSpec, *, airlock_url: str) -> dict[str, Any]:
     """KubeSpawner trait values for the workspace (kubespawner_override of its profile)."""
     env = {
         "SPE_WORKSPACE_DATA_DIR": str(layout.DATA),
@@ -440,10 +438,14 @@ def spawner_overrides(
         "environment": env,
         # SPE makes the home PVC itself (spe k8s / the spawner): kubespawner's own is off.
         "storage_pvc_ensure": False,
-        "extra_pod_config": {"enableServiceLinks": False, "hostNetwork": False},
+        # No resolver: lookups fail at once on loopback instead of waiting for a blocked DNS.
+        "extra_pod_config": {
+            "enableServiceLinks": False,
+            "hostNetwork": False,
+            "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["127.0.0.1"]},
+        },
     }
-    if hub_api_url:
-        overrides["hub_connect_url"] = hub_api_url
     return overrides
 
 

@@ -316,6 +316,11 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
     ).k8s.tokens.issue_workspace_token(
         s, "study", "researcher", namespace="spe", lifetime_seconds=60
     ),
+    "spe.workspaces.oidc.enrol_from_oidc": lambda s: __import__(
+        "spe.workspaces.oidc"
+    ).workspaces.oidc.enrol_from_oidc(
+        s, __import__("spe.workspaces.oidc").workspaces.oidc.OIDCIdentity("n.u", "Uni A", "", "")
+    ),
     "spe.k8s.provision.apply_project": lambda s: (
         projects.approve_project(s, u(s, "reviewer"), proj(s, "study")),
         _k8s().apply_project(s, u(s, "op"), proj(s, "study"), _cluster()),

@@ -165,6 +165,7 @@ def test_data_is_read_only_and_the_container_unprivileged(
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["automountServiceAccountToken"] is False
     assert spec.get("hostNetwork") is False and spec.get("enableServiceLinks") is False
+    assert spec["dnsPolicy"] == "None" and spec["dnsConfig"] == {"nameservers": ["127.0.0.1"]}
     assert "serviceAccountName" not in spec
 
 

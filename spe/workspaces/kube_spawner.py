@@ -1,0 +1,236 @@
+"""The hub's spawner on Kubernetes: KubeSpawner with SPE's values (SPE_WORKSPACE_BACKEND).
+
+One named server per (researcher, project), offered as one profile per project the person may
+open now; checked again at start (audited) and every 30 s while it runs, as the local spawner.
+Pod, volumes and policy come from ``kube_objects``; the airlock token is bound to the pod.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kubespawner import KubeSpawner
+from traitlets import Float, default
+
+from spe.config import Settings, get_settings
+from spe.workspaces import kube_objects as ko
+from spe.workspaces.spawner import (
+    NO_DEFAULT_SERVER,
+    WorkspaceRefused,
+    _form_projects,
+    _in_thread,
+    _refusal_now,
+    record_stopped,
+    workspace_refusal,
+)
+
+
+def admit_kube_workspace(username: str, project_slug: str) -> tuple[list[str], str, float]:
+    """Check access once more, record the start and issue the pod's token (one transaction):
+    the datasets to mount, the token and when it was issued; blocking."""
+    from sqlalchemy import select
+
+    from spe.accounts.models import User
+    from spe.db import transaction
+    from spe.k8s.tokens import issue_workspace_token
+    from spe.projects.extracts import workspace_mounts
+    from spe.projects.models import Project
+    from spe.workspaces.registry import workspace_started
+
+    settings = get_settings()
+    with transaction() as session:
+        reason = workspace_refusal(session, username, project_slug)
+        if reason is not None:
+            raise WorkspaceRefused(reason)
+        user = session.scalar(select(User).where(User.username == username))
+        project = session.scalar(select(Project).where(Project.slug == project_slug))
+        assert user is not None and project is not None
+        datasets = sorted(workspace_mounts(session, project))
+        workspace_started(session, user, project)
+        token, claims = issue_workspace_token(
+            session,
+            project_slug,
+            username,
+            namespace=settings.k8s_namespace,
+            lifetime_seconds=int(settings.workspace_token_hours * 3600),
+        )
+    return datasets, token, float(claims["iat"])
+
+
+def renew_token(username: str, project_slug: str) -> tuple[str, float]:
+    from spe.db import transaction
+    from spe.k8s.tokens import issue_workspace_token
+
+    settings = get_settings()
+    with transaction() as session:
+        token, claims = issue_workspace_token(
+            session,
+            project_slug,
+            username,
+            namespace=settings.k8s_namespace,
+            lifetime_seconds=int(settings.workspace_token_hours * 3600),
+        )
+    return token, float(claims["iat"])
+
+
+def workspace_spec(
+    settings: Settings, project: str, username: str, datasets: list[str]
+) -> ko.WorkspaceSpec:
+    return ko.WorkspaceSpec(
+        project=project,
+        username=username,
+        datasets=tuple(datasets),
+        image=settings.k8s_workspace_image,
+        cpu=settings.workspace_cpus,
+        memory_mb=settings.workspace_memory_mb,
+        home_size=settings.k8s_home_size,
+        storage_class=settings.k8s_storage_class or None,
+        namespace=settings.k8s_namespace,
+    )
+
+
+async def project_profiles(spawner: SPEKubeSpawner) -> list[dict[str, Any]]:
+    """The profile list: the projects this person may open now, and nothing else."""
+    projects = await _in_thread(_form_projects, spawner.user.name)
+    return ko.workspace_profiles([(slug, title) for slug, title, _end in projects])
+
+
+def _apply_user_options(spawner: SPEKubeSpawner, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - {"profile"})
+    if unknown:
+        raise WorkspaceRefused(f"A workspace has no option {unknown[0]!r}.", 400)
+
+
+class SPEKubeSpawner(KubeSpawner):  # type: ignore[misc]
+    """A workspace pod: the named server called after its project, for one researcher."""
+
+    access_check_interval = Float(
+        30.0,
+        help="Seconds between checks that a running workspace's project is still open to its "
+        "user (closed, ended, membership or account gone: the pod is stopped).",
+    ).tag(config=True)
+
+    _last_access_check: float = 0.0
+    _token_issued: float = 0.0
+    _hub_api_url: str | None = None
+
+    @default("profile_list")
+    def _default_profile_list(self) -> Any:
+        return project_profiles
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Any:
+        return _apply_user_options
+
+    @default("namespace")
+    def _default_namespace(self) -> str:
+        return get_settings().k8s_namespace
+
+    @default("env_keep")
+    def _default_env_keep(self) -> list[str]:
+        return []
+
+    @default("delete_pvc")
+    def _default_delete_pvc(self) -> bool:
+        return False  # homes outlive a stop; `spe k8s delete-project` removes them
+
+    async def load_user_options(self) -> None:
+        """Profile → project, then SPE's checks and values (KubeSpawner calls this in start)."""
+        await super().load_user_options()
+        slug, username = self.name, self.user.name
+        if not slug:
+            raise WorkspaceRefused(NO_DEFAULT_SERVER, 400)
+        chosen = (self.user_options or {}).get("profile") or slug
+        if chosen != slug:
+            raise WorkspaceRefused(
+                f"This workspace is for project {slug}; to work on {chosen}, start the "
+                f"workspace named {chosen}.",
+                400,
+            )
+        settings = get_settings()
+        datasets, token, issued = await _in_thread(admit_kube_workspace, username, slug)
+        spec = workspace_spec(settings, slug, username, datasets)
+        airlock_ip = await self._service_ip(settings.k8s_airlock_service)
+        hub_ip = await self._service_ip(settings.k8s_hub_service)
+        # Addresses, not names: the pod gets no DNS, so nothing can tunnel through a resolver.
+        self._hub_api_url = f"http://{hub_ip}:{ko.HUB_API_PORT}/hub/api"
+        overrides = ko.spawner_overrides(
+            spec, airlock_url=f"tcp://{airlock_ip}:{settings.k8s_airlock_port}"
+        )
+        for name, value in overrides.items():
+            setattr(self, name, value)
+        self.pod_name = ko.pod_name(slug, username)
+        await self._ensure(ko.serialise(ko.home_pvc(spec)), replace=False)
+        await self._ensure(ko.serialise(ko.token_secret(spec, token)), replace=True)
+        self._token_issued = issued
+        self._last_access_check = time.monotonic()
+
+    def get_env(self) -> dict[str, str]:
+        env: dict[str, str] = super().get_env()
+        if self._hub_api_url:
+            env["JUPYTERHUB_API_URL"] = self._hub_api_url
+            env["JUPYTERHUB_ACTIVITY_URL"] = f"{self._hub_api_url}/users/{self.user.name}/activity"
+        return env
+
+    async def _service_ip(self, name: str) -> str:
+        service = await self.api.read_namespaced_service(name, self.namespace)
+        ip = service.spec.cluster_ip if service.spec else None
+        if not ip or ip == "None":
+            raise WorkspaceRefused(
+                f"The service {name} has no cluster address; ask the operator to check the "
+                "SPE chart is installed in this namespace.",
+                500,
+            )
+        return str(ip)
+
+    async def _ensure(self, body: dict[str, Any], *, replace: bool) -> None:
+        """Create a PVC or Secret; if it exists keep it (a home) or replace it (a token)."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        kind, name = body["kind"], body["metadata"]["name"]
+        create, patch = {
+            "PersistentVolumeClaim": (
+                self.api.create_namespaced_persistent_volume_claim,
+                self.api.patch_namespaced_persistent_volume_claim,
+            ),
+            "Secret": (self.api.create_namespaced_secret, self.api.patch_namespaced_secret),
+        }[kind]
+        try:
+            await create(self.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            if replace:
+                await patch(name, self.namespace, body)
+
+    async def poll(self) -> int | None:
+        status: int | None = await super().poll()
+        if status is not None or not self.name:
+            return status
+        settings = get_settings()
+        now = time.monotonic()
+        if now - self._last_access_check >= self.access_check_interval:
+            self._last_access_check = now
+            reason = await _in_thread(_refusal_now, self.user.name, self.name)
+            if reason is not None:
+                self.log.warning("Stopping workspace %s: %s", self._log_name, reason)
+                await _in_thread(record_stopped, self.name, self.user.name, reason)
+                await self.stop(now=True)
+                return 0
+        lifetime = settings.workspace_token_hours * 3600
+        if self._token_issued and time.time() - self._token_issued >= lifetime / 2:
+            token, self._token_issued = await _in_thread(renew_token, self.user.name, self.name)
+            spec = workspace_spec(settings, self.name, self.user.name, [])
+            await self._ensure(ko.serialise(ko.token_secret(spec, token)), replace=True)
+        return None
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        if self.name:
+            await _in_thread(
+                record_stopped,
+                self.name,
+                self.user.name,
+                "stopped by the hub (its user, the idle culler or the platform)",
+            )

@@ -1,0 +1,137 @@
+"""SPE's KubeSpawner with a fake Kubernetes API (no cluster on this machine) and the real
+database (SQLite and PostgreSQL): the profiles are the projects a person may open now; start
+checks access again, records it, creates the home and the pod-bound token Secret, and the pod
+manifest KubeSpawner then builds validates and keeps SPE's isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import all_versions
+from sqlalchemy import select
+
+from spe.accounts.service import accept_terms, get_user
+from spe.audit.models import AuditEvent
+from spe.db import readonly, transaction
+from spe.keys.workspace_tokens import verify_token
+from spe.projects.service import approve_project, get_project
+from spe.workspaces import kube_objects as ko
+from spe.workspaces.spawner import WorkspaceRefused
+
+VERSIONS = sorted(set(all_versions()), key=lambda v: tuple(int(p) for p in v.split(".")))[-2:]
+IPS = {"spe-airlock": "10.96.0.20", "hub": "10.96.0.10"}
+
+
+class FakeCoreApi:
+    """The kubernetes_asyncio CoreV1Api calls the spawner makes, recorded."""
+
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+        self.patched: list[dict[str, Any]] = []
+
+    async def read_namespaced_service(self, name: str, namespace: str) -> Any:
+        return SimpleNamespace(spec=SimpleNamespace(cluster_ip=IPS[name]))
+
+    async def _create(self, namespace: str, body: dict[str, Any]) -> None:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        if any(b["metadata"]["name"] == body["metadata"]["name"] for b in self.created):
+            raise ApiException(status=409)
+        self.created.append(body)
+
+    async def _patch(self, name: str, namespace: str, body: dict[str, Any]) -> None:
+        self.patched.append(body)
+
+    create_namespaced_persistent_volume_claim = _create
+    create_namespaced_secret = _create
+    patch_namespaced_persistent_volume_claim = _patch
+    patch_namespaced_secret = _patch
+
+
+def make_spawner(username: str, name: str, options: dict[str, Any]) -> Any:
+    from spe.workspaces.kube_spawner import SPEKubeSpawner
+
+    user = SimpleNamespace(
+        name=username, url=f"/user/{username}/", escaped_name=username, groups=[], id=1
+    )
+    hub = SimpleNamespace(
+        api_url="http://hub:8081/hub/api", base_url="/hub/", url="http://hub:8081", public_host=""
+    )
+    with (
+        mock.patch("kubespawner.spawner.load_config"),
+        mock.patch("kubespawner.spawner.shared_client", return_value=FakeCoreApi()),
+    ):
+        spawner = SPEKubeSpawner(
+            user=user,
+            orm_spawner=SimpleNamespace(name=name, server=None),
+            hub=hub,
+            cmd=["jupyterhub-singleuser"],
+        )
+    spawner.user_options = options
+    spawner.api_token = "hub-token"
+    spawner.oauth_client_id = "client"
+    return spawner
+
+
+@pytest.fixture
+def open_study(world: Any) -> None:
+    with transaction() as s:
+        approve_project(s, get_user(s, "reviewer"), get_project(s, "study"))
+        accept_terms(s, get_user(s, "researcher"))
+        accept_terms(s, get_user(s, "researcher_b"))
+
+
+def test_profiles_are_the_projects_a_person_may_open_and_nothing_else(open_study: None) -> None:
+    from spe.workspaces.kube_spawner import project_profiles
+
+    member = make_spawner("researcher", "study", {})
+    stranger = make_spawner("researcher_b", "study", {})
+    assert [p["slug"] for p in asyncio.run(project_profiles(member))] == ["study"]
+    assert asyncio.run(project_profiles(stranger)) == []
+
+
+def test_start_checks_records_and_builds_an_isolated_pod(open_study: None) -> None:
+    spawner = make_spawner("researcher", "study", {"profile": "study"})
+    asyncio.run(spawner.load_user_options())
+    kinds = sorted(b["kind"] for b in spawner.api.created)
+    assert kinds == ["PersistentVolumeClaim", "Secret"]
+    secret = next(b for b in spawner.api.created if b["kind"] == "Secret")
+    with readonly() as s:
+        claims = verify_token(s, secret["stringData"]["token"])
+        actions = s.scalars(select(AuditEvent.action)).all()
+    assert claims["pod"] == spawner.pod_name == ko.pod_name("study", "researcher")
+    assert {"workspace.start", "workspace.token_issue"} <= set(actions)
+    pod = ko.serialise(asyncio.run(spawner.get_pod_manifest()))
+    for version in VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SPE_WORKSPACE_AIRLOCK_URL"] == "tcp://10.96.0.20:8950"
+    assert env["JUPYTERHUB_API_URL"] == "http://10.96.0.10:8081/hub/api"
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    labels = pod["metadata"]["labels"]
+    assert labels[ko.WORKSPACE_LABEL] == "study--researcher"
+    assert labels[ko.PROJECT_LABEL] == "study"
+    # A second start keeps the home and replaces the token.
+    asyncio.run(spawner.load_user_options())
+    assert [b["kind"] for b in spawner.api.patched] == ["Secret"]
+
+
+def test_start_is_refused_to_a_non_member_and_for_another_project(open_study: None) -> None:
+    stranger = make_spawner("researcher_b", "study", {})
+    with pytest.raises(WorkspaceRefused, match="member"):
+        asyncio.run(stranger.load_user_options())
+    assert stranger.api.created == []
+    other = make_spawner("researcher", "study", {"profile": "elsewhere"})
+    with pytest.raises(Exception, match="elsewhere"):
+        asyncio.run(other.load_user_options())
+    unknown = make_spawner("researcher", "study", {"profile": "study", "image": "evil"})
+    with pytest.raises(WorkspaceRefused, match="no option 'image'"):
+        unknown.apply_user_options(unknown, unknown.user_options)
