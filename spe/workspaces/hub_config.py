@@ -29,6 +29,15 @@ NAMED_SERVER_LIMIT = 10
 # A login lasts a working day, not JupyterHub's default two weeks.
 COOKIE_MAX_AGE_DAYS = 1.0
 CULL_EVERY_SECONDS = 60
+# SPE_WORKSPACE_BACKEND and SPE_HUB_AUTHENTICATOR pick the classes (Kubernetes: kube_spawner).
+SPAWNERS = {
+    "local": "spe.workspaces.spawner.WorkspaceSpawner",
+    "kubernetes": "spe.workspaces.kube_spawner.SPEKubeSpawner",
+}
+AUTHENTICATORS = {
+    "spe": "spe.workspaces.authenticator.SPEAuthenticator",
+    "oidc": "spe.workspaces.oidc.SPEOIDCAuthenticator",
+}
 
 
 class HubConfigError(SPEError):
@@ -241,8 +250,8 @@ def hub_config(
         "cookie_secret_file": str(files.cookie_secret),
         "cookie_max_age_days": COOKIE_MAX_AGE_DAYS,
         "pid_file": str(files.root / "jupyterhub.pid"),
-        "authenticator_class": "spe.workspaces.authenticator.SPEAuthenticator",
-        "spawner_class": "spe.workspaces.spawner.WorkspaceSpawner",
+        "authenticator_class": AUTHENTICATORS[settings.hub_authenticator],
+        "spawner_class": SPAWNERS[settings.workspace_backend],
         "allow_named_servers": True,
         "named_server_limit_per_user": NAMED_SERVER_LIMIT,
         # There is no default server: every workspace is named after its project.
@@ -254,7 +263,13 @@ def hub_config(
     }
     if public_url:
         hub["public_url"] = public_url
+    login: dict[str, dict[str, Any]] = {}
+    if settings.hub_authenticator == "oidc":
+        from spe.workspaces.oidc import oidc_config
+
+        login["SPEOIDCAuthenticator"] = oidc_config(settings)
     return {
+        **login,
         "JupyterHub": hub,
         "ConfigurableHTTPProxy": {
             "command": proxy_command(repo_root),

@@ -234,3 +234,46 @@ class SPEKubeSpawner(KubeSpawner):  # type: ignore[misc]
                 self.user.name,
                 "stopped by the hub (its user, the idle culler or the platform)",
             )
+
+
+def kube_hub_config(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The traitlets SPE sets on a Zero to JupyterHub hub (pure); the chart's hub.extraConfig
+    calls ``apply_kube_hub_config(c)``. z2jh's own values set the rest (proxy, culler, db)."""
+    from spe.workspaces.hub_config import (
+        AUTHENTICATORS,
+        COOKIE_MAX_AGE_DAYS,
+        NAMED_SERVER_LIMIT,
+        SPAWNERS,
+    )
+
+    config: dict[str, dict[str, Any]] = {
+        "JupyterHub": {
+            "spawner_class": SPAWNERS["kubernetes"],
+            "authenticator_class": AUTHENTICATORS[settings.hub_authenticator],
+            "allow_named_servers": True,
+            "named_server_limit_per_user": NAMED_SERVER_LIMIT,
+            "redirect_to_server": False,
+            "default_url": "/services/spe/",  # the API and pages (z2jh's hub.services.spe)
+            "cookie_max_age_days": COOKIE_MAX_AGE_DAYS,
+        },
+        "SPEKubeSpawner": {
+            "namespace": settings.k8s_namespace,
+            "start_timeout": 300,  # an image pull on a fresh node
+            "http_timeout": 60,
+            "poll_interval": 30,
+            "disable_user_config": True,
+        },
+        "Authenticator": {"allow_all": True, "admin_users": set()},
+    }
+    if settings.hub_authenticator == "oidc":
+        from spe.workspaces.oidc import oidc_config
+
+        config["SPEOIDCAuthenticator"] = oidc_config(settings)
+    return config
+
+
+def apply_kube_hub_config(c: Any) -> None:
+    """Fill z2jh's ``c`` from SPE's settings (the SPE_* environment of the hub pod)."""
+    for section, values in kube_hub_config(get_settings()).items():
+        for name, value in values.items():
+            setattr(getattr(c, section), name, value)
