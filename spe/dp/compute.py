@@ -297,13 +297,15 @@ def _labels(by: tuple[str, ...], dp: DPPolicy) -> list[list[Any]]:
     ]
 
 
-def _numeric(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A numeric column as float64 and its not-missing mask."""
+def _numeric(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A numeric column as float64 and its not-missing mask (None: nothing is missing)."""
     arr = table.column(name)
     if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
         raise DPError(
             f"The variable {name!r} is {arr.type}, not a number, so it cannot be summarised."
         )
+    if arr.null_count == 0:
+        return arr.to_numpy().astype(np.float64, copy=False), None
     present = arr.is_valid().to_numpy(zero_copy_only=False)
     values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     return values, present
@@ -333,36 +335,44 @@ def _compute(query: Query, table: pa.Table, dp: DPPolicy, rng: Any) -> Answer:
     keep = None if mask is None else mask.to_numpy(zero_copy_only=False)
     if query.kind in REGRESSIONS:
         return _regression(query, table, dp, keep, rng)
-    if query.by:
-        codes, ncells = _cell_codes(table, query.by, dp)
-        if ncells > MAX_CELLS:
-            raise DPError(
-                f"The group-by makes {ncells:,} cells; at most {MAX_CELLS:,} are allowed."
-            )
-    else:
-        codes, ncells = np.zeros(table.num_rows, dtype=np.int64), 1
+    labels = _labels(query.by, dp)
+    bounds = dp.variables[query.column] if query.column else VariableBounds("")
+    if not query.by:  # one cell: no codes to build
+        if query.kind == "count":
+            n = table.num_rows if mask is None else int(pc.sum(mask).as_py() or 0)
+            return _count(query, np.array([n]), labels, rng)
+        assert query.column is not None
+        values, present = _numeric(table, query.column)
+        rows = present if keep is None else (keep if present is None else keep & present)
+        cell = values if rows is None else values[rows]
+        if query.kind == "histogram":
+            return _histogram(query, cell, bounds, rng)
+        return _per_cell(query, [cell], labels, bounds, rng)
+    codes, ncells = _cell_codes(table, query.by, dp)
+    if ncells > MAX_CELLS:
+        raise DPError(f"The group-by makes {ncells:,} cells; at most {MAX_CELLS:,} are allowed.")
     if keep is not None:
         codes = np.where(keep, codes, -1)
-    labels = _labels(query.by, dp)
     if query.kind in ("count", "crosstab"):
-        return _count(query, codes, ncells, labels, rng)
+        return _count(query, np.bincount(codes[codes >= 0], minlength=ncells), labels, rng)
     assert query.column is not None
-    bounds = dp.variables[query.column]
     values, present = _numeric(table, query.column)
-    codes = np.where(present, codes, -1)
-    if query.kind == "histogram":
-        return _histogram(query, values[codes >= 0], bounds, rng)
-    return _per_cell(query, values, codes, ncells, labels, bounds, rng)
+    if present is not None:
+        codes = np.where(present, codes, -1)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    start = np.searchsorted(sorted_codes, 0)
+    sizes = np.bincount(sorted_codes[start:], minlength=ncells)
+    edges = start + np.concatenate([[0], np.cumsum(sizes)])
+    ordered = values[order]
+    slices = [ordered[edges[i] : edges[i + 1]] for i in range(ncells)]
+    return _per_cell(query, slices, labels, bounds, rng)
 
 
-def _count(
-    query: Query, codes: np.ndarray, ncells: int, labels: list[list[Any]], rng: Any
-) -> Answer:
+def _count(query: Query, counts: np.ndarray, labels: list[list[Any]], rng: Any) -> Answer:
     from diffprivlib.mechanisms import GeometricTruncated
 
-    counts = np.bincount(codes[codes >= 0], minlength=ncells) if ncells > 1 else None
-    if counts is None:
-        counts = np.array([int(np.count_nonzero(codes >= 0))])
+    ncells = len(counts)
     mech = GeometricTruncated(
         epsilon=query.epsilon, sensitivity=1, lower=0, upper=sys.maxsize, random_state=rng
     )
@@ -384,29 +394,17 @@ def _count(
 
 def _per_cell(
     query: Query,
-    values: np.ndarray,
-    codes: np.ndarray,
-    ncells: int,
+    slices: list[np.ndarray],
     labels: list[list[Any]],
     bounds: VariableBounds,
     rng: Any,
 ) -> Answer:
+    """One diffprivlib call per cell (each person is in one cell: parallel composition)."""
     from diffprivlib import tools
 
     assert bounds.lower is not None and bounds.upper is not None
     lo, hi = bounds.lower, bounds.upper
     width = hi - lo
-    if ncells == 1:
-        slices = [values[codes >= 0] if (codes < 0).any() else values]
-    else:
-        order = np.argsort(codes, kind="stable")
-        sorted_codes = codes[order]
-        start = np.searchsorted(sorted_codes, 0)
-        edges = start + np.concatenate(
-            [[0], np.cumsum(np.bincount(sorted_codes[start:], minlength=ncells))]
-        )
-        ordered = values[order]
-        slices = [ordered[edges[i] : edges[i + 1]] for i in range(ncells)]
     out: list[Any] = []
     scales: list[float] = []
     intervals: list[list[float]] = []
@@ -508,15 +506,18 @@ def _regression(
     for name in query.features:
         values, ok = _numeric(table, name)
         columns.append(values)
-        present &= ok
+        if ok is not None:
+            present &= ok
     lows = np.array([dp.variables[f].lower for f in query.features], dtype=float)
     highs = np.array([dp.variables[f].upper for f in query.features], dtype=float)
     if query.kind == "linear_regression":
-        y, ok = _numeric(table, query.target)
+        y, y_ok = _numeric(table, query.target)
         tb = dp.variables[query.target]
         assert tb.lower is not None and tb.upper is not None
-        y = np.clip(y[present & ok], tb.lower, tb.upper)
-        x = np.column_stack(columns)[present & ok]
+        if y_ok is not None:
+            present &= y_ok
+        y = np.clip(y[present], tb.lower, tb.upper)
+        x = np.column_stack(columns)[present]
         x = np.clip(x, lows, highs)
         model = models.LinearRegression(
             epsilon=query.epsilon, bounds_X=(lows, highs), bounds_y=(tb.lower, tb.upper),
