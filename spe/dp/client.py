@@ -25,12 +25,14 @@ def _socket_path() -> Path:
     return Path(get_settings().workspace_airlock_socket)
 
 
-def call(request: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
+def call(
+    request: dict[str, Any], path: Path | None = None, timeout: float = TIMEOUT_SECONDS
+) -> dict[str, Any]:
     """Send one request to the airlock and return its answer; DPQueryError unless it is ok."""
     target = str(path or _socket_path())
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(TIMEOUT_SECONDS)
+            conn.settimeout(timeout)
             conn.connect(target)
             conn.sendall(json.dumps(request).encode() + b"\n")
             buffer = b""
@@ -237,6 +239,6 @@ def aggregate_only_datasets() -> list[str]:
     if not path.parent.is_dir():
         return []
     try:
-        return list(call({"op": "dp_datasets"}, path)["datasets"])
+        return list(call({"op": "dp_datasets"}, path, timeout=10.0)["datasets"])
     except DPQueryError:
         return []
