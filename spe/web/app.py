@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from spe.accounts.models import Role, User
 from spe.errors import SPEError
 from spe.web import auth
+from spe.web.render import number
 
 # JupyterHub routes a managed service called "spe" at /services/spe/ (one login for all).
 SERVICE_NAME = "spe"
@@ -55,16 +56,6 @@ def _when(value: Any) -> str:
     return str(value)
 
 
-def _number(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value.is_integer() and abs(value) < 1e15 else f"{value:,.4g}"
-    return str(value)
-
-
 def _size(n: int | None) -> str:
     if n is None:
         return ""
@@ -77,7 +68,7 @@ def _size(n: int | None) -> str:
 
 
 templates.env.filters.update(
-    when=_when, number=_number, size=_size, tojson_compact=lambda v: json.dumps(v, default=str)
+    when=_when, number=number, size=_size, tojson_compact=lambda v: json.dumps(v, default=str)
 )
 templates.env.globals.update(url=url, quote=lambda s: quote(str(s), safe=""))
 

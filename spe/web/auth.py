@@ -20,6 +20,7 @@ from spe.errors import SPEError
 SESSION_COOKIE = "spe-session"
 STATE_COOKIE = "spe-oauth-state"
 CSRF_COOKIE = "spe-csrf"
+HUB_SESSION_COOKIE = "jupyterhub-session-id"
 CSRF_FIELD = "csrf"
 STATE_MAX_AGE = 600
 SESSION_MAX_AGE = 86400  # a working day, as the hub's own cookie
@@ -139,6 +140,11 @@ async def username_from_request(request: Request) -> str | None:
     if not model:
         return None
     return str(model["name"])
+
+
+def logged_in_at_hub(request: Request) -> bool:
+    """The browser holds the hub's session cookie (it may still have expired at the hub)."""
+    return HUB_SESSION_COOKIE in request.cookies
 
 
 def csrf_token(request: Request) -> str:

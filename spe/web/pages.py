@@ -27,6 +27,7 @@ from spe.web.app import (
     web_router,
     who,
 )
+from spe.web.render import checked_table
 
 FormText = Annotated[str, Form()]
 OptionalText = Annotated[str, Form()]
@@ -70,11 +71,20 @@ async def logout() -> Response:
 # --- home and the public catalogue (DGA Art. 8: no login) ----------------------------------
 
 
+def _hub_login_first(request: Request, name: str | None) -> Response | None:
+    """A visitor already logged in at the hub is logged in here too (a quick OAuth round)."""
+    if name is None and auth.logged_in_at_hub(request) and auth.hub_oauth() is not None:
+        return RedirectResponse(url(f"/login?next={request.url.path}"), 302)
+    return None
+
+
 @web_router.get("/")
 async def home(request: Request) -> Response:
     from spe.catalogue.service import list_datasets
 
     name = await who(request)
+    if (redirect := _hub_login_first(request, name)) is not None:
+        return redirect
     with reading_as(name) as (session, user):
         viewer = viewer_of(user) if user else None
         datasets = list_datasets(session)
@@ -127,6 +137,8 @@ async def catalogue(request: Request) -> Response:
     from spe.catalogue.service import describe, list_datasets
 
     name = await who(request)
+    if (redirect := _hub_login_first(request, name)) is not None:
+        return redirect
     with reading_as(name) as (session, user):
         entries = [describe(d) for d in list_datasets(session)]
         viewer = viewer_of(user) if user else None
@@ -225,44 +237,6 @@ async def my_exports(request: Request) -> Response:
     return page(request, "exports.html", viewer, requests=requests)
 
 
-def _grid(report: dict[str, Any]) -> dict[str, Any] | None:
-    """A checked table's cells as rows and columns, for rendering with failing cells marked."""
-    cells = report.get("cells")
-    shape = report.get("shape")
-    if not cells or not shape or len(shape) != 2:
-        return None
-    n_rows, n_cols = int(shape[0]), int(shape[1])
-    if n_rows * n_cols != len(cells):
-        return None
-    first = cells[0]
-    col_labels = [" / ".join(str(v) for v in cells[c].get("columns", [])) for c in range(n_cols)]
-    rows = []
-    for r in range(n_rows):
-        row = cells[r * n_cols : (r + 1) * n_cols]
-        rows.append(
-            {
-                "labels": [str(v) for v in row[0].get("index", [])],
-                "cells": [
-                    {
-                        "value": c.get("value"),
-                        "status": c.get("status", "pass"),
-                        "published": c.get("published", True),
-                        "persons": c.get("persons"),
-                        "failing": c.get("failing", []),
-                        "id": f"r{r}c{i}",
-                    }
-                    for i, c in enumerate(row)
-                ],
-            }
-        )
-    return {
-        "index_names": [str(n) for n in first.get("index_names", [])],
-        "column_names": [str(n) for n in first.get("column_names", [])],
-        "columns": col_labels,
-        "rows": rows,
-    }
-
-
 @web_router.get("/exports/{request_id}")
 async def export_detail(request: Request, request_id: str) -> Response:
     from spe.exports import actions
@@ -273,8 +247,17 @@ async def export_detail(request: Request, request_id: str) -> Response:
         req = actions.get_request(session, request_id)
         data = actions.detail(session, user, req)
         is_author = req.author == user.username
-    for out in data["outputs"]:
-        out["grid"] = _grid(out["report"]) if out["kind"] == "table" else None
+    for i, out in enumerate(data["outputs"]):
+        summary = out["report"].get("summary") or {}
+        caption = f"{out['name']}: each cell with its verdict" + (
+            f" ({summary.get('fail', 0)} fail, {summary.get('review', 0)} review, "
+            f"{summary.get('pass', 0)} pass)"
+            if summary
+            else ""
+        )
+        out["grid"] = (
+            checked_table(out["report"], str(i + 1), caption) if out["kind"] == "table" else None
+        )
         out["image"] = next(
             (
                 f

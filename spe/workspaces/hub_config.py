@@ -24,6 +24,7 @@ from spe.errors import SPEError
 SERVICES = ("api", "worker", "idle-culler")
 CONTROL_SERVICE = "spe-control"  # the token `stop_workspaces_of` uses (not a process)
 CULLER_SERVICE = "idle-culler"
+WEB_SERVICE = "spe"  # the API and the pages, at /services/spe/ (spe.web.PREFIX)
 # Each project a user has opened is one named server; the hub refuses a new one past this.
 NAMED_SERVER_LIMIT = 10
 # A login lasts a working day, not JupyterHub's default two weeks.
@@ -192,7 +193,27 @@ def _services(
     # No cwd: services share the hub's working folder, so relative settings agree.
     common = {"environment": dict(env), "display": False}
     if "api" in wanted:
-        services.append({"name": "spe-api", "command": [python, "-m", "spe.cli", "api"], **common})
+        # The API and the pages: proxied at /services/spe/, logging people in through the hub
+        # (OAuth, no confirmation page: it is the platform's own service).
+        services.append(
+            {
+                "name": WEB_SERVICE,
+                "url": f"http://{settings.api_host}:{settings.api_port}",
+                "command": [python, "-m", "spe.cli", "api"],
+                "oauth_no_confirm": True,
+                **common,
+                "display": True,
+                "info": {"description": "SPE: catalogue, projects, exports, review, audit"},
+            }
+        )
+        # Every logged-in person may open the pages (what each sees is SPE's to decide).
+        roles.append(
+            {
+                "name": "user",
+                "description": "A person with an SPE account: their own servers and the pages.",
+                "scopes": ["self", f"access:services!service={WEB_SERVICE}"],
+            }
+        )
     if "worker" in wanted:
         services.append(
             {"name": "spe-worker", "command": [python, "-m", "spe.cli", "worker"], **common}
@@ -256,6 +277,8 @@ def hub_config(
         "named_server_limit_per_user": NAMED_SERVER_LIMIT,
         # There is no default server: every workspace is named after its project.
         "redirect_to_server": False,
+        # After logging in, people land on SPE's pages (their projects, queue or log).
+        "default_url": f"/services/{WEB_SERVICE}/",
         "services": service_list,
         "load_roles": roles,
         # A stopped platform leaves no workspace running.

@@ -349,10 +349,12 @@ def test_hub_configuration_comes_from_spe_settings(tmp_path: Path) -> None:
     assert hub["allow_named_servers"] is True
     assert hub["db_url"] == f"sqlite:///{tmp_path.resolve() / 'hub' / 'jupyterhub.sqlite'}"
     services = {s["name"]: s for s in hub["services"]}
-    assert services["spe-api"]["command"][-2:] == ["spe.cli", "api"]
+    assert services["spe"]["command"][-2:] == ["spe.cli", "api"]
+    assert services["spe"]["url"] == "http://127.0.0.1:8040"  # proxied at /services/spe/
+    assert hub["default_url"] == "/services/spe/"
     assert services["spe-worker"]["command"][-2:] == ["spe.cli", "worker"]
     assert "--timeout=420" in services["idle-culler"]["command"]
-    assert services["spe-api"]["environment"]["SPE_STATE_DIR"] == str(tmp_path)
+    assert services["spe"]["environment"]["SPE_STATE_DIR"] == str(tmp_path)
     roles = {r["name"]: r for r in hub["load_roles"]}
     assert {"list:users", "delete:servers"} <= set(roles["spe-idle-culler"]["scopes"])
     assert roles["spe-control"]["services"] == ["spe-control"]
