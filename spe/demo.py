@@ -287,7 +287,13 @@ def run_demo(start: bool = True) -> None:
     for line in exports:
         click.echo(line)
     click.echo("")
-    click.echo(f"Demo projects: {PROJECT} and {OTHER_PROJECT} (approved). Try, for example:")
+    door = f"http://127.0.0.1:{settings.hub_port}"
+    click.echo(f"Open {door}/ and log in with one of the accounts above:")
+    click.echo(f"  {door}/services/spe/           your pages (projects, exports, review, log)")
+    click.echo(f"  {door}/services/spe/catalogue  the public catalogue (no login)")
+    click.echo(f"  {door}/hub/home                workspaces (a notebook server per project)")
+    click.echo("")
+    click.echo(f"Demo projects: {PROJECT} and {OTHER_PROJECT} (approved). From the shell:")
     click.echo("  .venv/bin/spe --as demo-holder export queue        # what waits for review")
     click.echo("  .venv/bin/spe --as demo-holder export show ID      # per-cell reasons")
     click.echo("  .venv/bin/spe --as demo-researcher export list")
