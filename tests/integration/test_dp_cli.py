@@ -1,0 +1,35 @@
+"""`spe dp budget` and `spe dp topup` in a subprocess (SQLite and PostgreSQL): the data holder
+sees and tops up a project's budget, a researcher sees it, and refusals are sentences."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.dp_world import make_health
+
+
+@pytest.fixture
+def health(world, tmp_path, monkeypatch):
+    return make_health(tmp_path, monkeypatch, total=2.0)
+
+
+def test_the_holder_tops_up_and_both_holder_and_researcher_see_the_budget(health, run_spe):
+    env = {"SPE_POLICIES_DIR": str(health["policies"])}
+    shown = run_spe("--as", "researcher", "dp", "budget", "--project", "study", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[1].split() == ["health", "2", "0", "2", "0"]
+    added = run_spe("--as", "reviewer", "dp", "topup", "study", "health", "--epsilon", "0.5",
+                    env=env)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "total 2.5, spent 0, remaining 2.5" in added.stdout
+    again = run_spe("--as", "reviewer", "dp", "budget", "--project", "study", env=env)
+    assert again.stdout.splitlines()[1].split() == ["health", "2.5", "0", "2.5", "0"]
+
+
+def test_a_researcher_cannot_top_up_and_gets_a_sentence_not_a_traceback(health, run_spe):
+    env = {"SPE_POLICIES_DIR": str(health["policies"])}
+    refused = run_spe("--as", "researcher", "dp", "topup", "study", "health", "--epsilon", "9",
+                      env=env)  # fmt: skip
+    assert refused.returncode != 0
+    assert "Only a reviewer of the data holder may top up" in refused.stderr + refused.stdout
+    assert "Traceback" not in refused.stderr
