@@ -589,3 +589,43 @@ def _logistic(epsilon: float, data_norm: float, rng: Any) -> Any:
             self.accountant = accountant if accountant is not None else _accountant()
 
     return _Logit(epsilon=epsilon, data_norm=data_norm, random_state=rng, accountant=_accountant())
+
+
+# --- what a released answer is about (for the disclosure engine's differencing) ----------------
+
+
+def person_cells(
+    query: Query, table: pa.Table, dp: DPPolicy, person_column: str
+) -> tuple[list[tuple[tuple[str, Any], ...]], np.ndarray, np.ndarray]:
+    """The persons behind each cell of an answer: (labels, offsets, sorted 64-bit person hashes),
+    as ``spe.sdc.ReleasedTable`` keeps them. Histogram bins are cells; a model is one cell."""
+    from spe.sdc.differencing import hash_person_ids, hashed_sets
+
+    mask = _filter_mask(table, query.where)
+    rows = np.ones(table.num_rows, dtype=bool)
+    if mask is not None:
+        rows &= mask.to_numpy(zero_copy_only=False)
+    for name in (query.column, *query.features, query.target):
+        if name and table.column(name).null_count:
+            rows &= table.column(name).is_valid().to_numpy(zero_copy_only=False)
+    labels: list[tuple[tuple[str, Any], ...]]
+    if query.by:
+        codes, ncells = _cell_codes(table, query.by, dp)
+        labels = [tuple(zip(query.by, label, strict=True)) for label in _labels(query.by, dp)]
+    elif query.kind == "histogram" and query.column:
+        bounds = dp.variables[query.column]
+        assert bounds.lower is not None and bounds.upper is not None
+        values, _present = _numeric(table, query.column)
+        edges = np.linspace(bounds.lower, bounds.upper, query.bins + 1)
+        codes = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, query.bins - 1)
+        rows &= (values >= bounds.lower) & (values <= bounds.upper)
+        ncells = query.bins
+        labels = [(("bin", f"[{edges[i]:g}, {edges[i + 1]:g})"),) for i in range(ncells)]
+    else:
+        codes, ncells = np.zeros(table.num_rows, dtype=np.int64), 1
+        labels = [(("cell", "all"),)]
+    rows &= codes >= 0
+    persons = table.column(person_column).to_numpy(zero_copy_only=False)[rows]
+    hashes = hash_person_ids(np.asarray(persons, dtype=object).astype("S"))
+    offsets, ordered = hashed_sets(codes[rows], hashes, ncells)
+    return labels, offsets, ordered

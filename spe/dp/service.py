@@ -488,3 +488,60 @@ def history(session: Session, user: User, project: Project | str) -> list[dict[s
         }
         for r in rows
     ]
+
+
+def released_tables(session: Session, project_id: uuid.UUID) -> list[Any]:
+    """The project's released DP answers as tables of the persons behind each cell, so that the
+    disclosure engine's differencing checks later exports against them (recomputed from the
+    current extract; empty cells are left out, as for exported tables)."""
+    import numpy as np
+
+    from spe.dp.compute import Query, person_cells
+    from spe.projects.extracts import current_extracts
+    from spe.sdc import ReleasedTable
+    from spe.storage import data_storage
+
+    rows = list(
+        session.scalars(
+            select(DPQuery)
+            .where(DPQuery.project_id == project_id, DPQuery.status == "released")
+            .order_by(DPQuery.created_at)
+        )
+    )
+    project = session.get(Project, project_id) if rows else None
+    if project is None:
+        return []
+    extracts = current_extracts(session, project)
+    out = []
+    for row in rows:
+        query = Query.from_request(json.loads(row.spec))
+        extract = extracts.get(query.dataset)
+        if extract is None:  # the extract is gone (project closed): nothing left to difference
+            continue
+        policy = dataset_policy(query.dataset)
+        assert policy.dp is not None
+        path = data_storage().path(extract.path)
+        person = _person_column(path)
+        table = read_columns(path, [person, *query.columns()])
+        labels, offsets, persons = person_cells(query, table, policy.dp, person)
+        sizes = offsets[1:] - offsets[:-1]
+        keep = [i for i in range(len(labels)) if sizes[i] > 0]
+        kept_offsets = [0]
+        for i in keep:
+            kept_offsets.append(kept_offsets[-1] + int(sizes[i]))
+        pieces = [persons[offsets[i] : offsets[i + 1]] for i in keep]
+        out.append(
+            ReleasedTable(
+                f"dp:{query.kind}:{str(row.id)[:8]}",
+                tuple(labels[i] for i in keep),
+                np.asarray(kept_offsets, dtype=np.int64),
+                np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64),
+            )
+        )
+    return out
+
+
+def _person_column(path: Path) -> str:
+    import pyarrow.parquet as pq
+
+    return str(pq.read_schema(path).names[0])  # the project pseudonym comes first

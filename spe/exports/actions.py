@@ -373,7 +373,10 @@ def released_tables(session: Session, project_id: uuid.UUID) -> list[Any]:
         .where(ReleasedCells.project_id == project_id)
         .order_by(ReleasedCells.released_at)
     )
-    return [ReleasedTable.from_bytes(r.data) for r in rows]
+    from spe.dp.service import released_tables as dp_released
+
+    # DP answers are released outputs too: later exports are checked against them.
+    return [ReleasedTable.from_bytes(r.data) for r in rows] + dp_released(session, project_id)
 
 
 def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, Any]:
