@@ -158,6 +158,9 @@ class SPEKubeSpawner(KubeSpawner):  # type: ignore[misc]
         overrides = ko.spawner_overrides(
             spec, airlock_url=f"tcp://{airlock_ip}:{settings.k8s_airlock_port}"
         )
+        # z2jh's own labels stay (hub.jupyter.org/network-access-hub lets the pod reach the
+        # hub through the hub's NetworkPolicy); SPE's are added.
+        overrides["extra_labels"] = {**self.extra_labels, **overrides["extra_labels"]}
         for name, value in overrides.items():
             setattr(self, name, value)
         self.pod_name = ko.pod_name(slug, username)

@@ -71,6 +71,7 @@ def make_spawner(username: str, name: str, options: dict[str, Any]) -> Any:
             orm_spawner=SimpleNamespace(name=name, server=None),
             hub=hub,
             cmd=["jupyterhub-singleuser"],
+            extra_labels={"hub.jupyter.org/network-access-hub": "true"},
         )
     spawner.user_options = options
     spawner.api_token = "hub-token"
@@ -119,6 +120,7 @@ def test_start_checks_records_and_builds_an_isolated_pod(open_study: None) -> No
     labels = pod["metadata"]["labels"]
     assert labels[ko.WORKSPACE_LABEL] == "study--researcher"
     assert labels[ko.PROJECT_LABEL] == "study"
+    assert labels["hub.jupyter.org/network-access-hub"] == "true"  # z2jh's label kept
     # A second start keeps the home and replaces the token.
     asyncio.run(spawner.load_user_options())
     assert [b["kind"] for b in spawner.api.patched] == ["Secret"]
