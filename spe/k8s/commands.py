@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from spe.clictx import acting
@@ -12,7 +14,7 @@ def k8s() -> None:
     """SPE on Kubernetes (needs a cluster: in-cluster or KUBECONFIG)."""
 
 
-def _print(done: list) -> None:  # type: ignore[type-arg]
+def _print(done: list[Any]) -> None:
     for item in done:
         click.echo(f"{item.kind}/{item.name}: {item.outcome}")
 

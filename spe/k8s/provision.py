@@ -7,6 +7,7 @@ signed certificate. The cluster is reached through ``ClusterApi`` (a fake one in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,7 +59,7 @@ class KubernetesClusterApi:
                     "No Kubernetes cluster is configured: run inside the cluster or set KUBECONFIG."
                 ) from None
         core, net = client.CoreV1Api(), client.NetworkingV1Api()
-        self._calls = {
+        self._calls: dict[str, tuple[Callable[..., Any], ...]] = {
             PVC: (
                 core.create_namespaced_persistent_volume_claim,
                 core.patch_namespaced_persistent_volume_claim,

@@ -61,10 +61,12 @@ class KubePodDirectory:
             if exc.status == 404:
                 return None
             raise
+        labels = found.metadata.labels if found.metadata else None
+        status = found.status
         return PodFacts(
-            found.status.pod_ip if found.status else None,
-            dict(found.metadata.labels or {}),
-            found.status.phase if found.status else "Unknown",
+            status.pod_ip if status else None,
+            dict(labels or {}),
+            (status.phase if status else None) or "Unknown",
         )
 
 

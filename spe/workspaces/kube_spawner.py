@@ -102,7 +102,7 @@ def _apply_user_options(spawner: SPEKubeSpawner, options: dict[str, Any]) -> Non
         raise WorkspaceRefused(f"A workspace has no option {unknown[0]!r}.", 400)
 
 
-class SPEKubeSpawner(KubeSpawner):  # type: ignore[misc]
+class SPEKubeSpawner(KubeSpawner):
     """A workspace pod: the named server called after its project, for one researcher."""
 
     access_check_interval = Float(

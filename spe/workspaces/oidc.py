@@ -250,7 +250,7 @@ def oidc_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-class SPEOIDCAuthenticator(GenericOAuthenticator):  # type: ignore[misc]
+class SPEOIDCAuthenticator(GenericOAuthenticator):
     """GenericOAuthenticator whose users are SPE accounts, mapped from the provider's claims."""
 
     def user_info_to_username(self, user_info: dict[str, Any]) -> str:
