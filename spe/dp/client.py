@@ -111,16 +111,15 @@ class DPResult:
             row["value"] = value
             if self.interval95:
                 row["low95"], row["high95"] = self.interval95[i]
-            if isinstance(self.noise_scale, list):
-                row["noise_scale"] = self.noise_scale[i]
             rows.append(row)
         return pd.DataFrame(rows)
 
     def _header(self) -> str:
         scale = self.noise_scale
-        scale_text = (
-            "per cell" if isinstance(scale, list) else ("n/a" if scale is None else f"{scale:.4g}")
-        )
+        if isinstance(scale, dict):
+            scale_text = ", ".join(f"{k} {v:.4g}" for k, v in scale.items())
+        else:
+            scale_text = "n/a" if scale is None else f"{scale:.4g}"
         return (
             f"DP {self.kind} of {self.dataset!r}: epsilon {self.epsilon:g} spent, mechanism "
             f"{self.mechanism}, noise scale {scale_text}; budget remaining "

@@ -207,7 +207,7 @@ class Answer:
     epsilon: float
     mechanism: str
     sensitivity: float | None
-    noise_scale: float | list[float] | None
+    noise_scale: float | dict[str, float] | None  # per mechanism; never per cell
     by: list[str] = field(default_factory=list)
     labels: list[list[Any]] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
@@ -406,56 +406,52 @@ def _per_cell(
     lo, hi = bounds.lower, bounds.upper
     width = hi - lo
     out: list[Any] = []
-    scales: list[float] = []
     intervals: list[list[float]] = []
     eps = query.epsilon
+    # No released figure may depend on a cell's exact number of persons (that would be a count
+    # without noise): means and variances are built from noisy sums and a noisy count, whose
+    # noise scales depend only on the bounds and epsilon. Unbounded DP: a person joins or leaves.
     for cell in slices:
-        n = len(cell)
+        clipped = np.clip(cell, lo, hi)
         if query.kind == "sum":
-            value = tools.sum(cell, epsilon=eps, bounds=(lo, hi), random_state=rng,
-                              accountant=_accountant())  # fmt: skip
-            scale = width / eps
-        elif query.kind == "mean":
-            if n == 0:  # no persons: noise as for one person around the middle of the bounds
-                cell = np.array([(lo + hi) / 2])
-            value = tools.mean(cell, epsilon=eps, bounds=(lo, hi), random_state=rng,
-                               accountant=_accountant())  # fmt: skip
-            scale = width / (max(n, 1) * eps)
-        elif query.kind == "var":
-            if n < 2:
-                cell = np.array([lo, hi])[: 2 - n] if n == 0 else np.append(cell, (lo + hi) / 2)
-            value = tools.var(cell, epsilon=eps, bounds=(lo, hi), random_state=rng,
-                              accountant=_accountant())  # fmt: skip
-            m = max(len(cell), 2)
-            scale = (width / m) ** 2 * (m - 1) / eps
+            value = tools.sum(clipped, epsilon=eps, bounds=(min(lo, 0.0), max(hi, 0.0)),
+                              random_state=rng, accountant=_accountant())  # fmt: skip
+            half = (max(hi, 0.0) - min(lo, 0.0)) / eps * Z95_LAPLACE
+            intervals.append([float(value) - half, float(value) + half])
+        elif query.kind in ("mean", "var"):
+            value, half = _moment(query.kind, clipped - lo, width, eps, rng)
+            value += lo if query.kind == "mean" else 0.0
+            intervals.append([float(value) - half, float(value) + half])
         else:  # quantile, median: the exponential mechanism
             assert query.quantile is not None
             value = tools.quantile(cell, query.quantile, epsilon=eps, bounds=(lo, hi),
                                    random_state=rng, accountant=_accountant())  # fmt: skip
-            scale = float("nan")
         out.append(float(value))
-        scales.append(scale)
-        if math.isfinite(scale):
-            half = scale * Z95_LAPLACE
-            intervals.append([float(value) - half, float(value) + half])
+    parts = {"mean": 2, "var": 3}.get(query.kind, 1)
     mechanism = {
         "sum": "LaplaceTruncated (diffprivlib tools.sum)",
-        "mean": "LaplaceTruncated (diffprivlib tools.mean)",
-        "var": "LaplaceBoundedDomain (diffprivlib tools.var)",
+        "mean": "noisy sum / noisy count: Laplace and GeometricTruncated (diffprivlib), "
+        "epsilon/2 each",
+        "var": "noisy sums of x and x^2 / noisy count: Laplace and GeometricTruncated "
+        "(diffprivlib), epsilon/3 each",
         "quantile": "Exponential (diffprivlib tools.quantile)",
         "median": "Exponential (diffprivlib tools.median)",
     }[query.kind]
-    sensitivity = width if query.kind == "sum" else None
-    noise: float | list[float] | None
-    if query.kind in ("quantile", "median"):
-        noise = None
-    else:
-        noise = scales[0] if len(scales) == 1 else scales
+    sensitivity: float | None = None
+    noise: Any = None
+    if query.kind == "sum":
+        sensitivity = max(hi, 0.0) - min(lo, 0.0)
+        noise = sensitivity / eps
+    elif query.kind == "mean":
+        noise = {"sum": width * parts / eps, "count": parts / eps}
+    elif query.kind == "var":
+        noise = {"sum": width * parts / eps, "sum_of_squares": width**2 * parts / eps,
+                 "count": parts / eps}  # fmt: skip
     notes = [f"Values are clipped to the policy's bounds [{lo:g}, {hi:g}]."]
     if query.kind in ("mean", "var"):
         notes.append(
-            "As in diffprivlib, the noise scale depends on the cell's number of persons, which "
-            "this model (bounded DP) treats as public."
+            "Built from noisy sums and a noisy count, so the cell's number of persons stays "
+            "private; the 95 % interval is approximate (delta method on the noisy figures)."
         )
     return Answer(
         query.kind,
@@ -466,7 +462,7 @@ def _per_cell(
         list(query.by),
         labels,
         out,
-        intervals if len(intervals) == len(out) else None,
+        intervals if intervals else None,
         notes=notes,
     )
 
@@ -629,3 +625,35 @@ def person_cells(
     hashes = hash_person_ids(np.asarray(persons, dtype=object).astype("S"))
     offsets, ordered = hashed_sets(codes[rows], hashes, ncells)
     return labels, offsets, ordered
+
+
+def _moment(
+    kind: str, shifted: np.ndarray, width: float, eps: float, rng: Any
+) -> tuple[float, float]:
+    """A DP mean (of values shifted to [0, width]) or variance from noisy sums and a noisy count;
+    returns the value and the half-width of its approximate 95 % interval."""
+    from diffprivlib.mechanisms import GeometricTruncated, Laplace
+
+    parts = 2 if kind == "mean" else 3
+    e = eps / parts
+    count = GeometricTruncated(epsilon=e, sensitivity=1, lower=0, upper=sys.maxsize,
+                               random_state=rng).randomise(len(shifted))  # fmt: skip
+    n = max(float(count), 1.0)
+    sum_mech = Laplace(epsilon=e, delta=0, sensitivity=width, random_state=rng)
+    total = sum_mech.randomise(float(np.sum(shifted)))
+    mean = min(max(total / n, 0.0), width)
+    p = math.exp(-e)
+    var_count = 2 * p / (1 - p) ** 2
+    var_sum = 2 * (width / e) ** 2
+    if kind == "mean":
+        sd = math.sqrt(var_sum + mean**2 * var_count) / n
+        return mean, 1.96 * sd
+    square_mech = Laplace(epsilon=e, delta=0, sensitivity=width**2, random_state=rng)
+    squares = square_mech.randomise(float(np.sum(shifted**2)))
+    second = min(max(squares / n, 0.0), width**2)
+    variance = min(max(second - mean**2, 0.0), width**2 / 4)
+    var_squares = 2 * (width**2 / e) ** 2
+    sd = (
+        math.sqrt(var_squares + 4 * mean**2 * var_sum + (2 * mean**2 - second) ** 2 * var_count) / n
+    )
+    return variance, 1.96 * sd

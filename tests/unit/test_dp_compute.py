@@ -63,18 +63,30 @@ def test_count_noise_matches_the_two_sided_geometric_scale_within_3_percent():
     assert compute(query, data, POLICY, rng).noise_scale == pytest.approx(1 / epsilon)
 
 
-def test_mean_noise_matches_the_laplace_scale_for_its_epsilon_and_sensitivity_within_3_percent():
-    data = table()
+def test_mean_noise_matches_its_theoretical_scale_for_epsilon_and_sensitivity_within_3_percent():
+    """A mean is a noisy sum over a noisy count (epsilon/2 each): to first order its noise is
+    (Laplace(width/e) - mean * geometric(e)) / n, e = epsilon / 2, values shifted to [0, width]."""
+    data = table(10_000)
     epsilon = 1.0
     rng = np.random.RandomState(7)
     query = q(kind="mean", column="bmi", epsilon=epsilon)
-    truth = float(np.mean(data.column("bmi").to_numpy()))
+    bmi = data.column("bmi").to_numpy()
+    n, shifted_mean = len(bmi), float(np.mean(bmi)) - 10
     answers = [compute(query, data, POLICY, rng) for _ in range(DRAWS)]
-    noise = np.array([a.values[0] for a in answers]) - truth
-    scale = (60 - 10) / (data.num_rows * epsilon)  # sensitivity (max - min) / n
-    assert answers[0].noise_scale == pytest.approx(scale)
-    assert abs(np.mean(np.abs(noise)) / scale - 1) < 0.03  # E|Laplace(b)| = b
-    assert abs(noise.std() / (math.sqrt(2) * scale) - 1) < 0.03
+    noise = np.array([a.values[0] for a in answers]) - float(np.mean(bmi))
+    e, width = epsilon / 2, 60 - 10
+    p = math.exp(-e)
+    theoretical_sd = math.sqrt(2 * (width / e) ** 2 + shifted_mean**2 * 2 * p / (1 - p) ** 2) / n
+    assert abs(noise.std() / theoretical_sd - 1) < 0.03
+    assert abs(noise.mean()) < 0.05 * theoretical_sd  # unbiased to first order
+    assert answers[0].noise_scale == {"sum": width / e, "count": 1 / e}  # no cell size in it
+
+
+def test_a_mean_releases_nothing_that_depends_on_the_exact_cell_size():
+    small, large = table(900), table(1000)
+    a = compute(q(kind="mean", column="bmi", by="sex"), small, POLICY).to_dict()
+    b = compute(q(kind="mean", column="bmi", by="sex"), large, POLICY).to_dict()
+    assert a["noise_scale"] == b["noise_scale"] and a["mechanism"] == b["mechanism"]
 
 
 def test_count_interval_covers_the_truth_about_95_percent_of_the_time():
