@@ -34,6 +34,7 @@ OPERATOR = "demo-operator"
 PROJECT = "demo-income-study"
 OTHER_PROJECT = "demo-county-study"
 DEMO_PERSONS = 20_000
+HEALTH_VARIABLES = ["sex", "county", "age", "bmi", "systolic_bp", "diabetes", "gp_visits"]
 
 # username, organisation, role, what they do
 DEMO_USERS = [
@@ -134,8 +135,12 @@ def publish_demo_data(persons: int = DEMO_PERSONS) -> list[str]:
     if not (folder / "manifest.json").exists():
         click.echo(f"Generating a synthetic registry of {persons:,} persons in {folder} ...")
         generate_registry(folder, persons, seed=2026)
+    if not (folder / "health.csv").exists():  # the aggregate-only dataset (spe.dp)
+        from spe.dp.synth import write_health_csv
+
+        write_health_csv(folder / "population.csv", folder / "health.csv")
     lines = []
-    for name in ("population", "income", "education", "employment"):
+    for name in ("population", "income", "education", "employment", "health"):
         policy = find_policy(name, Path(settings.policies_dir))
         result = ingest("demo-holder", folder / f"{name}.csv", policy)
         rejected = sum(result.rejected.values())
@@ -150,6 +155,7 @@ def publish_demo_data(persons: int = DEMO_PERSONS) -> list[str]:
                 {"birth_date": "year", "municipality": "county"},
             ),
             "income": (["year", "wage_income", "capital_income"], {}),
+            "health": (HEALTH_VARIABLES, {}),  # aggregate-only: DP queries, no rows
         },
         OTHER_PROJECT: {"population": (["sex", "municipality"], {"municipality": "county"})},
     }
@@ -223,6 +229,7 @@ def demo_exports() -> list[str]:
     import subprocess
     import sys
 
+    from spe.dp.service import row_mounts
     from spe.exports import actions
     from spe.projects.extracts import workspace_mounts
     from spe.tasks import run_inline
@@ -232,7 +239,7 @@ def demo_exports() -> list[str]:
         if actions.list_requests(session, researcher):
             return ["  export requests: already filed by an earlier run"]
         project = session.scalars(select(Project).where(Project.slug == PROJECT)).one()
-        mounts = workspace_mounts(session, project)
+        mounts = row_mounts(session, project, workspace_mounts(session, project))
         outbox = actions.default_outbox(project, "demo-researcher")
     data = outbox.parent / "data"  # what the sandbox mounts read-only at /data
     data.mkdir(parents=True, exist_ok=True)
@@ -298,6 +305,7 @@ def run_demo(start: bool = True) -> None:
     click.echo("  .venv/bin/spe --as demo-holder export show ID      # per-cell reasons")
     click.echo("  .venv/bin/spe --as demo-researcher export list")
     click.echo("  .venv/bin/spe --as demo-auditor audit tail")
+    click.echo(f"  .venv/bin/spe --as demo-holder dp budget --project {PROJECT}   # DP budgets")
     click.echo("  .venv/bin/spe audit verify")
     click.echo(
         f"  SPE API: http://{settings.api_host}:{settings.api_port}/api/v1/docs "
