@@ -129,3 +129,27 @@ def test_the_notebook_client_sends_filters_and_group_by_as_the_server_expects(
     older = dp.count("health", where={"age": (">=", 60)}, epsilon=0.1)
     assert older.value < dp_workspace["persons"] / 2
     assert dp.budget()[0]["remaining"] == pytest.approx(0.8)
+
+
+def test_the_dp_template_notebook_runs_against_a_real_airlock_and_worker(
+    dp_workspace, monkeypatch, tmp_path
+):
+    import json
+
+    from spe.config import reset_settings
+    from tests.conftest import REPO
+
+    empty = tmp_path / "mounted"
+    empty.mkdir()
+    monkeypatch.setenv("SPE_WORKSPACE_DATA_DIR", str(empty))
+    monkeypatch.setenv("SPE_WORKSPACE_AIRLOCK_SOCKET", str(dp_workspace["socket"]))
+    monkeypatch.setenv("SPE_OUTBOX_DIR", str(host_paths("study", "researcher").outbox))
+    reset_settings()
+    notebook = json.loads((REPO / "notebooks_templates" / "dp-queries.ipynb").read_text())
+    namespace: dict[str, Any] = {}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "dp-queries.ipynb", "exec"), namespace)  # noqa: S102
+    remaining = namespace["dp"].budget()[0]["remaining"]
+    assert remaining == pytest.approx(1.0 - 0.1 - 0.2 - 0.3)
+    assert namespace["table"].by == ["county", "diabetes"]
