@@ -193,6 +193,15 @@ class Settings(BaseSettings):
     )
     k8s_home_size: str = Field(default="10Gi", description="Size of each workspace home PVC.")
     k8s_extract_size: str = Field(default="10Gi", description="Size of each extract PVC.")
+    k8s_data_claim: str = Field(
+        default="spe-data",
+        description="The ReadWriteMany PVC holding SPE's data dir; extracts are copied from it "
+        "into their project's extract PVC.",
+    )
+    k8s_controlplane_image: str = Field(
+        default="spe-controlplane:0.1.0",
+        description="Image of SPE's own pods; runs the jobs that fill extract PVCs.",
+    )
     k8s_airlock_service: str = Field(
         default="spe-airlock", description="The Service in front of the TCP airlock."
     )

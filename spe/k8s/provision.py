@@ -23,7 +23,7 @@ from spe.k8s import KubernetesError
 from spe.projects.models import Project, ProjectStatus
 from spe.workspaces import kube_objects
 
-PVC, POLICY, SECRET = "PersistentVolumeClaim", "NetworkPolicy", "Secret"
+PVC, POLICY, SECRET, JOB = "PersistentVolumeClaim", "NetworkPolicy", "Secret", "Job"
 
 
 class ClusterApi(Protocol):
@@ -58,7 +58,7 @@ class KubernetesClusterApi:
                 raise KubernetesError(
                     "No Kubernetes cluster is configured: run inside the cluster or set KUBECONFIG."
                 ) from None
-        core, net = client.CoreV1Api(), client.NetworkingV1Api()
+        core, net, batch = client.CoreV1Api(), client.NetworkingV1Api(), client.BatchV1Api()
         self._calls: dict[str, tuple[Callable[..., Any], ...]] = {
             PVC: (
                 core.create_namespaced_persistent_volume_claim,
@@ -77,6 +77,12 @@ class KubernetesClusterApi:
                 core.patch_namespaced_secret,
                 core.delete_namespaced_secret,
                 core.list_namespaced_secret,
+            ),
+            JOB: (
+                batch.create_namespaced_job,
+                batch.patch_namespaced_job,
+                batch.delete_namespaced_job,
+                batch.list_namespaced_job,
             ),
         }
 
@@ -99,7 +105,9 @@ class KubernetesClusterApi:
         self._call(kind, 1, name, namespace, body)
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        self._call(kind, 2, name, namespace)
+        # A Job's pods go with it.
+        extra = {"propagation_policy": "Background"} if kind == JOB else {}
+        self._call(kind, 2, name, namespace, **extra)
 
     def names(self, kind: str, namespace: str, label_selector: str) -> list[str]:
         found = self._call(kind, 3, namespace, label_selector=label_selector)
@@ -110,7 +118,7 @@ class KubernetesClusterApi:
 class Applied:
     kind: str
     name: str
-    outcome: str  # "created" | "updated" | "deleted" | "absent"
+    outcome: str  # "created" | "updated" | "unchanged" | "deleted" | "absent"
 
     def as_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "name": self.name, "outcome": self.outcome}
@@ -118,14 +126,17 @@ class Applied:
 
 def project_objects(
     project: str,
-    datasets: list[str],
+    extracts: dict[str, tuple[str, str]],
     *,
     namespace: str,
     extract_size: str = "10Gi",
     storage_class: str | None = None,
     airlock_port: int = kube_objects.AIRLOCK_PORT,
+    data_claim: str = "spe-data",
+    image: str = "spe-controlplane:0.1.0",
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(kind, body) of everything a project needs on the cluster, in apply order."""
+    """(kind, body) of everything a project needs on the cluster, in apply order; ``extracts``
+    maps each granted dataset to (folder in the data volume, extract version)."""
     objects: list[tuple[str, Any]] = [
         (POLICY, kube_objects.default_deny_policy(namespace)),
         (
@@ -135,7 +146,7 @@ def project_objects(
             ),
         ),
     ]
-    for dataset in sorted(datasets):
+    for dataset, (folder, version) in sorted(extracts.items()):
         objects.append(
             (
                 PVC,
@@ -144,6 +155,20 @@ def project_objects(
                     dataset,
                     size=extract_size,
                     storage_class=storage_class,
+                    namespace=namespace,
+                ),
+            )
+        )
+        objects.append(
+            (
+                JOB,
+                kube_objects.extract_fill_job(
+                    project,
+                    dataset,
+                    folder,
+                    version,
+                    data_claim=data_claim,
+                    image=image,
                     namespace=namespace,
                 ),
             )
@@ -177,6 +202,8 @@ def _settings_values() -> dict[str, Any]:
         "extract_size": settings.k8s_extract_size,
         "storage_class": settings.k8s_extract_storage_class or None,
         "airlock_port": settings.k8s_airlock_port,
+        "data_claim": settings.k8s_data_claim,
+        "image": settings.k8s_controlplane_image,
     }
 
 
@@ -184,8 +211,11 @@ def _settings_values() -> dict[str, Any]:
 def apply_project(
     session: Session, actor: User, project: Project, api: ClusterApi
 ) -> list[Applied]:
-    """Create or update the project's extract volumes and policies; idempotent."""
-    from spe.projects.extracts import granted_datasets
+    """Create or update the project's extract volumes and policies, and fill each volume with
+    its current extract (once per extract version); idempotent."""
+    from pathlib import PurePosixPath
+
+    from spe.projects.extracts import current_extracts
 
     _check_operator(actor)
     if project.status != ProjectStatus.APPROVED:
@@ -196,7 +226,11 @@ def apply_project(
     values = _settings_values()
     namespace = values["namespace"]
     done: list[Applied] = []
-    for kind, body in project_objects(project.slug, granted_datasets(session, project), **values):
+    extracts = {
+        name: (str(PurePosixPath(row.path).parent), str(row.dataset_version_id))
+        for name, row in current_extracts(session, project).items()
+    }
+    for kind, body in project_objects(project.slug, extracts, **values):
         name = body["metadata"]["name"]
         try:
             api.create(kind, namespace, body)
@@ -206,6 +240,9 @@ def apply_project(
                 raise KubernetesError(
                     f"Namespace {namespace} does not exist; create it first."
                 ) from None
+            if kind == JOB:  # this version was copied already; a Job is not patched
+                done.append(Applied(kind, name, "unchanged"))
+                continue
             api.patch(kind, namespace, name, _patch_of(kind, body))
             done.append(Applied(kind, name, "updated"))
     record(
@@ -236,7 +273,7 @@ def delete_project(
     namespace = _settings_values()["namespace"]
     selector = f"{kube_objects.PROJECT_LABEL}={kube_objects.label_value(project.slug)}"
     removed: list[Applied] = []
-    for kind in (SECRET, PVC, POLICY):
+    for kind in (JOB, SECRET, PVC, POLICY):
         for name in api.names(kind, namespace, selector):
             try:
                 api.delete(kind, namespace, name)

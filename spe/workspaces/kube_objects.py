@@ -16,8 +16,12 @@ from typing import Any
 from kubernetes.client import (
     ApiClient,
     V1Capabilities,
+    V1Container,
     V1EmptyDirVolumeSource,
+    V1EnvVar,
     V1IPBlock,
+    V1Job,
+    V1JobSpec,
     V1LabelSelector,
     V1NetworkPolicy,
     V1NetworkPolicyEgressRule,
@@ -30,6 +34,8 @@ from kubernetes.client import (
     V1PersistentVolumeClaimSpec,
     V1PersistentVolumeClaimVolumeSource,
     V1PodSecurityContext,
+    V1PodSpec,
+    V1PodTemplateSpec,
     V1SeccompProfile,
     V1Secret,
     V1SecretVolumeSource,
@@ -259,6 +265,72 @@ def extract_pvc(
             access_modes=["ReadOnlyMany"],
             resources=V1VolumeResourceRequirements(requests={"storage": size}),
             storage_class_name=storage_class,
+        ),
+    )
+
+
+def extract_fill_job(
+    project: str,
+    dataset: str,
+    source: str,
+    version: str,
+    *,
+    data_claim: str,
+    image: str,
+    namespace: str = "spe",
+) -> V1Job:
+    """Copy one extract version (``source``: its folder in SPE's data volume) into the
+    project's extract PVC, once per version. Access modes are not enforced once mounted, so
+    this one writer fills the ReadOnlyMany claim before workspaces mount it read-only."""
+    script = 'find /extract -mindepth 1 -delete && cp -R "/data/$SOURCE/." /extract/'
+    labels = {**project_labels(project), DATASET_LABEL: label_value(dataset)}
+    return V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=V1ObjectMeta(
+            name=object_name("spe-fill", project, dataset, version[:12]),
+            namespace=namespace,
+            labels=labels,
+        ),
+        spec=V1JobSpec(
+            backoff_limit=3,
+            ttl_seconds_after_finished=86400,
+            template=V1PodTemplateSpec(
+                metadata=V1ObjectMeta(labels=labels),
+                spec=V1PodSpec(
+                    restart_policy="Never",
+                    automount_service_account_token=False,
+                    enable_service_links=False,
+                    security_context=pod_security_context(),
+                    containers=[
+                        V1Container(
+                            name="fill",
+                            image=image,
+                            command=["sh", "-c", script],
+                            env=[V1EnvVar(name="SOURCE", value=source)],
+                            security_context=container_security_context(),
+                            volume_mounts=[
+                                V1VolumeMount(name="data", mount_path="/data", read_only=True),
+                                V1VolumeMount(name="extract", mount_path="/extract"),
+                            ],
+                        )
+                    ],
+                    volumes=[
+                        V1Volume(
+                            name="data",
+                            persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
+                                claim_name=data_claim, read_only=True
+                            ),
+                        ),
+                        V1Volume(
+                            name="extract",
+                            persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(
+                                claim_name=extract_pvc_name(project, dataset)
+                            ),
+                        ),
+                    ],
+                ),
+            ),
         ),
     )
 

@@ -21,7 +21,7 @@ from spe.errors import PermissionDenied
 from spe.k8s import KubernetesError
 from spe.k8s.provision import apply_project, delete_project
 from spe.keys.signing import audit_public_key, verify_signature
-from spe.projects.extracts import grant_dataset
+from spe.projects.extracts import current_extracts, extract, grant_dataset
 from spe.projects.service import approve_project, close_project, get_project
 from spe.workspaces import kube_objects as ko
 from tests.kube_fakes import FakeCluster
@@ -35,22 +35,34 @@ def approved(people: Any) -> None:
         study = get_project(s, "study")
         grant_dataset(s, get_user(s, "reviewer"), study, "people", ["income"], {})
         approve_project(s, get_user(s, "reviewer"), study)
+    extract("study", "people")  # as the worker does after approval
 
 
 def test_apply_creates_the_projects_volumes_and_policies_once(approved: None) -> None:
     cluster = FakeCluster()
     with transaction() as s:
         done = apply_project(s, get_user(s, "op"), get_project(s, "study"), cluster)
+        (row,) = current_extracts(s, get_project(s, "study")).values()
+    fill = next(a.name for a in done if a.kind == "Job")
     assert {(a.kind, a.name, a.outcome) for a in done} == {
         ("NetworkPolicy", "spe-workspaces-deny-all", "created"),
         ("NetworkPolicy", ko.project_policy_name("study"), "created"),
         ("PersistentVolumeClaim", ko.extract_pvc_name("study", "people"), "created"),
+        ("Job", fill, "created"),
     }
     for body in cluster.objects.values():
         for version in VERSIONS:
             kubernetes_validate.validate(body, version, strict=True)
     claim = cluster.objects[("PersistentVolumeClaim", ko.extract_pvc_name("study", "people"))]
     assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+    # The fill job copies this extract's folder of the data volume into that claim.
+    pod = cluster.objects[("Job", fill)]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["env"] == [{"name": "SOURCE", "value": row.path.rsplit("/", 1)[0]}]
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"]}
+    assert claims["data"] == {"claimName": "spe-data", "readOnly": True}
+    assert claims["extract"]["claimName"] == ko.extract_pvc_name("study", "people")
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
 def test_a_second_apply_patches_and_creates_no_duplicates(approved: None) -> None:
@@ -58,8 +70,12 @@ def test_a_second_apply_patches_and_creates_no_duplicates(approved: None) -> Non
     for _ in range(2):
         with transaction() as s:
             done = apply_project(s, get_user(s, "op"), get_project(s, "study"), cluster)
-    assert len(cluster.objects) == 3
-    assert {a.outcome for a in done} == {"updated"}
+    assert len(cluster.objects) == 4
+    assert {(a.kind, a.outcome) for a in done} == {
+        ("NetworkPolicy", "updated"),
+        ("PersistentVolumeClaim", "updated"),
+        ("Job", "unchanged"),  # this extract version was copied already
+    }
     patches = [c for c in cluster.calls if c[0] == "patch"]
     assert len(patches) == 3
     with readonly() as s:
@@ -101,7 +117,9 @@ def test_delete_removes_the_projects_objects_and_records_a_signed_certificate(
         ("NetworkPolicy", "spe-workspaces-deny-all"),
         ("PersistentVolumeClaim", ko.extract_pvc_name("other", "people")),
     }
-    assert {(o["kind"], o["name"]) for o in certificate["objects"]} == {
+    removed = {(o["kind"], o["name"]) for o in certificate["objects"]}
+    assert {kind for kind, _ in removed if kind == "Job"} == {"Job"}
+    assert {(k, n) for k, n in removed if k != "Job"} == {
         ("Secret", ko.token_secret_name("study", "researcher")),
         ("PersistentVolumeClaim", ko.home_pvc_name("study", "researcher")),
         ("PersistentVolumeClaim", ko.extract_pvc_name("study", "people")),

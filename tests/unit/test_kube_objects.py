@@ -71,9 +71,8 @@ def all_objects(spec: ko.WorkspaceSpec) -> list[dict[str, Any]]:
         ko.serialise(ko.project_network_policy(spec.project, airlock_cidr="10.0.0.0/8")),
         ko.serialise(ko.default_deny_policy()),
     ]
-    built += [
-        body for _, body in project_objects(spec.project, list(spec.datasets), namespace="spe")
-    ]
+    extracts = {d: (f"projects/{spec.project}/{d}/v1", "0" * 32) for d in spec.datasets}
+    built += [body for _, body in project_objects(spec.project, extracts, namespace="spe")]
     return built
 
 
