@@ -237,3 +237,15 @@ def test_every_rendered_manifest_validates(chart_with_dependency: Path, producti
     for manifest in manifests:
         for version in versions:
             kubernetes_validate.validate(manifest, version, strict=False)
+
+
+def test_the_api_is_the_hubs_spe_service_at_the_address_people_land_on() -> None:
+    from spe.config import load_settings
+    from spe.workspaces.kube_spawner import kube_hub_config
+
+    service = VALUES["jupyterhub"]["hub"]["services"]["spe"]
+    assert service["url"] == "http://spe-api:8040"
+    api = (CHART / "templates" / "api.yaml").read_text()
+    landing = kube_hub_config(load_settings())["JupyterHub"]["default_url"]
+    assert f"value: {landing}" in api  # JUPYTERHUB_SERVICE_PREFIX
+    assert "key: hub.services.spe.apiToken" in api
