@@ -45,6 +45,11 @@ from spe.storage import data_storage, sha256_file
 _FITS = {Generalisation.YEAR: {"date32[day]"}, Generalisation.COUNTY: {"string"}}
 
 
+def generalisations_for(column_type: str) -> list[str]:
+    """The generalisations a variable of this (Arrow) type can be granted with."""
+    return [kind.value for kind, types in _FITS.items() if column_type in types]
+
+
 class ExtractError(SPEError):
     pass
 

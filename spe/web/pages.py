@@ -323,6 +323,22 @@ async def export_withdraw(
     return done(url(f"/exports/{request_id}"), "You withdrew the request.")
 
 
+@web_router.get("/exports/{request_id}/outputs/{output}/safe-version")
+async def export_safe_preview(
+    request: Request, request_id: str, output: str, method: str = "suppress"
+) -> Response:
+    """What the safe version would publish and the check's verdict on it, before accepting."""
+    from spe.exports import actions
+
+    with reading_as(await who(request)) as (session, user):
+        user = require(user)
+        viewer = viewer_of(user)
+        preview = actions.safe_preview(
+            session, user, actions.get_request(session, request_id), output, method
+        )
+    return page(request, "safe.html", viewer, p=preview, rid=request_id)
+
+
 @web_router.post("/exports/{request_id}/outputs/{output}/accept-safe")
 async def export_accept_safe(
     request: Request,
@@ -462,7 +478,7 @@ async def holder_projects(request: Request) -> Response:
 async def holder_project(request: Request, slug: str) -> Response:
     from spe.accounts.permissions import Action, Target, can
     from spe.catalogue.service import datasets_of_holder
-    from spe.projects.extracts import grants_of
+    from spe.projects.extracts import generalisations_for, grants_of
     from spe.projects.service import get_project
 
     with reading_as(await who(request)) as (session, user):
@@ -477,7 +493,7 @@ async def holder_project(request: Request, slug: str) -> Response:
             {
                 "name": d.name,
                 "variables": [
-                    v.name
+                    {"name": v.name, "generalisations": generalisations_for(v.type)}
                     for v in (d.latest.variables if d.latest else [])
                     if v.name != "person_id"
                 ],
@@ -517,12 +533,22 @@ async def holder_grant(
     from spe.tasks import submit_and_dispatch
 
     auth.check_form_token(request, csrf)
+    form = await request.form()
+    generalise = {
+        key.removeprefix("gen_"): str(value)
+        for key, value in form.items()
+        if key.startswith("gen_") and value and key.removeprefix("gen_") in variables
+    }
     name = require_name(await who(request))
     with acting_as(name) as (session, user):
         project = get_project(session, slug)
-        grant_dataset(session, user, project, dataset, variables)
+        grant_dataset(session, user, project, dataset, variables, generalise)
         approved = project.status == ProjectStatus.APPROVED
-    message = f"Granted {slug} {len(variables)} variables of {dataset}."
+    message = f"Granted {slug} {len(variables)} variables of {dataset}" + (
+        " (generalised: " + ", ".join(f"{k} to {v}" for k, v in sorted(generalise.items())) + ")."
+        if generalise
+        else "."
+    )
     if approved:  # an approved project's extract follows its grants
         job = submit_and_dispatch(name, "extract", {"project": slug, "dataset": dataset}, False)
         message += f" Its extract is being built (job {job[:8]})."

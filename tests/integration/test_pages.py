@@ -166,8 +166,29 @@ def test_the_request_page_marks_each_failing_cell_with_its_rule_and_numbers(site
     # The researcher sees the same reasons, and may accept a safe version instead of voting.
     mine = get(site, "demo-researcher", f"/exports/{rid}")
     assert len(re.findall(r'<td class="cell c-fail[^"]*"', mine.text)) == len(failing)
-    assert "Accept the safe version of small_cells.csv" in text(mine)
+    assert "A safe version of small_cells.csv" in text(mine)
     assert "Your vote" not in text(mine)
+    preview = get(site, "demo-researcher", f"/exports/{rid}/outputs/small_cells.csv/safe-version")
+    assert preview.status_code == 200
+    assert "Accept this safe version of small_cells.csv" in text(preview)
+    assert 'class="cell withheld"' in preview.text
+
+
+def test_the_researcher_accepts_the_safe_version_and_it_is_checked_again(site):
+    rid = site["request"]
+    accepted = post(
+        site,
+        "demo-researcher",
+        f"/exports/{rid}/outputs/small_cells.csv/accept-safe",
+        {"method": "suppress"},
+    )
+    assert accepted.status_code == 303, text(accepted)[:300]
+    with readonly() as s:
+        request = actions.get_request(s, rid)
+        assert (request.round, request.status.value) == (2, "checking")
+    # A reviewer cannot accept it for the researcher.
+    refused = post(site, "demo-holder", f"/exports/{rid}/outputs/small_cells.csv/accept-safe", {})
+    assert refused.status_code in (403, 409)
 
 
 def test_a_form_without_this_browsers_token_is_refused_and_changes_nothing(site):
@@ -230,6 +251,15 @@ def test_the_holder_sees_datasets_ingest_reports_projects_and_who_used_the_data(
 def test_a_holder_grants_variables_through_the_form(site):
     page = text(get(site, "demo-holder", "/holder/projects/demo-county-study"))
     assert "Grant a dataset" in page
+    response = post(
+        site,
+        "demo-holder",
+        "/holder/projects/demo-county-study/grant",
+        {"dataset": "population", "variables": ["sex", "birth_date"], "gen_birth_date": "year"},
+    )
+    assert response.status_code == 303, text(response)[:300]
+    after = text(get(site, "demo-holder", "/holder/projects/demo-county-study"))
+    assert "birth_date (year)" in after
     response = post(
         site,
         "demo-holder",
