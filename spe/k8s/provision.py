@@ -43,21 +43,28 @@ class ConflictOrMissing(Exception):
         self.status = status
 
 
+def load_cluster_config() -> None:
+    """The cluster's credentials: in-cluster (a pod's service account), else KUBECONFIG."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError, TypeError):
+            raise KubernetesError(
+                "No Kubernetes cluster is configured: run inside the cluster or set KUBECONFIG."
+            ) from None
+
+
 class KubernetesClusterApi:
     """``ClusterApi`` over the ``kubernetes`` client (in-cluster config, or KUBECONFIG)."""
 
     def __init__(self) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError, TypeError):
-                raise KubernetesError(
-                    "No Kubernetes cluster is configured: run inside the cluster or set KUBECONFIG."
-                ) from None
+        load_cluster_config()
         core, net, batch = client.CoreV1Api(), client.NetworkingV1Api(), client.BatchV1Api()
         self._calls: dict[str, tuple[Callable[..., Any], ...]] = {
             PVC: (

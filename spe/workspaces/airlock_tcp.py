@@ -44,12 +44,11 @@ class KubePodDirectory:
     """Pods as the Kubernetes API reports them (in-cluster config, or KUBECONFIG)."""
 
     def __init__(self) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
+        from spe.k8s.provision import load_cluster_config
+
+        load_cluster_config()
         self.api = client.CoreV1Api()
 
     def pod(self, namespace: str, name: str) -> PodFacts | None:

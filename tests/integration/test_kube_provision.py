@@ -143,10 +143,13 @@ def test_delete_removes_the_projects_objects_and_records_a_signed_certificate(
     assert again["objects"] == []
 
 
-def test_the_cli_says_what_to_do_without_a_cluster(run_spe: Any, world: Any) -> None:
-    result = run_spe(
-        "--as", "op", "k8s", "apply-project", "study", env={"KUBECONFIG": "/nonexistent"}
-    )
-    assert result.returncode != 0
+@pytest.mark.parametrize(
+    "command", [["--as", "op", "k8s", "apply-project", "study"], ["k8s", "airlock", "--port", "0"]]
+)
+def test_the_cli_says_what_to_do_without_a_cluster(
+    run_spe: Any, world: Any, command: list[str]
+) -> None:
+    result = run_spe(*command, env={"KUBECONFIG": "/nonexistent"})
+    assert result.returncode == 11
     assert "No Kubernetes cluster is configured" in result.stderr
     assert "Traceback" not in result.stderr
