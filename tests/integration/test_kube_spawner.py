@@ -19,7 +19,7 @@ from spe.accounts.service import accept_terms, get_user
 from spe.audit.models import AuditEvent
 from spe.db import readonly, transaction
 from spe.keys.workspace_tokens import verify_token
-from spe.projects.service import approve_project, get_project
+from spe.projects.service import add_member, approve_project, get_project, remove_member
 from spe.workspaces import kube_objects as ko
 from spe.workspaces.spawner import WorkspaceRefused
 
@@ -137,3 +137,49 @@ def test_start_is_refused_to_a_non_member_and_for_another_project(open_study: No
     unknown = make_spawner("researcher", "study", {"profile": "study", "image": "evil"})
     with pytest.raises(WorkspaceRefused, match="no option 'image'"):
         unknown.apply_user_options(unknown, unknown.user_options)
+
+
+async def _no_pod_status(self: Any) -> None:
+    return None
+
+
+async def _stopped(self: Any, now: bool = False) -> None:
+    self.stopped_by_test = True
+
+
+def test_a_running_workspace_renews_its_token_at_half_life(open_study: None) -> None:
+    import time
+
+    spawner = make_spawner("researcher", "study", {"profile": "study"})
+    asyncio.run(spawner.load_user_options())
+    spawner._token_issued = time.time() - 7 * 3600  # older than half of the 12 h lifetime
+    with mock.patch("kubespawner.KubeSpawner.poll", _no_pod_status):
+        assert asyncio.run(spawner.poll()) is None
+    (renewed,) = [b for b in spawner.api.patched if b["kind"] == "Secret"]
+    with readonly() as s:
+        claims = verify_token(s, renewed["stringData"]["token"])
+    assert claims["iat"] >= time.time() - 60 and spawner._token_issued == claims["iat"]
+
+
+def test_a_running_workspace_stops_when_its_user_loses_access(open_study: None) -> None:
+    with transaction() as s:
+        study = get_project(s, "study")
+        add_member(s, get_user(s, "researcher"), study, get_user(s, "researcher2"))
+        accept_terms(s, get_user(s, "researcher2"))
+    spawner = make_spawner("researcher2", "study", {"profile": "study"})
+    asyncio.run(spawner.load_user_options())
+    with transaction() as s:
+        study = get_project(s, "study")
+        remove_member(s, get_user(s, "researcher"), study, get_user(s, "researcher2"))
+    spawner._last_access_check = 0.0
+    with (
+        mock.patch("kubespawner.KubeSpawner.poll", _no_pod_status),
+        mock.patch("kubespawner.KubeSpawner.stop", _stopped),
+    ):
+        assert asyncio.run(spawner.poll()) == 0
+    assert spawner.stopped_by_test
+    with readonly() as s:
+        reasons = s.scalars(
+            select(AuditEvent.details).where(AuditEvent.action == "workspace.stop")
+        ).all()
+    assert len(reasons) == 1 and "member" in reasons[0]
