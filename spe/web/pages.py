@@ -160,11 +160,9 @@ async def catalogue_entry(request: Request, dataset: str) -> Response:
 
 
 def _budgets(session: Any, user: User, project: Any) -> list[dict[str, Any]] | None:
-    """The project's privacy budgets when differentially private queries are available."""
-    try:
-        from spe.dp import service as dp_service
-    except ImportError:
-        return None
+    """The project's privacy budgets (aggregate-only datasets), or None if not the viewer's."""
+    from spe.dp import service as dp_service
+
     try:
         return list(dp_service.budgets(session, user, project))
     except (PermissionDenied, NotFound):
@@ -507,6 +505,7 @@ async def holder_project(request: Request, slug: str) -> Response:
         ]
         grants = grants_of(session, project)
         may_approve = can(session, user, Action.PROJECT_APPROVE, Target(project=project))
+        budgets = _budgets(session, user, project)
         return page(
             request,
             "holder_project.html",
@@ -516,6 +515,7 @@ async def holder_project(request: Request, slug: str) -> Response:
             datasets=datasets,
             members=members,
             may_approve=may_approve,
+            budgets=budgets,
         )
 
 
@@ -553,6 +553,28 @@ async def holder_grant(
         job = submit_and_dispatch(name, "extract", {"project": slug, "dataset": dataset}, False)
         message += f" Its extract is being built (job {job[:8]})."
     return done(url(f"/holder/projects/{slug}"), message)
+
+
+@web_router.post("/holder/projects/{slug}/topup")
+async def holder_topup(
+    request: Request, slug: str, dataset: FormText, epsilon: FormText, csrf: Token = None
+) -> Response:
+    """Add privacy budget (epsilon) for an aggregate-only dataset of the project."""
+    from spe.dp import service as dp_service
+    from spe.dp.errors import DPError
+
+    auth.check_form_token(request, csrf)
+    try:
+        amount = float(epsilon)
+    except ValueError:
+        raise DPError(f"{epsilon!r} is not a number; give the epsilon to add, e.g. 0.5.") from None
+    with acting_as(require_name(await who(request))) as (session, user):
+        after = dp_service.topup(session, user, slug, dataset, amount)
+    return done(
+        url(f"/holder/projects/{slug}"),
+        f"Added ε {amount:g} to {dataset}; "
+        f"{after['remaining']:.3g} of {after['total']:.3g} remain.",
+    )
 
 
 @web_router.post("/holder/projects/{slug}/approve")
