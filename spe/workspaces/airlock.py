@@ -27,6 +27,7 @@ log = logging.getLogger("spe.airlock")
 MAX_LINE = 1 << 20  # one request; a cell larger than this is refused (and so does not run)
 MAX_CODE_RECORDED = 256 << 10  # longer cells are recorded by hash and length, and their start
 SYNC_SECONDS = 1.0
+REQUEST_THREADS = 64
 
 
 class AirlockError(SPEError):
@@ -274,6 +275,11 @@ class Airlock:
                 await writer.wait_closed()
 
     async def run(self, stop: asyncio.Event) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # A DP query waits in its thread for the worker's answer: enough threads that waiting
+        # queries never hold up the cells and loads of other workspaces.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(REQUEST_THREADS))
         try:
             while not stop.is_set():
                 try:

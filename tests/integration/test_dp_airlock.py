@@ -153,3 +153,45 @@ def test_the_dp_template_notebook_runs_against_a_real_airlock_and_worker(
     remaining = namespace["dp"].budget()[0]["remaining"]
     assert remaining == pytest.approx(1.0 - 0.1 - 0.2 - 0.3)
     assert namespace["table"].by == ["county", "diabetes"]
+
+
+def test_dp_queries_waiting_for_a_worker_do_not_hold_up_other_workspaces_cells(
+    world, tmp_path, monkeypatch
+):
+    """No worker runs: eight queries wait for their answers, and a cell is still recorded."""
+    import threading
+
+    from spe.dp import service
+    from spe.workspaces.client import call as airlock_call
+
+    make_health(tmp_path, monkeypatch, persons=50)
+    monkeypatch.setattr(service, "WAIT_SECONDS", 6.0)
+    with transaction() as s:
+        workspace_started(s, get_user(s, "researcher"), get_project(s, "study"))
+    airlock = AirlockThread().start()
+    try:
+        sock = host_paths("study", "researcher").airlock_socket
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        answers: list[str] = []
+
+        def ask() -> None:
+            try:
+                call({"op": "dp", "kind": "count", "dataset": "health", "epsilon": 0.01}, sock)
+            except DPQueryError as exc:
+                answers.append(str(exc))
+
+        waiting = [threading.Thread(target=ask) for _ in range(8)]
+        for t in waiting:
+            t.start()
+        time.sleep(1.0)  # all eight are now waiting in the airlock
+        started = time.monotonic()
+        assert airlock_call({"op": "cell", "code": "1 + 1"}, sock)["ok"]
+        assert time.monotonic() - started < 2.0
+        for t in waiting:
+            t.join(30)
+        assert len(answers) == 8 and all("did not finish within 6 s" in a for a in answers)
+    finally:
+        airlock.stop()
