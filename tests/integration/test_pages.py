@@ -323,3 +323,38 @@ def test_the_institution_admin_enrols_and_removes_a_researcher(site):
     assert removed.status_code == 303
     with readonly() as s:
         assert not get_user(s, "new-person").active
+
+
+def test_budgets_show_to_the_researcher_and_the_holder_tops_them_up(site):
+    mine = text(get(site, "demo-researcher", "/projects"))
+    assert "Privacy budgets" in mine and "health" in mine
+    page = text(get(site, "demo-holder", "/holder/projects/demo-income-study"))
+    assert "Privacy budgets" in page and "Add ε" in page
+    added = post(
+        site,
+        "demo-holder",
+        "/holder/projects/demo-income-study/topup",
+        {"dataset": "health", "epsilon": "0.5"},
+    )
+    assert added.status_code == 303, text(added)[:300]
+    from spe.dp.service import budgets
+
+    with readonly() as s:
+        after = {
+            b["dataset"]: b for b in budgets(s, get_user(s, "demo-holder"), "demo-income-study")
+        }
+    assert after["health"]["total"] == pytest.approx(3.5)
+    refused = post(
+        site,
+        "demo-researcher",
+        "/holder/projects/demo-income-study/topup",
+        {"dataset": "health", "epsilon": "5"},
+    )
+    assert refused.status_code == 403
+    nonsense = post(
+        site,
+        "demo-holder",
+        "/holder/projects/demo-income-study/topup",
+        {"dataset": "health", "epsilon": "lots"},
+    )
+    assert nonsense.status_code == 400 and "not a number" in text(nonsense)
