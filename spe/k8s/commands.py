@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -58,3 +59,62 @@ def airlock_command(host: str, port: int | None) -> None:
 
     settings = get_settings()
     run_tcp_airlock(host, port or settings.k8s_airlock_port, settings.k8s_namespace)
+
+
+@k8s.command("front-door")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on.")
+@click.option(
+    "--upstream",
+    default="proxy-public:80",
+    show_default=True,
+    help="HOST:PORT of the hub's proxy (z2jh's proxy-public service).",
+)
+@click.option(
+    "--folder",
+    type=click.Path(path_type=Path),
+    default=Path("/tmp/front-door"),  # noqa: S108 - the pod's own emptyDir
+    show_default=True,
+    help="Configuration, temporary files and the request log.",
+)
+def front_door_command(port: int, upstream: str, folder: Path) -> None:
+    """Serve the download filter before the hub's proxy (the same nginx rules as `spe up`),
+    and ship the notebook contents reads it logs into the audit log."""
+    import signal
+    import time
+
+    from spe.workspaces.front_door import FrontDoor, ship_reads, start
+
+    host, _, upstream_port = upstream.rpartition(":")
+    if not host or not upstream_port.isdigit():
+        raise click.BadParameter("use HOST:PORT", param_hint="--upstream")
+    door = FrontDoor(
+        listen_port=port,
+        upstream_port=int(upstream_port),
+        folder=folder,
+        access_log=folder / "access.jsonl",
+        error_log=folder / "error.log",
+        listen_host="0.0.0.0",  # noqa: S104 - the pod's address; the Service is in front
+        upstream_host=host,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    nginx = start(door)
+    stopping = False
+
+    def stop(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    click.echo(f"Front door on :{port} before {upstream}.")
+    try:
+        while not stopping and nginx.poll() is None:
+            ship_reads(door.access_log, folder / "shipped-offset")
+            time.sleep(1.0)
+    finally:
+        if nginx.poll() is None:
+            nginx.terminate()
+            nginx.wait(10)
+        ship_reads(door.access_log, folder / "shipped-offset")
+    if not stopping:
+        raise SystemExit(f"nginx ended with status {nginx.returncode}; see {door.error_log}.")

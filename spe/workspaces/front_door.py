@@ -33,6 +33,9 @@ class FrontDoor:
     error_log: Path
     max_upload_kib: int = 2048
     as_root: bool = False  # then the workers drop to nobody
+    # On Kubernetes (`spe k8s front-door`): the pod's address and z2jh's proxy-public service.
+    listen_host: str = "127.0.0.1"
+    upstream_host: str = "127.0.0.1"
 
 
 def nginx_config(door: FrontDoor) -> str:
@@ -82,7 +85,7 @@ http {{
         "" close;
     }}
     server {{
-        listen 127.0.0.1:{door.listen_port};
+        listen {door.listen_host}:{door.listen_port};
         client_max_body_size {door.max_upload_kib}k;
         # Whole bodies in memory: the workers (nobody) may not reach a spool folder under the
         # state folder.
@@ -91,7 +94,7 @@ http {{
             return 403 "{REFUSAL}";
         }}
         location / {{
-            proxy_pass http://127.0.0.1:{door.upstream_port};
+            proxy_pass http://{door.upstream_host}:{door.upstream_port};
             proxy_http_version 1.1;
             # With the port: the notebook server compares Host with the browser's Origin.
             proxy_set_header Host $http_host;

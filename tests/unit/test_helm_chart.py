@@ -249,3 +249,12 @@ def test_the_api_is_the_hubs_spe_service_at_the_address_people_land_on() -> None
     landing = kube_hub_config(load_settings())["JupyterHub"]["default_url"]
     assert f"value: {landing}" in api  # JUPYTERHUB_SERVICE_PREFIX
     assert "key: hub.services.spe.apiToken" in api
+
+
+def test_people_reach_the_hub_only_through_the_front_door() -> None:
+    ingress = (CHART / "templates" / "ingress.yaml").read_text()
+    assert '"spe-front-door" "proxy-public" .Values.frontDoor.enabled' in ingress
+    assert VALUES["jupyterhub"]["proxy"]["service"]["type"] == "ClusterIP"
+    assert errors(_set(VALUES, "frontDoor.enabled", False))
+    door = (CHART / "templates" / "front-door.yaml").read_text()
+    assert '"k8s", "front-door"' in door and "proxy-public:80" in door
