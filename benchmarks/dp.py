@@ -315,8 +315,12 @@ def end_to_end(state: Path, queries: int) -> None:
         }
         started = time.perf_counter()
         call(requests["count"], sock)
-        emit("dp.e2e.first_query", (time.perf_counter() - started) * 1000, "ms",
-             note="worker imports diffprivlib and reads the extract")  # fmt: skip
+        emit(
+            "dp.e2e.first_query",
+            (time.perf_counter() - started) * 1000,
+            "ms",
+            note="worker imports diffprivlib and reads the extract",
+        )
         for name, request in requests.items():
             call(request, sock)  # warm this shape (the worker caches the extract's columns)
             times = []
@@ -326,8 +330,14 @@ def end_to_end(state: Path, queries: int) -> None:
                 times.append((time.perf_counter() - started) * 1000)
                 assert answer["ok"]
             p50 = quantile(times, 0.5)
-            emit(f"dp.e2e.{name}.p50", p50, "ms", goal=f"<= {GOAL_P50_MS:.0f}",
-                 met=p50 <= GOAL_P50_MS, queries=queries)  # fmt: skip
+            emit(
+                f"dp.e2e.{name}.p50",
+                p50,
+                "ms",
+                goal=f"<= {GOAL_P50_MS:.0f}",
+                met=p50 <= GOAL_P50_MS,
+                queries=queries,
+            )
             emit(f"dp.e2e.{name}.p95", quantile(times, 0.95), "ms")
             log(f"end to end {name}: p50 {p50:.0f} ms, p95 {quantile(times, 0.95):.0f} ms")
     finally:

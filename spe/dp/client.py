@@ -213,18 +213,26 @@ def linear_regression(
     dataset: str, target: str, features: Sequence[str], *, where: Any = None, epsilon: float = 0.5
 ) -> DPResult:
     return query(
-        "linear_regression", dataset, epsilon, target=target, features=list(features),
+        "linear_regression",
+        dataset,
+        epsilon,
+        target=target,
+        features=list(features),
         where=_where(where),
-    )  # fmt: skip
+    )
 
 
 def logistic_regression(
     dataset: str, target: str, features: Sequence[str], *, where: Any = None, epsilon: float = 0.5
 ) -> DPResult:
     return query(
-        "logistic_regression", dataset, epsilon, target=target, features=list(features),
+        "logistic_regression",
+        dataset,
+        epsilon,
+        target=target,
+        features=list(features),
         where=_where(where),
-    )  # fmt: skip
+    )
 
 
 def budget() -> list[dict[str, Any]]:

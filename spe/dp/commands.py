@@ -50,3 +50,21 @@ def topup(ctx: click.Context, slug: str, dataset: str, epsilon: float) -> None:
         f"Topped up {slug}/{dataset} by {epsilon:g}: total {row['total']:g}, spent "
         f"{row['spent']:g}, remaining {row['remaining']:g}."
     )
+
+
+@dp.command("queries")
+@click.option("--project", "slug", required=True, help="The project's short name.")
+@click.pass_context
+def queries(ctx: click.Context, slug: str) -> None:
+    """List the project's DP queries, newest first: when, who, what, epsilon, answered/refused."""
+    from spe.dp.service import history
+
+    with acting(ctx) as (session, actor):
+        rows = history(session, actor, slug)
+    if not rows:
+        click.echo(f"Project {slug} has asked no DP query yet.")
+    for row in rows:
+        click.echo(
+            f"{row['at']:%Y-%m-%d %H:%M:%S}  {row['user']:<16} {row['dataset']:<12} "
+            f"{row['kind']:<20} epsilon {row['epsilon']:g}  {row['status']}  {row['query'][:8]}"
+        )

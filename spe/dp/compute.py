@@ -23,8 +23,15 @@ from spe.dp.policy import DPPolicy, VariableBounds
 NUMERIC_KINDS = {"sum", "mean", "var", "quantile", "median", "histogram"}
 REGRESSIONS = {"linear_regression", "logistic_regression"}
 KINDS = ("count", "crosstab", *sorted(NUMERIC_KINDS), *sorted(REGRESSIONS))
-OPS = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater",
-       ">=": "greater_equal", "in": "is_in"}  # fmt: skip
+OPS = {
+    "==": "equal",
+    "!=": "not_equal",
+    "<": "less",
+    "<=": "less_equal",
+    ">": "greater",
+    ">=": "greater_equal",
+    "in": "is_in",
+}
 MAX_CELLS = 10_000
 PARALLEL = (
     "Each person is in at most one cell, so the cells share the epsilon (parallel composition)."
@@ -414,8 +421,13 @@ def _per_cell(
     for cell in slices:
         clipped = np.clip(cell, lo, hi)
         if query.kind == "sum":
-            value = tools.sum(clipped, epsilon=eps, bounds=(min(lo, 0.0), max(hi, 0.0)),
-                              random_state=rng, accountant=_accountant())  # fmt: skip
+            value = tools.sum(
+                clipped,
+                epsilon=eps,
+                bounds=(min(lo, 0.0), max(hi, 0.0)),
+                random_state=rng,
+                accountant=_accountant(),
+            )
             half = (max(hi, 0.0) - min(lo, 0.0)) / eps * Z95_LAPLACE
             intervals.append([float(value) - half, float(value) + half])
         elif query.kind in ("mean", "var"):
@@ -424,8 +436,14 @@ def _per_cell(
             intervals.append([float(value) - half, float(value) + half])
         else:  # quantile, median: the exponential mechanism
             assert query.quantile is not None
-            value = tools.quantile(cell, query.quantile, epsilon=eps, bounds=(lo, hi),
-                                   random_state=rng, accountant=_accountant())  # fmt: skip
+            value = tools.quantile(
+                cell,
+                query.quantile,
+                epsilon=eps,
+                bounds=(lo, hi),
+                random_state=rng,
+                accountant=_accountant(),
+            )
         out.append(float(value))
     parts = {"mean": 2, "var": 3}.get(query.kind, 1)
     mechanism = {
@@ -445,8 +463,11 @@ def _per_cell(
     elif query.kind == "mean":
         noise = {"sum": width * parts / eps, "count": parts / eps}
     elif query.kind == "var":
-        noise = {"sum": width * parts / eps, "sum_of_squares": width**2 * parts / eps,
-                 "count": parts / eps}  # fmt: skip
+        noise = {
+            "sum": width * parts / eps,
+            "sum_of_squares": width**2 * parts / eps,
+            "count": parts / eps,
+        }
     notes = [f"Values are clipped to the policy's bounds [{lo:g}, {hi:g}]."]
     if query.kind in ("mean", "var"):
         notes.append(
@@ -471,9 +492,14 @@ def _histogram(query: Query, values: np.ndarray, bounds: VariableBounds, rng: An
     from diffprivlib import tools
 
     lo, hi = bounds.lower, bounds.upper
-    counts, edges = tools.histogram(values, epsilon=query.epsilon, bins=query.bins,
-                                    range=(lo, hi), random_state=rng,
-                                    accountant=_accountant())  # fmt: skip
+    counts, edges = tools.histogram(
+        values,
+        epsilon=query.epsilon,
+        bins=query.bins,
+        range=(lo, hi),
+        random_state=rng,
+        accountant=_accountant(),
+    )
     half = geometric_halfwidth95(query.epsilon)
     noisy = [int(c) for c in counts]
     return Answer(
@@ -516,9 +542,12 @@ def _regression(
         x = np.column_stack(columns)[present]
         x = np.clip(x, lows, highs)
         model = models.LinearRegression(
-            epsilon=query.epsilon, bounds_X=(lows, highs), bounds_y=(tb.lower, tb.upper),
-            random_state=rng, accountant=_accountant(),
-        )  # fmt: skip
+            epsilon=query.epsilon,
+            bounds_X=(lows, highs),
+            bounds_y=(tb.lower, tb.upper),
+            random_state=rng,
+            accountant=_accountant(),
+        )
         mechanism = "Functional mechanism (diffprivlib LinearRegression)"
     else:
         cats = dp.variables[query.target].categories
@@ -574,11 +603,21 @@ def _logistic(epsilon: float, data_norm: float, rng: Any) -> Any:
             accountant: Any = None,
         ) -> None:
             linear_model.LogisticRegression.__init__(
-                self, penalty="l2", dual=False, tol=tol, C=C, fit_intercept=fit_intercept,
-                intercept_scaling=1.0, class_weight=None, random_state=random_state,
-                solver="lbfgs", max_iter=max_iter, verbose=verbose, warm_start=warm_start,
+                self,
+                penalty="l2",
+                dual=False,
+                tol=tol,
+                C=C,
+                fit_intercept=fit_intercept,
+                intercept_scaling=1.0,
+                class_weight=None,
+                random_state=random_state,
+                solver="lbfgs",
+                max_iter=max_iter,
+                verbose=verbose,
+                warm_start=warm_start,
                 n_jobs=n_jobs,
-            )  # fmt: skip
+            )
             self.epsilon = epsilon
             self.data_norm = data_norm
             self.classes_ = None
@@ -636,8 +675,9 @@ def _moment(
 
     parts = 2 if kind == "mean" else 3
     e = eps / parts
-    count = GeometricTruncated(epsilon=e, sensitivity=1, lower=0, upper=sys.maxsize,
-                               random_state=rng).randomise(len(shifted))  # fmt: skip
+    count = GeometricTruncated(
+        epsilon=e, sensitivity=1, lower=0, upper=sys.maxsize, random_state=rng
+    ).randomise(len(shifted))
     n = max(float(count), 1.0)
     sum_mech = Laplace(epsilon=e, delta=0, sensitivity=width, random_state=rng)
     total = sum_mech.randomise(float(np.sum(shifted)))

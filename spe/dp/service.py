@@ -421,8 +421,12 @@ def run_query(job_id: str, params: dict[str, Any], compute: Any = None) -> dict[
         remaining = row.total_micro - row.spent_micro
         spec = query.to_dict()
         if charged.rowcount == 1:  # type: ignore[attr-defined]
-            result = {**answer, "query": job_id, "dataset": query.dataset,
-                      "remaining": eps(remaining)}  # fmt: skip
+            result = {
+                **answer,
+                "query": job_id,
+                "dataset": query.dataset,
+                "remaining": eps(remaining),
+            }
             status, action = "released", "dp.query"
             details: dict[str, Any] = {
                 "query": job_id,

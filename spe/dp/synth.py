@@ -31,8 +31,9 @@ def write_health_csv(population_csv: Path, out: Path, seed: int = 2026) -> int:
     n = people.num_rows
     rng = np.random.default_rng(seed)
     year = pc.utf8_slice_codeunits(pc.fill_null(people["birth_date"], "1980"), 0, 4)
-    age = np.clip(2024 - pc.cast(year, pa.int64(), safe=False).to_numpy(zero_copy_only=False),
-                  0, 110)  # fmt: skip
+    age = np.clip(
+        2024 - pc.cast(year, pa.int64(), safe=False).to_numpy(zero_copy_only=False), 0, 110
+    )
     county = pc.utf8_slice_codeunits(pc.fill_null(people["municipality"], "0301"), 0, 2)
     bmi = np.round(np.clip(rng.normal(22 + age / 12, 4.0), 14, 55), 1)
     systolic = np.round(np.clip(rng.normal(110 + age * 0.45, 14), 80, 220)).astype(np.int64)

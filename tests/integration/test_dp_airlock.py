@@ -70,18 +70,26 @@ def test_a_dp_count_and_mean_through_the_airlock_and_a_worker_come_back_with_eps
     assert count.interval95 and count.interval95[0][0] <= count.value <= count.interval95[0][1]
     mean = DPResult(
         call(
-            {"op": "dp", "kind": "mean", "dataset": "health", "epsilon": 0.3, "column": "bmi",
-             "by": ["sex"], "where": [["age", ">=", 18]]},
+            {
+                "op": "dp",
+                "kind": "mean",
+                "dataset": "health",
+                "epsilon": 0.3,
+                "column": "bmi",
+                "by": ["sex"],
+                "where": [["age", ">=", 18]],
+            },
             sock,
         )
-    )  # fmt: skip
+    )
     assert mean.by == ["sex"] and mean.labels == [["F"], ["M"]]
     assert all(10 <= v <= 60 for v in mean.values)
     assert mean.remaining == pytest.approx(0.5)
     assert "sex=F" in repr(mean) and "epsilon 0.3 spent" in repr(mean)
     budgets = call({"op": "dp_budget"}, sock)["budgets"]
-    assert budgets == [{"dataset": "health", "total": 1.0, "spent": 0.5, "remaining": 0.5,
-                        "queries": 2}]  # fmt: skip
+    assert budgets == [
+        {"dataset": "health", "total": 1.0, "spent": 0.5, "remaining": 0.5, "queries": 2}
+    ]
     assert call({"op": "dp_datasets"}, sock)["datasets"] == ["health"]
     assert first_seconds < 30
 
@@ -91,8 +99,10 @@ def test_over_budget_unbounded_and_rows_path_refusals_come_back_as_sentences(dp_
     with pytest.raises(DPQueryError, match=r"only 1 of the privacy budget .* remains"):
         call({"op": "dp", "kind": "count", "dataset": "health", "epsilon": 1.5}, sock)
     with pytest.raises(DPQueryError, match="'visits' has no public bounds"):
-        call({"op": "dp", "kind": "sum", "dataset": "health", "epsilon": 0.1,
-              "column": "visits"}, sock)  # fmt: skip
+        call(
+            {"op": "dp", "kind": "sum", "dataset": "health", "epsilon": 0.1, "column": "visits"},
+            sock,
+        )
     with pytest.raises(DPQueryError, match="aggregate-only"):
         call({"op": "load", "dataset": "health", "columns": ["bmi"], "rows": 1}, sock)
 

@@ -156,8 +156,7 @@ def test_the_data_holder_sees_and_tops_up_budgets_audited_and_a_researcher_canno
     ask_inline({"kind": "count", "dataset": "health", "epsilon": 0.9})
     with transaction() as s:
         view = service.topup(s, get_user(s, "reviewer"), "study", "health", 2.0)
-    assert view == {"dataset": "health", "total": 3.0, "spent": 0.9, "remaining": 2.1,
-                    "queries": 1}  # fmt: skip
+    assert view == {"dataset": "health", "total": 3.0, "spent": 0.9, "remaining": 2.1, "queries": 1}
     (event,) = events("dp.budget_topup")
     assert event.actor == "reviewer" and json.loads(event.details)["epsilon"] == 2.0
     with readonly() as s:
@@ -177,8 +176,9 @@ def test_a_dp_query_on_a_rows_dataset_is_refused_and_a_rows_read_of_an_aggregate
     with transaction() as s:
         grant_dataset(s, get_user(s, "reviewer"), get_project(s, "study"), "people", ["income"])
     with pytest.raises(WrongAccessPath, match="gives rows access"):
-        service.submit_query("researcher", "study", {"kind": "count", "dataset": "people",
-                                                     "epsilon": 0.1})  # fmt: skip
+        service.submit_query(
+            "researcher", "study", {"kind": "count", "dataset": "people", "epsilon": 0.1}
+        )
     with readonly() as s:
         service.refuse_rows_read(s, "study", "people")  # rows: allowed
         with pytest.raises(WrongAccessPath, match=r"aggregate-only.*spe\.dp"):
@@ -190,9 +190,10 @@ def test_a_dp_query_on_a_rows_dataset_is_refused_and_a_rows_read_of_an_aggregate
 def test_a_mean_of_a_variable_without_policy_bounds_is_refused_before_any_budget_is_spent(health):
     with pytest.raises(DPPolicyError) as refused:
         service.submit_query(
-            "researcher", "study",
+            "researcher",
+            "study",
             {"kind": "mean", "dataset": "health", "epsilon": 0.1, "column": "visits"},
-        )  # fmt: skip
+        )
     assert "'visits'" in refused.value.message and "health.yaml" in refused.value.message
     assert remaining() == 1.0
 
@@ -210,5 +211,6 @@ def test_a_workspace_of_the_project_mounts_no_aggregate_only_dataset(health, peo
 
 def test_a_non_member_cannot_query(health):
     with pytest.raises(PermissionDenied):
-        service.submit_query("researcher_b", "study", {"kind": "count", "dataset": "health",
-                                                       "epsilon": 0.1})  # fmt: skip
+        service.submit_query(
+            "researcher_b", "study", {"kind": "count", "dataset": "health", "epsilon": 0.1}
+        )

@@ -18,8 +18,9 @@ def test_the_holder_tops_up_and_both_holder_and_researcher_see_the_budget(health
     shown = run_spe("--as", "researcher", "dp", "budget", "--project", "study", env=env)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[1].split() == ["health", "2", "0", "2", "0"]
-    added = run_spe("--as", "reviewer", "dp", "topup", "study", "health", "--epsilon", "0.5",
-                    env=env)  # fmt: skip
+    added = run_spe(
+        "--as", "reviewer", "dp", "topup", "study", "health", "--epsilon", "0.5", env=env
+    )
     assert added.returncode == 0, added.stderr
     assert "total 2.5, spent 0, remaining 2.5" in added.stdout
     again = run_spe("--as", "reviewer", "dp", "budget", "--project", "study", env=env)
@@ -28,8 +29,21 @@ def test_the_holder_tops_up_and_both_holder_and_researcher_see_the_budget(health
 
 def test_a_researcher_cannot_top_up_and_gets_a_sentence_not_a_traceback(health, run_spe):
     env = {"SPE_POLICIES_DIR": str(health["policies"])}
-    refused = run_spe("--as", "researcher", "dp", "topup", "study", "health", "--epsilon", "9",
-                      env=env)  # fmt: skip
+    refused = run_spe(
+        "--as", "researcher", "dp", "topup", "study", "health", "--epsilon", "9", env=env
+    )
     assert refused.returncode != 0
     assert "Only a reviewer of the data holder may top up" in refused.stderr + refused.stdout
     assert "Traceback" not in refused.stderr
+
+
+def test_the_query_history_lists_who_asked_what_and_what_it_spent(health, run_spe):
+    from tests.integration.test_dp_budget import ask_inline
+
+    ask_inline({"kind": "count", "dataset": "health", "epsilon": 0.25})
+    env = {"SPE_POLICIES_DIR": str(health["policies"])}
+    listed = run_spe("--as", "reviewer", "dp", "queries", "--project", "study", env=env)
+    assert listed.returncode == 0, listed.stderr
+    (line,) = listed.stdout.splitlines()
+    assert "researcher" in line and "health" in line and "count" in line
+    assert "epsilon 0.25  released" in line

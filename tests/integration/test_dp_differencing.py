@@ -19,8 +19,15 @@ from tests.integration.test_dp_budget import ask_inline
 
 def test_a_dp_answer_is_checked_against_like_an_exported_table(world, tmp_path, monkeypatch):
     make_health(tmp_path, monkeypatch, persons=200)
-    ask_inline({"kind": "count", "dataset": "health", "epsilon": 0.1, "by": ["sex"],
-                "where": [["age", ">=", 10]]})  # fmt: skip
+    ask_inline(
+        {
+            "kind": "count",
+            "dataset": "health",
+            "epsilon": 0.1,
+            "by": ["sex"],
+            "where": [["age", ">=", 10]],
+        }
+    )
     with readonly() as s:
         project = get_project(s, "study")
         tables = released_tables(s, project.id)
@@ -33,7 +40,6 @@ def test_a_dp_answer_is_checked_against_like_an_exported_table(world, tmp_path, 
     assert np.array_equal(table.cell(0), expected)
     # A later table whose cell is those women but three: subtracting isolates three persons.
     fewer = expected[3:]
-    new = PersonSets([(("group", "almost all women"),)], ["cell"], np.array([0, len(fewer)]),
-                     fewer)  # fmt: skip
+    new = PersonSets([(("group", "almost all women"),)], ["cell"], np.array([0, len(fewer)]), fewer)
     pairs = find_differencing(new, tables, threshold=10)
     assert any(p.released_table == table.name for p in pairs)

@@ -102,8 +102,11 @@ def test_an_aggregate_only_dataset_is_not_mounted_and_its_rows_cannot_be_read_fr
         shutil.rmtree(base, ignore_errors=True)
     assert report["list data"] == {"ok": True, "value": ["people"]}
     assert report["read rows dataset"]["ok"] is True  # control: mounts work
-    for name in ("read health mount", "read health on the host path",
-                 "list health folder on the host path"):  # fmt: skip
+    for name in (
+        "read health mount",
+        "read health on the host path",
+        "list health folder on the host path",
+    ):
         assert report[name]["ok"] is False, (name, report[name])
     assert report["find parquet files"] == {"ok": True, "value": ["/data/people/data.parquet"]}
     loaded = report["spe.analysis.load health"]

@@ -105,8 +105,10 @@ def test_group_cells_are_the_declared_categories_only_never_values_found_in_the_
     data = table()
     answer = compute(q(kind="count", by="county", epsilon=50), data, POLICY)
     assert answer.labels == [["03"], ["46"], ["50"]]  # '99' is in the data, not in the policy
-    truth = [int(np.sum(data.column("county").to_numpy(zero_copy_only=False) == c)) for c in
-             ("03", "46", "50")]  # fmt: skip
+    truth = [
+        int(np.sum(data.column("county").to_numpy(zero_copy_only=False) == c))
+        for c in ("03", "46", "50")
+    ]
     assert all(abs(a - t) <= 2 for a, t in zip(answer.values, truth, strict=True))
 
 
@@ -147,8 +149,9 @@ def test_every_query_kind_answers_with_its_mechanism_and_epsilon(spec):
 def test_a_mean_over_a_variable_without_bounds_is_refused_naming_the_variable_and_policy_file():
     unbounded = DPPolicy(3.0, None, {"sex": VariableBounds("sex", categories=("F", "M"))})
     with pytest.raises(DPPolicyError) as refused:
-        check_against_policy(q(kind="mean", column="bmi"), unbounded, "policies/datasets/h.yaml",
-                             ["sex", "bmi"])  # fmt: skip
+        check_against_policy(
+            q(kind="mean", column="bmi"), unbounded, "policies/datasets/h.yaml", ["sex", "bmi"]
+        )
     assert "'bmi'" in refused.value.message
     assert "policies/datasets/h.yaml" in refused.value.message
     assert "never taken from the data" in refused.value.message
