@@ -151,6 +151,14 @@ def reading_as(username: str | None) -> Iterator[tuple[Session, User | None]]:
 
 
 @contextmanager
+def signed_in(username: str | None) -> Iterator[tuple[Session, User, Viewer]]:
+    """A read-only transaction for a page that needs a logged-in person (else: log in)."""
+    with reading_as(username) as (session, user):
+        user = require(user)
+        yield session, user, viewer_of(user)
+
+
+@contextmanager
 def acting_as(username: str) -> Iterator[tuple[Session, User]]:
     """One writing transaction as the viewer; commits when the block ends without error."""
     from spe.accounts.service import get_user
@@ -158,6 +166,20 @@ def acting_as(username: str) -> Iterator[tuple[Session, User]]:
 
     with transaction() as session:
         yield session, get_user(session, username)
+
+
+# Pages load only their own script and styles, are never framed (clickjacking of the review
+# forms), post only to themselves, and are not kept in caches (they show personal data).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 
 
 def page(
@@ -185,7 +207,7 @@ def page(
     if flash:
         response.delete_cookie(FLASH_COOKIE, path=auth.cookie_path(PREFIX))
     auth.set_csrf_cookie(request, response, PREFIX)
-    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(PAGE_HEADERS)
     return response
 
 
@@ -214,7 +236,7 @@ def refusal_page(request: Request, error: SPEError, viewer: Viewer | None) -> Re
         and auth.hub_oauth() is not None
     ):
         return RedirectResponse(url(f"/login?next={quote(str(request.url.path))}"), 302)
-    if isinstance(error, auth.LoginRequired):
+    if isinstance(error, auth.LoginRequired | auth.LoginFailed):
         code = 401
     elif isinstance(error, auth.FormRefused):
         code = 403

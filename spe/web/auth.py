@@ -32,6 +32,10 @@ class LoginRequired(SPEError):
     exit_code = 3
 
 
+class LoginFailed(SPEError):
+    """The hub's answer to a login did not match the login this browser started."""
+
+
 class FormRefused(SPEError):
     """A form came without this browser's form token (another site, or a stale page)."""
 
@@ -84,7 +88,13 @@ def start_login(request: Request, prefix: str, next_url: str) -> Response:
         "code_challenge_method": method,
     }
     response = RedirectResponse(f"{auth.oauth_authorization_url}?{urlencode(params)}", 302)
-    safe_next = next_url if next_url.startswith(prefix) else cookie_path(prefix)
+    # Only back to a page of ours, and never to the login's own steps (that would loop).
+    own_steps = (f"{prefix}/login", f"{prefix}/oauth_callback")
+    safe_next = (
+        next_url
+        if next_url.startswith(cookie_path(prefix)) and not next_url.startswith(own_steps)
+        else cookie_path(prefix)
+    )
     response.set_cookie(
         STATE_COOKIE,
         f"{state} {verifier} {safe_next}",
@@ -104,7 +114,7 @@ async def finish_login(request: Request, prefix: str, code: str, state: str) -> 
     auth = hub_oauth()
     saved = (request.cookies.get(STATE_COOKIE) or "").split(" ", 2)
     if auth is None or len(saved) != 3 or not hmac.compare_digest(saved[0], state):
-        raise LoginRequired(
+        raise LoginFailed(
             "The login did not finish (it took too long, or was started elsewhere); log in again."
         )
     _state, verifier, next_url = saved

@@ -21,7 +21,7 @@ from spe.web.app import (
     done,
     page,
     reading_as,
-    require,
+    signed_in,
     url,
     viewer_of,
     web_router,
@@ -30,7 +30,6 @@ from spe.web.app import (
 from spe.web.render import checked_table
 
 FormText = Annotated[str, Form()]
-OptionalText = Annotated[str, Form()]
 Token = Annotated[str | None, Form(alias=auth.CSRF_FIELD)]
 
 
@@ -175,9 +174,7 @@ async def my_projects(request: Request) -> Response:
     from spe.projects.service import projects_of_member
     from spe.projects.states import is_open_for_work
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         rows = [
             {
                 "project": p,
@@ -199,9 +196,7 @@ async def terms(request: Request) -> Response:
     from spe.accounts.permissions import terms_accepted
     from spe.accounts.terms import current_terms
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         accepted = terms_accepted(session, user)
     current = current_terms()
     return page(request, "terms.html", viewer, terms=current, accepted=accepted)
@@ -228,9 +223,7 @@ def require_name(name: str | None) -> str:
 async def my_exports(request: Request) -> Response:
     from spe.exports import actions
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         requests = actions.list_requests(session, user)
     return page(request, "exports.html", viewer, requests=requests)
 
@@ -239,9 +232,7 @@ async def my_exports(request: Request) -> Response:
 async def export_detail(request: Request, request_id: str) -> Response:
     from spe.exports import actions
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         req = actions.get_request(session, request_id)
         data = actions.detail(session, user, req)
         is_author = req.author == user.username
@@ -272,8 +263,7 @@ async def export_output_file(request: Request, request_id: str, output: str) -> 
     """An output's frozen file, shown inline (pictures on the review page; CSV as text)."""
     from spe.exports import actions
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
+    with signed_in(await who(request)) as (session, user, _viewer):
         path, media_type = actions.output_file(
             session, user, actions.get_request(session, request_id), output
         )
@@ -281,7 +271,12 @@ async def export_output_file(request: Request, request_id: str, output: str) -> 
     return FileResponse(
         path,
         media_type=shown,
-        headers={"Content-Disposition": "inline", "X-Content-Type-Options": "nosniff"},
+        headers={
+            "Content-Disposition": "inline",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "no-store",
+        },
     )
 
 
@@ -311,7 +306,7 @@ def _dispatch(job_id: str) -> str:
 
 @web_router.post("/exports/{request_id}/withdraw")
 async def export_withdraw(
-    request: Request, request_id: str, reason: OptionalText = "", csrf: Token = None
+    request: Request, request_id: str, reason: FormText = "", csrf: Token = None
 ) -> Response:
     from spe.exports import actions
 
@@ -328,9 +323,7 @@ async def export_safe_preview(
     """What the safe version would publish and the check's verdict on it, before accepting."""
     from spe.exports import actions
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         preview = actions.safe_preview(
             session, user, actions.get_request(session, request_id), output, method
         )
@@ -342,7 +335,7 @@ async def export_accept_safe(
     request: Request,
     request_id: str,
     output: str,
-    method: OptionalText = "suppress",
+    method: FormText = "suppress",
     csrf: Token = None,
 ) -> Response:
     from spe.exports import actions
@@ -364,7 +357,7 @@ async def export_comment(
     request: Request,
     request_id: str,
     body: FormText,
-    private: OptionalText = "",
+    private: FormText = "",
     csrf: Token = None,
 ) -> Response:
     from spe.exports import actions
@@ -388,9 +381,7 @@ async def export_comment(
 async def review_queue(request: Request) -> Response:
     from spe.exports import actions
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         queue = actions.review_queue(session, user)
     return page(request, "queue.html", viewer, queue=queue)
 
@@ -401,7 +392,7 @@ async def export_vote(
     request_id: str,
     output: str,
     choice: FormText,
-    comment: OptionalText = "",
+    comment: FormText = "",
     csrf: Token = None,
 ) -> Response:
     from spe.exports import actions
@@ -445,9 +436,7 @@ async def export_revoke(
 async def holder_datasets(request: Request) -> Response:
     from spe.catalogue.service import datasets_of_holder, ingest_reports
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         _refuse_unless(viewer.is_holder, "Only a data holder's reviewers see its datasets here.")
         rows = [
             {"dataset": d, "reports": ingest_reports(d)}
@@ -461,9 +450,7 @@ async def holder_projects(request: Request) -> Response:
     from spe.projects.extracts import grants_of
     from spe.projects.service import projects_of_holder
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         _refuse_unless(viewer.is_holder, "Only a data holder's reviewers see its projects here.")
         rows = [
             {"project": p, "grants": grants_of(session, p)}
@@ -479,9 +466,7 @@ async def holder_project(request: Request, slug: str) -> Response:
     from spe.projects.extracts import generalisations_for, grants_of
     from spe.projects.service import get_project
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         project = get_project(session, slug)
         _refuse_unless(
             can(session, user, Action.PROJECT_GRANT, Target(project=project)),
@@ -579,7 +564,7 @@ async def holder_topup(
 
 @web_router.post("/holder/projects/{slug}/approve")
 async def holder_approve(
-    request: Request, slug: str, note: OptionalText = "", csrf: Token = None
+    request: Request, slug: str, note: FormText = "", csrf: Token = None
 ) -> Response:
     from spe.projects.extracts import granted_datasets
     from spe.projects.service import approve_project, get_project
@@ -796,9 +781,7 @@ async def audit_export(
 async def admin(request: Request) -> Response:
     from spe.accounts.service import terms_status
 
-    with reading_as(await who(request)) as (session, user):
-        user = require(user)
-        viewer = viewer_of(user)
+    with signed_in(await who(request)) as (session, user, viewer):
         _refuse_unless(viewer.is_admin, "Only an institution admin manages its researchers.")
         institutions = [
             {"name": org.name, "people": _people(session, user, org, terms_status)}
@@ -831,9 +814,9 @@ def _people(
 async def admin_enrol(
     request: Request,
     username: FormText,
-    full_name: OptionalText = "",
-    email: OptionalText = "",
-    institution: OptionalText = "",
+    full_name: FormText = "",
+    email: FormText = "",
+    institution: FormText = "",
     csrf: Token = None,
 ) -> Response:
     from spe.accounts.service import enrol_researcher, get_organisation

@@ -191,6 +191,15 @@ def test_the_researcher_accepts_the_safe_version_and_it_is_checked_again(site):
     assert refused.status_code in (403, 409)
 
 
+def test_pages_are_never_framed_cached_or_given_foreign_scripts(site):
+    for user, path in ((None, "/catalogue"), ("demo-holder", f"/exports/{site['request']}")):
+        headers = get(site, user, path).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert "default-src 'self'" in headers["content-security-policy"]
+        assert headers["cache-control"] == "no-store"
+        assert headers["x-frame-options"] == "DENY"
+
+
 def test_a_form_without_this_browsers_token_is_refused_and_changes_nothing(site):
     rid = site["request"]
     refused = post(site, None, f"/exports/{rid}/decide", {})
@@ -358,3 +367,10 @@ def test_budgets_show_to_the_researcher_and_the_holder_tops_them_up(site):
         {"dataset": "health", "epsilon": "lots"},
     )
     assert nonsense.status_code == 400 and "not a number" in text(nonsense)
+
+
+def test_a_login_answer_this_browser_did_not_start_is_refused_without_a_loop(site):
+    """The hub's OAuth is not running under TestClient; the callback's own check is tested."""
+    answer = get(site, None, "/oauth_callback?code=stolen&state=forged")
+    assert answer.status_code == 401
+    assert "log in again" in text(answer)
