@@ -1,9 +1,6 @@
-"""Differentially private queries on aggregate-only datasets, and their privacy budgets.
-
-In a notebook: ``spe.dp.count / sum / mean / var / histogram / quantile / median / crosstab /
-linear_regression / logistic_regression`` and ``spe.dp.budget()``. This package's top level is
-the light client (standard library only); the server side is in ``spe.dp.service``/``compute``.
-"""
+"""Differentially private queries on aggregate-only datasets: ``spe.dp.count / sum / mean / var /
+histogram / quantile / median / crosstab / linear_regression / logistic_regression`` and
+``budget()``. The top level is the light notebook client; the server side is service/compute."""
 
 from spe.dp.client import (
     DPQueryError,

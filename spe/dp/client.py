@@ -1,8 +1,5 @@
-"""The notebook side of DP queries: build the request, send it through the airlock, show the answer.
-
-Runs in every workspace kernel, so it imports only the standard library (pandas only when a
-result is turned into a table). The control plane does the rest; nothing here sees rows.
-"""
+"""The notebook side of DP queries: build the request, send it through the airlock, show the
+answer. Runs in every kernel, so it imports only the standard library (pandas for ``.table()``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""The DP computations themselves, server-side: a query over an extract's columns with diffprivlib.
-
-Pure functions of (query, columns, bounds): no database, no files. Filters and group-by run in
-pyarrow; group cells are the policy's declared categories only (never values found in the data),
-and every mechanism takes the policy's bounds. diffprivlib's PrivacyLeakWarning is an error.
-"""
+"""The DP computations, server-side and pure: a query over an extract's columns with diffprivlib's
+mechanisms, groups and bounds from the policy only (never from the data); a PrivacyLeakWarning
+is an error."""
 
 from __future__ import annotations
 

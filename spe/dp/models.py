@@ -1,8 +1,5 @@
-"""Tables of differentially private queries: the budget ledger and the queries it paid for.
-
-Epsilon is kept in whole micro-units (BigInteger) so that the ledger's conditional update
-``spent + cost <= total`` is exact: 30 queries of 0.1 spend 3.0, not 3.0000000000000004.
-"""
+"""Tables of DP queries: the budget ledger and the queries it paid for. Epsilon is kept in whole
+micro-units so that the ledger's ``spent + cost <= total`` is exact (30 x 0.1 spend 3.0)."""
 
 from __future__ import annotations
 

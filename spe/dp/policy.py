@@ -1,8 +1,5 @@
-"""The ``dp:`` block of a dataset policy: the budget and the public bounds DP queries rely on.
-
-Bounds (``min``/``max``) and category lists are declared by the data holder and never derived
-from the data; a variable without them cannot be used where a DP mechanism would need them.
-"""
+"""The ``dp:`` block of a dataset policy: the budget and the public bounds and categories DP
+queries rely on, declared by the data holder and never derived from the data."""
 
 from __future__ import annotations
 

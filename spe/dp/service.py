@@ -1,10 +1,6 @@
-"""Privacy budgets and the life of a DP query: asked through the airlock, run by a worker.
-
-The ledger is sequential composition per (project, dataset): a query is charged with one
-conditional UPDATE (``spent + cost <= total``) in the same transaction as its audit event and
-its recorded answer, so two concurrent queries can never overspend. Nothing here imports
-diffprivlib; the computation is in ``spe.dp.compute``, loaded by the worker.
-"""
+"""Privacy budgets and the life of a DP query (asked through the airlock, run by a worker): one
+conditional UPDATE ``spent + cost <= total`` charges a query in the transaction of its audit
+event and recorded answer, so concurrent queries never overspend. No diffprivlib import here."""
 
 from __future__ import annotations
 
