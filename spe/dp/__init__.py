@@ -16,6 +16,7 @@ from spe.dp.client import (
     quantile,
     sum,
     var,
+    variables,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "quantile",
     "sum",
     "var",
+    "variables",
 ]

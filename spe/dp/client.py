@@ -237,6 +237,18 @@ def budget() -> list[dict[str, Any]]:
     return list(call({"op": "dp_budget"})["budgets"])
 
 
+def variables(dataset: str) -> Any:
+    """The dataset's granted variables with their public bounds or categories (what ``by=``,
+    ``column=`` and ``features=`` may use), as a pandas DataFrame; its caps in ``.attrs``."""
+    import pandas as pd
+
+    answer = call({"op": "dp_variables", "dataset": dataset})
+    frame = pd.DataFrame(answer["variables"])
+    frame.attrs["epsilon_total"] = answer["epsilon_total"]
+    frame.attrs["max_epsilon_per_query"] = answer["max_epsilon_per_query"]
+    return frame
+
+
 def aggregate_only_datasets() -> list[str]:
     """The project's datasets queried only through spe.dp (none outside a workspace)."""
     path = _socket_path()

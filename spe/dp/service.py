@@ -256,6 +256,43 @@ def _checked_query(session: Session, user: User, project: Project, request: dict
     return query, dataset
 
 
+def variables(session: Session, user: User, project: Project | str, dataset: str) -> dict[str, Any]:
+    """What a researcher may query in an aggregate-only dataset: each granted variable with its
+    public bounds or categories (as the policy declares them), and the budget's caps."""
+    project = _project(session, project)
+    check_can(session, user, Action.PROJECT_DATA_ACCESS, Target(project=project))
+    found, grant = _grant(session, project, dataset)
+    if found.access != AGGREGATE_ONLY:
+        raise WrongAccessPath(
+            f"The dataset {dataset!r} gives rows access in project {project.slug}; load it with "
+            "spe.analysis.load."
+        )
+    policy = dataset_policy(dataset)
+    assert policy.dp is not None
+    out = []
+    for name in json.loads(grant.variables):
+        column = policy.column(name)
+        declared = policy.dp.variables.get(name)
+        entry: dict[str, Any] = {
+            "name": name,
+            "type": column.type.value if column else None,
+            "description": column.description if column else "",
+        }
+        if declared is not None and declared.numeric:
+            entry.update(min=declared.lower, max=declared.upper)
+        elif declared is not None:
+            entry["categories"] = list(declared.categories)
+        else:
+            entry["note"] = "no public bounds or categories: usable in filters only"
+        out.append(entry)
+    return {
+        "dataset": dataset,
+        "epsilon_total": policy.dp.epsilon_total,
+        "max_epsilon_per_query": policy.dp.max_epsilon_per_query,
+        "variables": out,
+    }
+
+
 def _refusal(query: Any, remaining: int) -> str:
     return (
         f"The query needs epsilon {query.epsilon:g} but only {eps(remaining):g} of the privacy "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from spe.dp.errors import DPError
 from spe.workspaces.registry import RunningWorkspace
 
 
@@ -37,6 +38,19 @@ def dp_datasets(ws: RunningWorkspace, _request: dict[str, Any]) -> dict[str, Any
         }
 
 
+def dp_variables(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
+    from spe.accounts.service import get_user
+    from spe.db import readonly
+    from spe.dp.service import variables
+
+    dataset = request.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise DPError("Name the dataset whose variables you want to see.")
+    with readonly() as session:
+        user = get_user(session, ws.username)
+        return {"ok": True, **variables(session, user, ws.project, dataset)}
+
+
 def refuse_rows_load(ws: RunningWorkspace, dataset: str) -> None:
     """Raise WrongAccessPath when a workspace records a rows load of an aggregate-only dataset."""
     from spe.db import readonly
@@ -46,4 +60,9 @@ def refuse_rows_load(ws: RunningWorkspace, dataset: str) -> None:
         refuse_rows_read(session, ws.project, dataset)
 
 
-VERBS = {"dp": dp_query, "dp_budget": dp_budget, "dp_datasets": dp_datasets}
+VERBS = {
+    "dp": dp_query,
+    "dp_budget": dp_budget,
+    "dp_datasets": dp_datasets,
+    "dp_variables": dp_variables,
+}

@@ -169,6 +169,7 @@ OPERATIONS: dict[str, Callable[[RunningWorkspace, dict[str, Any]], dict[str, Any
     "dp": _dp,  # a differentially private query (spe.dp), answered at once
     "dp_budget": _dp,
     "dp_datasets": _dp,
+    "dp_variables": _dp,
 }
 
 

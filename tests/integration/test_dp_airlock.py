@@ -205,3 +205,20 @@ def test_dp_queries_waiting_for_a_worker_do_not_hold_up_other_workspaces_cells(
         assert len(answers) == 8 and all("did not finish within 6 s" in a for a in answers)
     finally:
         airlock.stop()
+
+
+def test_the_researcher_sees_the_declared_bounds_and_categories_never_data_values(
+    dp_workspace, monkeypatch
+):
+    import spe.dp as dp
+    from spe.config import reset_settings
+
+    monkeypatch.setenv("SPE_WORKSPACE_AIRLOCK_SOCKET", str(dp_workspace["socket"]))
+    reset_settings()
+    frame = dp.variables("health").set_index("name")
+    assert frame.loc["county", "categories"] == ["03", "46", "50"]  # as declared in the policy
+    assert (frame.loc["bmi", "min"], frame.loc["bmi", "max"]) == (10, 60)
+    assert "filters only" in frame.loc["visits", "note"]
+    assert frame.attrs["epsilon_total"] == 1.0
+    with pytest.raises(DPQueryError, match="no dataset 'people'"):
+        dp.variables("people")
