@@ -405,6 +405,7 @@ def test_the_whole_story_in_a_browser(platform: Platform) -> None:
     assert "Only an auditor may read the audit log." in researcher.page.inner_text("main")
     researcher.open("/review")
     assert "Only" in researcher.page.inner_text("main")
+    researcher.open("/projects")
     researcher.page.click(f"a[href$='/hub/spawn/{RESEARCHER}/{PROJECT}']")
     researcher.page.wait_for_selector("select[name=project]")
     researcher.page.select_option("select[name=project]", PROJECT)
@@ -497,6 +498,20 @@ def test_the_whole_story_in_a_browser(platform: Platform) -> None:
         timeout=60,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    researcher.open("/exports")
+    assert rid[:8] in researcher.page.inner_text("main")
+    researcher.check("researcher-exports")
+    researcher.open("/terms")
+    researcher.check("researcher-terms")
+    holder.open(f"/holder/access?project={PROJECT}")
+    assert "export.release" in holder.page.inner_text("main")
+    holder.check("holder-who-used-my-data")
+    admin = Person(platform, "demo-admin")
+    admin.log_in()
+    admin.open("/admin")
+    assert RESEARCHER in admin.page.inner_text("main")
+    admin.check("admin-researchers")
 
     # 6. The auditor: every step in order, and the log verifies.
     auditor = Person(platform, AUDITOR)
