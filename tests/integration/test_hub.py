@@ -379,7 +379,9 @@ def test_hub_answers_through_the_proxy(hub: Hub) -> None:
 def test_login_with_the_spe_password_works_and_is_audited(hub: Hub) -> None:
     before = len(_events("user.login", "user:researcher"))
     _, answer = _login(hub, "researcher")
-    assert answer.status_code == 302 and answer.headers["Location"].endswith("/hub/home")
+    assert answer.status_code == 302 and answer.headers["Location"].endswith(
+        "/services/spe/"
+    )  # the pages
     events = _events("user.login", "user:researcher")[before:]
     assert [a for a, _ in events] == ["user.login"]
     assert events[0][1]["source"].startswith("hub from ")

@@ -356,7 +356,7 @@ def test_1_the_researcher_logs_in_and_opens_the_project_workspace(story: Story) 
         allow_redirects=False,
     )
     assert answer.status_code == 302, answer.text[:500]
-    assert answer.headers["Location"].endswith("/hub/home")
+    assert answer.headers["Location"].endswith("/services/spe/")  # people land on the pages
 
     form = story.get(f"/hub/spawn/{USER}/{PROJECT}")
     assert form.status_code == 200, form.text[:500]
