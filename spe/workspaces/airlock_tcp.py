@@ -193,6 +193,13 @@ def run_tcp_airlock(host: str, port: int, namespace: str) -> None:
     import signal
 
     async def main() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from spe.workspaces.airlock import REQUEST_THREADS
+
+        # As the unix-socket airlock: DP queries wait in their threads for a worker's answer,
+        # and must not hold up other workspaces' cells.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(REQUEST_THREADS))
         airlock = TcpAirlock(host, port, KubePodDirectory(), namespace)
         await airlock.start()
         stop = asyncio.Event()
