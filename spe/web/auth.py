@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import secrets
 from typing import Any
 from urllib.parse import urlencode
@@ -16,6 +17,8 @@ from urllib.parse import urlencode
 from fastapi import Request, Response
 
 from spe.errors import SPEError
+
+log = logging.getLogger("spe.web")
 
 SESSION_COOKIE = "spe-session"
 STATE_COOKIE = "spe-oauth-state"
@@ -146,7 +149,11 @@ async def username_from_request(request: Request) -> str | None:
     auth = hub_oauth()
     if auth is None:
         return None
-    model = await auth.user_for_token(token, sync=False)
+    try:
+        model = await auth.user_for_token(token, sync=False)
+    except Exception:  # the hub is away or answers oddly: not logged in, and say why in the log
+        log.warning("the hub could not identify a page visitor's token", exc_info=True)
+        return None
     if not model:
         return None
     return str(model["name"])
@@ -159,15 +166,15 @@ def logged_in_at_hub(request: Request) -> bool:
 
 def csrf_token(request: Request) -> str:
     """This browser's form token (made on first sight, kept in a cookie)."""
-    token = request.cookies.get(CSRF_COOKIE)
+    token = request.cookies.get(CSRF_COOKIE) or getattr(request.state, "new_csrf", None)
     if not token:
-        token = request.state.__dict__.setdefault("new_csrf", secrets.token_urlsafe(24))
-    return token
+        token = request.state.new_csrf = secrets.token_urlsafe(24)
+    return str(token)
 
 
 def set_csrf_cookie(request: Request, response: Response, prefix: str) -> None:
-    new = request.state.__dict__.get("new_csrf")
-    if new:
+    new = getattr(request.state, "new_csrf", None)
+    if new and not request.cookies.get(CSRF_COOKIE):
         response.set_cookie(
             CSRF_COOKIE,
             new,
