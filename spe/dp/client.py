@@ -3,8 +3,6 @@ answer. Runs in every kernel, so it imports only the standard library (pandas fo
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,37 +14,20 @@ class DPQueryError(RuntimeError):
     """The query was refused or could not be answered; the message says why and what to do."""
 
 
-def _socket_path() -> Path:
-    from spe.config import get_settings
-
-    return Path(get_settings().workspace_airlock_socket)
-
-
 def call(
     request: dict[str, Any], path: Path | None = None, timeout: float = TIMEOUT_SECONDS
 ) -> dict[str, Any]:
-    """Send one request to the airlock and return its answer; DPQueryError unless it is ok."""
-    target = str(path or _socket_path())
+    """Send one request to the airlock and return its answer; DPQueryError unless it is ok.
+
+    The workspace's one airlock client carries it: a unix socket on one machine, TCP with the
+    pod's token on Kubernetes."""
+    from spe.workspaces.client import AirlockUnavailable
+    from spe.workspaces.client import call as airlock_call
+
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(target)
-            conn.sendall(json.dumps(request).encode() + b"\n")
-            buffer = b""
-            while not buffer.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-    except OSError as exc:
-        raise DPQueryError(f"The airlock at {target} cannot be reached ({exc}).") from None
-    try:
-        answer = json.loads(buffer)
-    except ValueError:
-        raise DPQueryError("The airlock gave no answer.") from None
-    if not answer.get("ok"):
-        raise DPQueryError(str(answer.get("error") or "The airlock refused the query."))
-    return dict(answer)
+        return airlock_call(request, path, timeout=timeout)
+    except AirlockUnavailable as exc:
+        raise DPQueryError(str(exc)) from None
 
 
 def _where(where: Mapping[str, Any] | Sequence[Any] | None) -> list[list[Any]]:
@@ -251,10 +232,12 @@ def variables(dataset: str) -> Any:
 
 def aggregate_only_datasets() -> list[str]:
     """The project's datasets queried only through spe.dp (none outside a workspace)."""
-    path = _socket_path()
-    if not path.parent.is_dir():
-        return []
+    from spe.config import get_settings
+    from spe.workspaces.client import socket_path
+
+    if not socket_path().parent.is_dir() and not get_settings().workspace_airlock_url:
+        return []  # not in a workspace: no airlock to ask
     try:
-        return list(call({"op": "dp_datasets"}, path, timeout=10.0)["datasets"])
+        return list(call({"op": "dp_datasets"}, timeout=10.0)["datasets"])
     except DPQueryError:
         return []

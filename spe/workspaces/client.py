@@ -43,7 +43,9 @@ def _tcp_target() -> tuple[tuple[str, int], str] | None:
     return (host.strip("[]"), int(port)), token
 
 
-def call(request: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
+def call(
+    request: dict[str, Any], path: Path | None = None, timeout: float = TIMEOUT_SECONDS
+) -> dict[str, Any]:
     """Send one request; raise AirlockUnavailable unless the airlock answers ok."""
     tcp = _tcp_target()
     target = f"tcp://{tcp[0][0]}:{tcp[0][1]}" if tcp else str(path or socket_path())
@@ -53,7 +55,7 @@ def call(request: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
     try:
         family = socket.AF_INET6 if tcp and ":" in tcp[0][0] else socket.AF_INET
         with socket.socket(family if tcp else socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(TIMEOUT_SECONDS)
+            conn.settimeout(timeout)
             conn.connect(tcp[0] if tcp else target)
             conn.sendall(data)
             buffer = b""
