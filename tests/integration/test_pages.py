@@ -1,7 +1,7 @@
 """The pages, per role, over the real application and database (FastAPI's TestClient; no
 browser here: tests/browser drives Chromium through the whole story). People are identified by
 SPE API tokens, which the pages accept as the API does; the hub's OAuth login is exercised by
-the browser test. The platform is the demo's, on 8,000 generated persons."""
+the browser test. The platform is the demo's, on 3,000 generated persons."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def site(spe_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     from spe.projects.extracts import workspace_mounts
 
     set_up_demo()
-    publish_demo_data(persons=8000)
+    publish_demo_data(persons=3000)
     with readonly() as s:
         project = get_project(s, PROJECT)
         mounts = workspace_mounts(s, project)
