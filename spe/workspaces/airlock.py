@@ -203,6 +203,35 @@ def dispatch(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
 # --- the server ---------------------------------------------------------------------------------
 
 
+async def serve_lines(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    answer: Callable[[bytes], dict[str, Any]],
+) -> None:
+    """One connection of either transport: a JSON line in, ``answer`` (run in a thread), a JSON
+    line out, until the caller hangs up; an over-long line ends the connection with a sentence."""
+    try:
+        while True:
+            try:
+                line = await reader.readline()
+            except (asyncio.LimitOverrunError, ValueError):
+                refusal = {"ok": False, "error": f"A request may be at most {MAX_LINE} bytes."}
+                writer.write(json.dumps(refusal).encode() + b"\n")
+                await writer.drain()
+                break
+            if not line:
+                break
+            result = await asyncio.to_thread(answer, line)
+            writer.write(json.dumps(result, default=str).encode() + b"\n")
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
 class Airlock:
     """Serves one socket per running workspace and follows the workspaces table."""
 
@@ -251,29 +280,12 @@ class Airlock:
     async def _serve(
         self, ws: RunningWorkspace, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (asyncio.LimitOverrunError, ValueError):
-                    answer = {"ok": False, "error": f"A request may be at most {MAX_LINE} bytes."}
-                    writer.write(json.dumps(answer).encode() + b"\n")
-                    await writer.drain()
-                    break
-                if not line:
-                    break
-                if ws.name not in self.servers:  # stopped meanwhile
-                    answer = {"ok": False, "error": "This workspace is no longer running."}
-                else:
-                    answer = await asyncio.to_thread(handle_request, ws, line)
-                writer.write(json.dumps(answer, default=str).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        def answer(line: bytes) -> dict[str, Any]:
+            if ws.name not in self.servers:  # stopped meanwhile
+                return {"ok": False, "error": "This workspace is no longer running."}
+            return handle_request(ws, line)
+
+        await serve_lines(reader, writer, answer)
 
     async def run(self, stop: asyncio.Event) -> None:
         from concurrent.futures import ThreadPoolExecutor

@@ -6,7 +6,6 @@ table. The verbs are the unix-socket airlock's (spe.workspaces.airlock.dispatch)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 
 from spe.errors import SPEError
 from spe.workspaces import kube_objects, layout
-from spe.workspaces.airlock import MAX_LINE, dispatch
+from spe.workspaces.airlock import MAX_LINE, dispatch, serve_lines
 from spe.workspaces.registry import RunningWorkspace
 
 log = logging.getLogger("spe.airlock.tcp")
@@ -164,28 +163,9 @@ class TcpAirlock:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer_ip = str(writer.get_extra_info("peername")[0])
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (asyncio.LimitOverrunError, ValueError):
-                    answer = {"ok": False, "error": f"A request may be at most {MAX_LINE} bytes."}
-                    writer.write(json.dumps(answer).encode() + b"\n")
-                    await writer.drain()
-                    break
-                if not line:
-                    break
-                answer = await asyncio.to_thread(
-                    handle_line, line, peer_ip, self.pods, self.namespace
-                )
-                writer.write(json.dumps(answer, default=str).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        await serve_lines(
+            reader, writer, lambda line: handle_line(line, peer_ip, self.pods, self.namespace)
+        )
 
 
 def run_tcp_airlock(host: str, port: int, namespace: str) -> None:
