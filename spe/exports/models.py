@@ -85,6 +85,11 @@ class ExportOutput(Base):
     name: Mapped[str] = mapped_column(String(128))
     justification: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))  # table | model | survival | file
+    # Who computed the numbers that leave: "server" (a plan the control plane evaluated on the
+    # extract), "dp" (an answer from the privacy ledger) or "workspace" (anything the researcher
+    # made: the server could not recompute it, so only reviewers may release it).
+    computed_by: Mapped[str] = mapped_column(String(16), default="workspace")
+    plan_sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     checkable: Mapped[bool] = mapped_column(default=False)
     # Filled by the server-side check: pass | review | fail, the reasons, the full report.
     check_status: Mapped[str | None] = mapped_column(String(8), default=None)
