@@ -122,6 +122,24 @@ class Settings(BaseSettings):
     workspace_idle_minutes: int = Field(
         default=60, ge=1, description="A workspace idle this long is stopped (its home stays)."
     )
+    workspace_airlock_events_per_second: float = Field(
+        default=20.0,
+        gt=0,
+        description="Airlock requests (cells, loads, queries) one workspace may make per second, "
+        "on average; beyond it requests are refused (fail closed) and one alarm is recorded.",
+    )
+    workspace_airlock_burst: int = Field(
+        default=200,
+        ge=1,
+        description="Airlock requests one workspace may make at once before the per-second rate "
+        "applies (a notebook's 'run all').",
+    )
+    workspace_airlock_bytes_per_day: int = Field(
+        default=64 << 20,
+        ge=1,
+        description="Bytes of airlock requests (hence of audit records) one workspace may send "
+        "per UTC day (64 MiB); beyond it requests are refused and one alarm is recorded.",
+    )
     egress_selftest_minutes: float = Field(
         default=10.0,
         gt=0,

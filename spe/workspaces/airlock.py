@@ -20,6 +20,7 @@ from typing import Any
 
 from spe.errors import SPEError
 from spe.workspaces.layout import host_paths
+from spe.workspaces.quota import AirlockQuota
 from spe.workspaces.registry import RunningWorkspace
 
 log = logging.getLogger("spe.airlock")
@@ -30,8 +31,37 @@ SYNC_SECONDS = 1.0
 REQUEST_THREADS = 64
 
 
+# What a workspace says about itself is a claim: every record that arrives through the airlock is
+# stored with this source, whatever the request says. The layer that claims to have made it
+# (kernel extension or server hook, both inside the sandbox) is kept beside it as "layer".
+WORKSPACE_SOURCE = "workspace"
+LAYERS = ("kernel", "server")
+UNGRANTED_LOAD = (
+    "The project has no grant for the dataset {dataset!r}, so SPE does not record loading it; "
+    "this attempt is reported to the data holder's auditors."
+)
+
+
 class AirlockError(SPEError):
     """A request the airlock refuses; the message goes back to the workspace."""
+
+
+def _alarm(ws: RunningWorkspace, action: str, details: dict[str, Any], dataset: str = "") -> None:
+    """Record an alarm event for ``ws`` in a transaction of its own."""
+    from spe.audit.log import record
+    from spe.db.session import get_engine
+
+    with get_engine().begin() as conn:
+        record(
+            conn,
+            ws.username,
+            action,
+            f"workspace:{ws.name}",
+            details,
+            project=ws.project,
+            dataset=dataset[:128] or None,
+        )
+    log.warning("airlock alarm %s for %s: %s", action, ws.name, details)
 
 
 # --- what each request does (synchronous, testable without sockets) ---------------------------
@@ -48,13 +78,14 @@ def _cell(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
     claimed = request.get("sha256")
     if claimed is not None and claimed != digest:
         raise AirlockError("The cell's sha256 does not match its code.")
-    source = request.get("source") if request.get("source") in ("kernel", "server") else "kernel"
+    layer = request.get("source") if request.get("source") in LAYERS else "kernel"
     details: dict[str, Any] = {
         "sha256": digest,
         "length": len(code),
         "code": code[:MAX_CODE_RECORDED],
         "truncated": len(code) > MAX_CODE_RECORDED,
-        "source": source,
+        "source": WORKSPACE_SOURCE,
+        "layer": layer,
     }
     count = request.get("execution_count")
     if isinstance(count, int):
@@ -83,6 +114,16 @@ def _load(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise AirlockError("columns must be a list of column names.")
     rows = request.get("rows")
+    if dataset not in _granted(ws):
+        # A claim to have loaded data the project may not see is either a lie or an escape:
+        # not a load, an alarm.
+        _alarm(
+            ws,
+            "workspace.load_alarm",
+            {"reason": "a load of a dataset the project was not granted", "source": "workspace"},
+            dataset,
+        )
+        raise AirlockError(UNGRANTED_LOAD.format(dataset=dataset[:128]))
     from spe.dp.verbs import refuse_rows_load
 
     refuse_rows_load(ws, dataset)  # an aggregate-only dataset is never read as rows
@@ -92,11 +133,24 @@ def _load(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
             ws.username,
             "workspace.load",
             f"workspace:{ws.name}",
-            {"columns": columns[:500], "rows": rows if isinstance(rows, int) else None},
+            {
+                "columns": columns[:500],
+                "rows": rows if isinstance(rows, int) else None,
+                "source": WORKSPACE_SOURCE,
+            },
             project=ws.project,
             dataset=dataset[:128],
         )
     return {"ok": True}
+
+
+def _granted(ws: RunningWorkspace) -> set[str]:
+    from spe.db import readonly
+    from spe.projects.extracts import granted_datasets
+    from spe.projects.service import get_project
+
+    with readonly() as session:
+        return set(granted_datasets(session, get_project(session, ws.project)))
 
 
 def _export(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
@@ -173,8 +227,17 @@ OPERATIONS: dict[str, Callable[[RunningWorkspace, dict[str, Any]], dict[str, Any
 }
 
 
-def handle_request(ws: RunningWorkspace, line: bytes) -> dict[str, Any]:
+# Used when a caller passes no quota of its own (each Airlock and TcpAirlock has one).
+PROCESS_QUOTA = AirlockQuota()
+
+
+def handle_request(
+    ws: RunningWorkspace, line: bytes, quota: AirlockQuota | None = None
+) -> dict[str, Any]:
     """Answer one request from workspace ``ws`` (known from the socket, not from ``line``)."""
+    refusal = charge(ws, len(line), quota)
+    if refusal is not None:
+        return refusal
     try:
         request = json.loads(line)
     except (ValueError, UnicodeDecodeError):
@@ -184,9 +247,29 @@ def handle_request(ws: RunningWorkspace, line: bytes) -> dict[str, Any]:
     return dispatch(ws, request)
 
 
+def charge(
+    ws: RunningWorkspace, nbytes: int, quota: AirlockQuota | None = None
+) -> dict[str, Any] | None:
+    """Count a request against ``ws``'s quotas: None when it may go on, else the refusal.
+
+    Called before the request is even parsed, so that a flood costs the database one alarm
+    event per quota and day, and nothing more. An alarm that cannot be written still refuses.
+    """
+    verdict = (quota or PROCESS_QUOTA).charge(ws.name, nbytes)
+    if verdict.refusal is None:
+        return None
+    if verdict.alarm is not None:
+        try:
+            _alarm(ws, "workspace.quota_alarm", verdict.alarm)
+        except Exception:
+            log.exception("airlock could not record a quota alarm for %s", ws.name)
+    return {"ok": False, "error": verdict.refusal}
+
+
 def dispatch(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
     """Run one parsed request for ``ws``; both transports (unix socket, TCP with a pod-bound
-    token in spe.workspaces.airlock_tcp) identify the workspace first and then call this."""
+    token in spe.workspaces.airlock_tcp) identify the workspace and charge its quota first,
+    then call this."""
     op = request.get("op")
     handler = OPERATIONS.get(op) if isinstance(op, str) else None
     if handler is None:
@@ -235,8 +318,9 @@ async def serve_lines(
 class Airlock:
     """Serves one socket per running workspace and follows the workspaces table."""
 
-    def __init__(self) -> None:
+    def __init__(self, quota: AirlockQuota | None = None) -> None:
         self.servers: dict[str, tuple[RunningWorkspace, asyncio.AbstractServer]] = {}
+        self.quota = quota or AirlockQuota()
 
     async def sync(self) -> None:
         from spe.db import readonly
@@ -283,7 +367,7 @@ class Airlock:
         def answer(line: bytes) -> dict[str, Any]:
             if ws.name not in self.servers:  # stopped meanwhile
                 return {"ok": False, "error": "This workspace is no longer running."}
-            return handle_request(ws, line)
+            return handle_request(ws, line, self.quota)
 
         await serve_lines(reader, writer, answer)
 

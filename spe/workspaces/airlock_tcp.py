@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from spe.errors import SPEError
 from spe.workspaces import kube_objects, layout
-from spe.workspaces.airlock import MAX_LINE, dispatch, serve_lines
+from spe.workspaces.airlock import MAX_LINE, charge, dispatch, serve_lines
+from spe.workspaces.quota import AirlockQuota
 from spe.workspaces.registry import RunningWorkspace
 
 log = logging.getLogger("spe.airlock.tcp")
@@ -118,8 +119,15 @@ def identify(token: Any, peer_ip: str, pods: PodDirectory, namespace: str) -> Ru
     return ws
 
 
-def handle_line(line: bytes, peer_ip: str, pods: PodDirectory, namespace: str) -> dict[str, Any]:
-    """Answer one request line from ``peer_ip``: identify by token, then the shared verbs."""
+def handle_line(
+    line: bytes,
+    peer_ip: str,
+    pods: PodDirectory,
+    namespace: str,
+    quota: AirlockQuota | None = None,
+) -> dict[str, Any]:
+    """Answer one request line from ``peer_ip``: identify by token, charge the workspace's
+    quota, then the shared verbs."""
     try:
         request = json.loads(line)
     except (ValueError, UnicodeDecodeError):
@@ -138,6 +146,9 @@ def handle_line(line: bytes, peer_ip: str, pods: PodDirectory, namespace: str) -
             "ok": False,
             "error": f"The airlock cannot check the caller ({type(exc).__name__}).",
         }
+    refusal = charge(ws, len(line), quota)
+    if refusal is not None:
+        return refusal
     return dispatch(ws, request)
 
 
@@ -148,6 +159,7 @@ class TcpAirlock:
         self.host, self.port, self.namespace = host, port, namespace
         self.pods = CachedPods(pods)
         self.server: asyncio.AbstractServer | None = None
+        self.quota = AirlockQuota()
 
     async def start(self) -> int:
         """Start listening; the port (useful when 0 was asked for)."""
@@ -164,7 +176,9 @@ class TcpAirlock:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer_ip = str(writer.get_extra_info("peername")[0])
         await serve_lines(
-            reader, writer, lambda line: handle_line(line, peer_ip, self.pods, self.namespace)
+            reader,
+            writer,
+            lambda line: handle_line(line, peer_ip, self.pods, self.namespace, self.quota),
         )
 
 

@@ -1,6 +1,8 @@
 """The airlock over real unix sockets (SQLite and PostgreSQL): identity comes from the socket,
-cells and loads are audited, export requests come from the workspace's own outbox only, and
-the cell-audit extension in a real IPython shell fails closed when the airlock is away."""
+cells and loads are audited as the workspace's claims (never the server's word), loads of
+ungranted datasets and floods are refused with one alarm, export requests come from the
+workspace's own outbox only, and the cell-audit extension in a real IPython shell fails closed
+when the airlock is away."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from spe.workspaces.airlock import MAX_LINE, Airlock
 from spe.workspaces.client import AirlockUnavailable, call
 from spe.workspaces.layout import host_paths
 from spe.workspaces.registry import workspace_started, workspace_stopped
+from tests.conftest import synthetic_numbers, write_people_csv, write_policy
 
 
 class AirlockThread:
@@ -59,11 +62,22 @@ class AirlockThread:
 
 
 @pytest.fixture
-def workspaces(world: Any) -> Iterator[dict[str, Any]]:
-    """Two running workspaces of project 'study' (researcher and researcher2) and the airlock."""
+def workspaces(world: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Two running workspaces of project 'study' (researcher and researcher2), which is granted
+    the dataset 'people', and the airlock."""
+    from spe.ingest.pipeline import ingest
+    from spe.ingest.policy import load_policy
+    from spe.projects.extracts import grant_dataset
+
+    ingest(
+        "reviewer",
+        write_people_csv(tmp_path / "people.csv", synthetic_numbers(12)),
+        load_policy(write_policy(tmp_path)),
+    )
     with transaction() as s:
         study = get_project(s, "study")
         approve_project(s, get_user(s, "reviewer"), study)
+        grant_dataset(s, get_user(s, "reviewer"), study, "people", ["income"])
         add_member(s, get_user(s, "researcher"), study, get_user(s, "researcher2"))
         for name in ("researcher", "researcher2"):
             accept_terms(s, get_user(s, name))
@@ -118,11 +132,80 @@ def test_each_cell_is_recorded_with_its_hash_for_the_workspace_that_ran_it(works
 
 def test_dataset_loads_are_recorded_with_the_dataset(workspaces):
     call(
-        {"op": "load", "dataset": "income", "columns": ["year", "wage_income"], "rows": 78000},
+        {"op": "load", "dataset": "people", "columns": ["income"], "rows": 12},
         workspaces["paths"]["researcher"].airlock_socket,
     )
     (event,) = events("workspace.load")
-    assert event.dataset == "income" and event.actor == "researcher"
+    assert event.dataset == "people" and event.actor == "researcher"
+    assert json.loads(event.details)["source"] == "workspace"
+
+
+def test_a_cell_claimed_as_the_servers_record_is_stored_as_the_workspaces_claim(workspaces):
+    # Kernel code can reach the airlock socket as well as the server hook can: what it says
+    # about which layer wrote a record is kept, but only as the workspace's claim.
+    call(
+        {"op": "cell", "code": "never_ran = 1", "source": "server"},
+        workspaces["paths"]["researcher"].airlock_socket,
+    )
+    (event,) = events("workspace.cell")
+    details = json.loads(event.details)
+    assert details["source"] == "workspace" and details["layer"] == "server"
+
+
+def test_a_load_of_a_dataset_the_project_was_not_granted_is_refused_with_an_alarm(workspaces):
+    sock = workspaces["paths"]["researcher"].airlock_socket
+    with pytest.raises(AirlockUnavailable, match="no grant for the dataset 'income'"):
+        call({"op": "load", "dataset": "income", "columns": ["wage"], "rows": 830}, sock)
+    assert events("workspace.load") == []
+    (alarm,) = events("workspace.load_alarm")
+    assert alarm.dataset == "income" and alarm.target == "workspace:study--researcher"
+
+
+def test_an_airlock_flood_ends_in_refusal_and_one_alarm_without_filling_the_log(
+    workspaces, monkeypatch
+):
+    """40 records of 256 KiB as fast as a kernel can send them, against a 1 MiB daily quota
+    (the attack of issue 15); then a burst of small records against the per-second quota."""
+    from spe.config import reset_settings
+
+    monkeypatch.setenv("SPE_WORKSPACE_AIRLOCK_BYTES_PER_DAY", str(1 << 20))
+    monkeypatch.setenv("SPE_WORKSPACE_AIRLOCK_BURST", "20")
+    monkeypatch.setenv("SPE_WORKSPACE_AIRLOCK_EVENTS_PER_SECOND", "0.5")
+    reset_settings()
+    big = {"op": "cell", "code": "#" + "x" * (256 << 10), "source": "server"}
+    paths = workspaces["paths"]
+    answers = []
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.connect(str(paths["researcher"].airlock_socket))
+        stream = raw.makefile("rwb")
+        started = time.monotonic()
+        for _ in range(40):
+            stream.write(json.dumps(big).encode() + b"\n")
+            stream.flush()
+            answers.append(json.loads(stream.readline()))
+        flood_seconds = time.monotonic() - started
+    recorded = [a for a in answers if a["ok"]]
+    refused = [a for a in answers if not a["ok"]]
+    assert len(recorded) == 3, answers[:5]  # 3 x 256 KiB fit in 1 MiB, the 4th does not
+    assert all("MiB to SPE's audit log today" in a["error"] for a in refused)
+    assert len(events("workspace.cell")) == 3
+    (alarm,) = events("workspace.quota_alarm")
+    assert json.loads(alarm.details)["quota"] == "bytes_per_day"
+    assert flood_seconds < 10
+
+    # The other workspace has its own quota; small records hit the rate, once alarmed.
+    sock = paths["researcher2"].airlock_socket
+    outcomes = []
+    for i in range(40):
+        try:
+            call({"op": "cell", "code": f"x = {i}"}, sock)
+            outcomes.append(True)
+        except AirlockUnavailable as exc:
+            assert "requests a second" in str(exc)
+            outcomes.append(False)
+    assert outcomes[:20] == [True] * 20 and outcomes.count(False) >= 10
+    alarms = [json.loads(a.details)["quota"] for a in events("workspace.quota_alarm")]
+    assert sorted(alarms) == ["bytes_per_day", "events_per_second"]
 
 
 def test_an_export_through_the_airlock_takes_files_only_from_the_callers_outbox(workspaces):
@@ -216,7 +299,7 @@ def test_loading_data_in_a_workspace_is_recorded_and_refused_when_it_cannot_be(
     from spe.analysis import AnalysisError
     from spe.config import reset_settings
 
-    data = tmp_path / "data" / "income"
+    data = tmp_path / "data" / "people"
     data.mkdir(parents=True)
     pd.DataFrame({"person_id": ["a", "b"], "wage": [1, 2]}).to_parquet(data / "data.parquet")
     monkeypatch.setenv("SPE_WORKSPACE_DATA_DIR", str(tmp_path / "data"))
@@ -224,9 +307,9 @@ def test_loading_data_in_a_workspace_is_recorded_and_refused_when_it_cannot_be(
         "SPE_WORKSPACE_AIRLOCK_SOCKET", str(workspaces["paths"]["researcher"].airlock_socket)
     )
     reset_settings()
-    assert len(sa.load("income")) == 2
+    assert len(sa.load("people")) == 2
     (event,) = events("workspace.load")
-    assert event.dataset == "income" and json.loads(event.details)["rows"] == 2
+    assert event.dataset == "people" and json.loads(event.details)["rows"] == 2
     workspaces["service"].stop()
     with pytest.raises(AnalysisError, match="could not be recorded"):
-        sa.load("income")
+        sa.load("people")

@@ -331,12 +331,13 @@ def _events(action: str) -> list[dict[str, Any]]:
 
 
 def _cell_sources(code: str) -> set[str]:
-    """Which audit layers recorded a cell with this code (the kernel sees it newline-ended)."""
-    return {
-        e["details"]["source"]
-        for e in _events("workspace.cell")
-        if e["details"]["code"].strip() == code.strip()
-    }
+    """Which audit layers recorded a cell with this code (the kernel sees it newline-ended).
+
+    Both layers run inside the sandbox, so each record is stored as the workspace's claim."""
+    found = [e["details"] for e in _events("workspace.cell")]
+    mine = [d for d in found if d["code"].strip() == code.strip()]
+    assert all(d["source"] == "workspace" for d in mine), mine
+    return {d["layer"] for d in mine}
 
 
 # --- 1. log in at the front door, open the project's workspace -----------------------------------
