@@ -309,9 +309,17 @@ def _numeric(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray | None]
             f"The variable {name!r} is {arr.type}, not a number, so it cannot be summarised."
         )
     if arr.null_count == 0:
-        return arr.to_numpy().astype(np.float64, copy=False), None
-    present = arr.is_valid().to_numpy(zero_copy_only=False)
-    values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        values = arr.to_numpy().astype(np.float64, copy=False)
+        present = None
+    else:
+        present = arr.is_valid().to_numpy(zero_copy_only=False)
+        values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    # A NaN is missing too: left in, it would turn the whole cell's answer into NaN and so tell
+    # whether anyone in the cell has one.
+    nan = np.isnan(values)
+    if nan.any():
+        present = ~nan if present is None else present & ~nan
+        values = np.where(nan, 0.0, values)
     return values, present
 
 
@@ -405,10 +413,12 @@ def _per_cell(
 ) -> Answer:
     """One diffprivlib call per cell (each person is in one cell: parallel composition)."""
     from diffprivlib import tools
+    from diffprivlib.mechanisms import Laplace
 
     assert bounds.lower is not None and bounds.upper is not None
     lo, hi = bounds.lower, bounds.upper
     width = hi - lo
+    sum_sensitivity = max(hi, 0.0) - min(lo, 0.0)
     out: list[Any] = []
     intervals: list[list[float]] = []
     eps = query.epsilon
@@ -418,14 +428,12 @@ def _per_cell(
     for cell in slices:
         clipped = np.clip(cell, lo, hi)
         if query.kind == "sum":
-            value = tools.sum(
-                clipped,
-                epsilon=eps,
-                bounds=(min(lo, 0.0), max(hi, 0.0)),
-                random_state=rng,
-                accountant=_accountant(),
-            )
-            half = (max(hi, 0.0) - min(lo, 0.0)) / eps * Z95_LAPLACE
+            # Untruncated Laplace: diffprivlib's tools.sum clamps its answer to
+            # [lower * n, upper * n], so an answer at a bound would tell the exact n.
+            value = Laplace(
+                epsilon=eps, delta=0, sensitivity=sum_sensitivity, random_state=rng
+            ).randomise(float(np.sum(clipped)))
+            half = sum_sensitivity / eps * Z95_LAPLACE
             intervals.append([float(value) - half, float(value) + half])
         elif query.kind in ("mean", "var"):
             value, half = _moment(query.kind, clipped - lo, width, eps, rng)
@@ -444,7 +452,7 @@ def _per_cell(
         out.append(float(value))
     parts = {"mean": 2, "var": 3}.get(query.kind, 1)
     mechanism = {
-        "sum": "LaplaceTruncated (diffprivlib tools.sum)",
+        "sum": "Laplace, untruncated (diffprivlib)",
         "mean": "noisy sum / noisy count: Laplace and GeometricTruncated (diffprivlib), "
         "epsilon/2 each",
         "var": "noisy sums of x and x^2 / noisy count: Laplace and GeometricTruncated "
@@ -455,7 +463,7 @@ def _per_cell(
     sensitivity: float | None = None
     noise: Any = None
     if query.kind == "sum":
-        sensitivity = max(hi, 0.0) - min(lo, 0.0)
+        sensitivity = sum_sensitivity
         noise = sensitivity / eps
     elif query.kind == "mean":
         noise = {"sum": width * parts / eps, "count": parts / eps}
@@ -517,7 +525,13 @@ def _histogram(query: Query, values: np.ndarray, bounds: VariableBounds, rng: An
 def _regression(
     query: Query, table: pa.Table, dp: DPPolicy, keep: np.ndarray | None, rng: Any
 ) -> Answer:
-    from diffprivlib import models
+    """The functional mechanism (Zhang et al., "Functional mechanism: regression analysis under
+    differential privacy", VLDB 2012): Laplace noise on the coefficients of the objective's
+    polynomial (sums over persons), then the noisy objective is minimised. It answers any
+    number of persons, none included, the same way: no error and no output range depends on
+    who is in the filtered group (diffprivlib's models refused fewer than two persons or a
+    single class, and scaled their noise by the exact n)."""
+    from diffprivlib.mechanisms import Laplace
 
     assert query.target is not None
     columns = []
@@ -529,138 +543,77 @@ def _regression(
             present &= ok
     lows = np.array([dp.variables[f].lower for f in query.features], dtype=float)
     highs = np.array([dp.variables[f].upper for f in query.features], dtype=float)
+    y_low = y_high = 0.0
     if query.kind == "linear_regression":
         y, y_ok = _numeric(table, query.target)
         tb = dp.variables[query.target]
         assert tb.lower is not None and tb.upper is not None
         if y_ok is not None:
             present &= y_ok
-        y = np.clip(y[present], tb.lower, tb.upper)
-        x = np.column_stack(columns)[present]
-        x = np.clip(x, lows, highs)
-        model = models.LinearRegression(
-            epsilon=query.epsilon,
-            bounds_X=(lows, highs),
-            bounds_y=(tb.lower, tb.upper),
-            random_state=rng,
-            accountant=_accountant(),
-        )
-        mechanism = "Functional mechanism (diffprivlib LinearRegression)"
+        y_low, y_high = tb.lower, tb.upper
+        target = _unit(y[present], y_low, y_high)  # in [-1, 1]
+        lin_bound = 1.0
+        mechanism = "Functional mechanism, Laplace (least squares)"
     else:
         cats = dp.variables[query.target].categories
         arr = table.column(query.target)
         index = pc.index_in(arr, value_set=pa.array(list(cats)).cast(arr.type))
-        ok = index.is_valid().to_numpy(zero_copy_only=False)
-        y = index.fill_null(0).to_numpy(zero_copy_only=False)[present & ok]
-        x = np.clip(np.column_stack(columns)[present & ok], lows, highs)
-        norm = float(np.sqrt(np.sum(np.maximum(np.abs(lows), np.abs(highs)) ** 2)))
-        model = _logistic(query.epsilon, norm, rng)
-        mechanism = "Objective perturbation (diffprivlib LogisticRegression)"
-    if len(y) < 2:
-        raise DPError("Too few persons pass the filter to fit a model; widen the filter.")
-    model.fit(x, y)
-    coef = np.ravel(model.coef_).tolist()
-    intercept = float(np.ravel([model.intercept_])[0])
+        present &= index.is_valid().to_numpy(zero_copy_only=False)
+        labels = index.fill_null(0).to_numpy(zero_copy_only=False)[present]
+        target = labels.astype(np.float64) - 0.5  # in {-1/2, 1/2}
+        lin_bound = 0.5
+        mechanism = "Functional mechanism, Laplace (logistic loss, second-order Taylor)"
+    units = [_unit(col[present], lows[j], highs[j]) for j, col in enumerate(columns)]
+    z = np.column_stack([np.ones(len(target)), *units])  # every entry in [-1, 1]
+    d = z.shape[1]
+    upper = np.triu_indices(d)
+    quad = (z.T @ z)[upper]  # one person moves each entry by at most 1
+    lin = z.T @ target  # by at most 1 (linear) or 1/2 (logistic)
+    sensitivity = len(quad) + d * lin_bound  # L1 norm of one person's contribution
+    mech = Laplace(epsilon=query.epsilon, delta=0, sensitivity=sensitivity, random_state=rng)
+    matrix = np.zeros((d, d))
+    matrix[upper] = [mech.randomise(float(v)) for v in quad]
+    matrix = matrix + np.triu(matrix, 1).T
+    noisy_lin = np.array([mech.randomise(float(v)) for v in lin])
+    # The noisy objective need not be convex: its eigenvalues are floored at the noise scale
+    # (post-processing of noisy figures with a public constant).
+    floor = sensitivity / query.epsilon
+    eigenvalues, vectors = np.linalg.eigh(matrix)
+    w = vectors @ ((vectors.T @ noisy_lin) / np.maximum(eigenvalues, floor))
+    if query.kind == "logistic_regression":
+        w = 4.0 * w  # argmin of sum(-(y - 1/2) z.w + (z.w)^2 / 8), the Taylor objective
+    # From [-1, 1] units back to the variables' own: u = a x + b.
+    a = 2.0 / (highs - lows)
+    b = -(highs + lows) / (highs - lows)
+    coef = w[1:] * a
+    intercept = float(w[0] + np.sum(w[1:] * b))
+    if query.kind == "linear_regression":
+        half_range, middle = (y_high - y_low) / 2.0, (y_high + y_low) / 2.0
+        coef = coef * half_range
+        intercept = intercept * half_range + middle
     names = ["intercept", *query.features]
     return Answer(
         query.kind,
         query.epsilon,
         mechanism,
-        None,
-        None,
+        float(sensitivity),
+        float(sensitivity / query.epsilon),
         ["term"],
         [[n] for n in names],
-        [intercept, *coef],
+        [intercept, *(float(c) for c in coef)],
         None,
         extra={"target": query.target},
-        notes=["Features are clipped to the policy's bounds."],
+        notes=[
+            "Features (and a linear model's target) are clipped to the policy's bounds and "
+            "scaled to [-1, 1]; the model is fitted on noisy sums, so with few persons it is "
+            "mostly noise."
+        ],
     )
 
 
-def _logistic(epsilon: float, data_norm: float, rng: Any) -> Any:
-    """diffprivlib's LogisticRegression without the ``multi_class`` argument that scikit-learn
-    1.8 no longer takes (diffprivlib 0.6.6 still passes it; its fit does not use it)."""
-    from diffprivlib.models import LogisticRegression
-    from sklearn import linear_model
-
-    class _Logit(LogisticRegression):
-        def __init__(
-            self,
-            *,
-            epsilon: float = 1.0,
-            data_norm: float | None = None,
-            tol: float = 1e-4,
-            C: float = 1.0,
-            fit_intercept: bool = True,
-            max_iter: int = 100,
-            verbose: int = 0,
-            warm_start: bool = False,
-            n_jobs: int | None = None,
-            random_state: Any = None,
-            accountant: Any = None,
-        ) -> None:
-            linear_model.LogisticRegression.__init__(
-                self,
-                penalty="l2",
-                dual=False,
-                tol=tol,
-                C=C,
-                fit_intercept=fit_intercept,
-                intercept_scaling=1.0,
-                class_weight=None,
-                random_state=random_state,
-                solver="lbfgs",
-                max_iter=max_iter,
-                verbose=verbose,
-                warm_start=warm_start,
-                n_jobs=n_jobs,
-            )
-            self.epsilon = epsilon
-            self.data_norm = data_norm
-            self.classes_ = None
-            self.accountant = accountant if accountant is not None else _accountant()
-
-    return _Logit(epsilon=epsilon, data_norm=data_norm, random_state=rng, accountant=_accountant())
-
-
-# --- what a released answer is about (for the disclosure engine's differencing) ----------------
-
-
-def person_cells(
-    query: Query, table: pa.Table, dp: DPPolicy, person_column: str
-) -> tuple[list[tuple[tuple[str, Any], ...]], np.ndarray, np.ndarray]:
-    """The persons behind each cell of an answer: (labels, offsets, sorted 64-bit person hashes),
-    as ``spe.sdc.ReleasedTable`` keeps them. Histogram bins are cells; a model is one cell."""
-    from spe.sdc.differencing import hash_person_ids, hashed_sets
-
-    mask = _filter_mask(table, query.where)
-    rows = np.ones(table.num_rows, dtype=bool)
-    if mask is not None:
-        rows &= mask.to_numpy(zero_copy_only=False)
-    for name in (query.column, *query.features, query.target):
-        if name and table.column(name).null_count:
-            rows &= table.column(name).is_valid().to_numpy(zero_copy_only=False)
-    labels: list[tuple[tuple[str, Any], ...]]
-    if query.by:
-        codes, ncells = _cell_codes(table, query.by, dp)
-        labels = [tuple(zip(query.by, label, strict=True)) for label in _labels(query.by, dp)]
-    elif query.kind == "histogram" and query.column:
-        bounds = dp.variables[query.column]
-        assert bounds.lower is not None and bounds.upper is not None
-        values, _present = _numeric(table, query.column)
-        edges = np.linspace(bounds.lower, bounds.upper, query.bins + 1)
-        codes = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, query.bins - 1)
-        rows &= (values >= bounds.lower) & (values <= bounds.upper)
-        ncells = query.bins
-        labels = [(("bin", f"[{edges[i]:g}, {edges[i + 1]:g})"),) for i in range(ncells)]
-    else:
-        codes, ncells = np.zeros(table.num_rows, dtype=np.int64), 1
-        labels = [(("cell", "all"),)]
-    rows &= codes >= 0
-    persons = table.column(person_column).to_numpy(zero_copy_only=False)[rows]
-    hashes = hash_person_ids(np.asarray(persons, dtype=object).astype("S"))
-    offsets, ordered = hashed_sets(codes[rows], hashes, ncells)
-    return labels, offsets, ordered
+def _unit(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Values clipped to [low, high] and mapped onto [-1, 1]."""
+    return np.asarray((2.0 * np.clip(values, low, high) - high - low) / (high - low))
 
 
 def _moment(

@@ -1,4 +1,5 @@
-"""The ``dp:`` block of a dataset policy: the budget and the public bounds and categories DP
+"""The ``dp:`` block of a dataset policy: the dataset's budget (and each project's default share),
+whether DP answers may be exported without review, and the public bounds and categories DP
 queries rely on, declared by the data holder and never derived from the data."""
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import yaml
 
 from spe.policyfile import Located, pairs, suggest
 
-_DP_KEYS = {"epsilon_total", "max_epsilon_per_query", "variables"}
+_DP_KEYS = {"epsilon_total", "epsilon_per_project", "max_epsilon_per_query", "variables", "export"}
+_EXPORT_KEYS = {"auto_release"}
+_BOOLS = {"true": True, "false": False}
 _VAR_KEYS = {"min", "max", "categories"}
 
 
@@ -31,9 +34,23 @@ class VariableBounds:
 
 @dataclass(frozen=True)
 class DPPolicy:
+    """``epsilon_total``: the dataset's budget, shared by every project (the holder may change it
+    with ``spe dp total``); ``epsilon_per_project``: what a project is allocated when it first
+    uses the dataset, at most what is unallocated (default: all of it); ``auto_release``: an
+    exported DP answer leaves without reviewers."""
+
     epsilon_total: float
     max_epsilon_per_query: float | None = None
     variables: dict[str, VariableBounds] = field(default_factory=dict)
+    epsilon_per_project: float | None = None
+    auto_release: bool = True
+
+    @property
+    def project_default(self) -> float:
+        """A project's first allocation (before the cap of what is unallocated)."""
+        if self.epsilon_per_project is None:
+            return self.epsilon_total
+        return self.epsilon_per_project
 
 
 def _number(loc: Located, node: yaml.Node, what: str) -> float:
@@ -95,7 +112,9 @@ def parse_dp(loc: Located, node: yaml.Node, columns: dict[str, Any]) -> DPPolicy
             raise loc.fail(key_node, f"dp has an unknown key {key!r}{suggest(key, _DP_KEYS, '.')}")
         top[key] = value_node
     if "epsilon_total" not in top:
-        raise loc.fail(node, "dp needs epsilon_total: the privacy budget each project starts with.")
+        raise loc.fail(
+            node, "dp needs epsilon_total: the dataset's privacy budget, shared by all projects."
+        )
     total = _number(loc, top["epsilon_total"], "dp.epsilon_total")
     if total <= 0:
         raise loc.fail(top["epsilon_total"], "dp.epsilon_total must be greater than 0.")
@@ -104,6 +123,25 @@ def parse_dp(loc: Located, node: yaml.Node, columns: dict[str, Any]) -> DPPolicy
         per_query = _number(loc, top["max_epsilon_per_query"], "dp.max_epsilon_per_query")
         if per_query <= 0:
             raise loc.fail(top["max_epsilon_per_query"], "dp.max_epsilon_per_query must be > 0.")
+    per_project = None
+    if "epsilon_per_project" in top:
+        per_project = _number(loc, top["epsilon_per_project"], "dp.epsilon_per_project")
+        if not 0 < per_project <= total:
+            raise loc.fail(
+                top["epsilon_per_project"],
+                "dp.epsilon_per_project must be greater than 0 and at most dp.epsilon_total.",
+            )
+    auto_release = True
+    if "export" in top:
+        for key, key_node, value_node in pairs(loc, top["export"], "dp.export"):
+            if key not in _EXPORT_KEYS:
+                raise loc.fail(
+                    key_node,
+                    f"dp.export has an unknown key {key!r}{suggest(key, _EXPORT_KEYS, '.')}",
+                )
+            if not (isinstance(value_node, yaml.ScalarNode) and value_node.value in _BOOLS):
+                raise loc.fail(value_node, "dp.export.auto_release must be true or false.")
+            auto_release = _BOOLS[value_node.value]
     variables: dict[str, VariableBounds] = {}
     if "variables" in top:
         for name, _key_node, value_node in pairs(loc, top["variables"], "dp.variables"):
@@ -113,4 +151,4 @@ def parse_dp(loc: Located, node: yaml.Node, columns: dict[str, Any]) -> DPPolicy
                     value_node, f"{name!r} is a {cls}; DP queries never use identifiers."
                 )
             variables[name] = _variable(loc, name, value_node, columns)
-    return DPPolicy(total, per_query, variables)
+    return DPPolicy(total, per_query, variables, per_project, auto_release)
