@@ -32,6 +32,8 @@ PACKAGES=(
     "pydantic>=2.6,<3"
     "pydantic-settings>=2.2,<3"
     "click>=8.1,<9"
+    # The plan evaluator (spe.analysis.plan): previews run the same DuckDB code as the server.
+    "duckdb>=2,<3"
 )
 DEPS_STAMP="$ENV_DIR/.spe-workspace-deps"
 SPE_STAMP="$ENV_DIR/.spe-workspace-spe"
@@ -109,7 +111,7 @@ if [[ ! -f "$SPE_STAMP" || "$(<"$SPE_STAMP")" != "$spe_wanted" ]]; then
 fi
 
 echo "==> checking that researcher code can import what it needs"
-imports="spe.analysis, spe.sdc, pandas, pyarrow, statsmodels.api, ipykernel, jupyter_server"
+imports="spe.analysis, spe.sdc, pandas, pyarrow, duckdb, statsmodels.api, ipykernel, jupyter_server"
 "$ENV_DIR/bin/python" -c "import $imports, jupyterhub.singleuser" || {
     echo "The workspace environment $ENV_DIR is incomplete (the import error is above);" \
         "fix the cause and run $0 again: it reinstalls." >&2
