@@ -1,15 +1,19 @@
 """Dataset policies (policies/datasets/*.yaml): what each column is and how it is treated.
 
 Every column of an extract must be classified: ``person_id`` (pseudonymised), ``direct_identifier``
-(dropped), ``quasi_identifier`` (kept, or generalised) or ``attribute`` (kept). A policy is
-validated at load; an error names the file, the line and the fix.
+(dropped), ``quasi_identifier`` (kept, or generalised) or ``attribute`` (kept). A kept column may
+declare its public code list (``categories``, enforced at ingest) or public ``bins``; a text
+column without categories is free text and can never be a grouping key of a released table.
+A policy is validated at load; an error names the file, the line and the fix.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +50,13 @@ class Generalisation(enum.StrEnum):
 
 
 GENERALISABLE = {Generalisation.YEAR: ColumnType.DATE, Generalisation.COUNTY: ColumnType.STRING}
+# A code list is public information shown in the catalogue and used as table labels: bounded.
+MAX_CATEGORIES = 10_000
+MAX_CATEGORY_CHARS = 64
+MAX_BIN_EDGES = 10_000
+_INT_TEXT = re.compile(r"^[+-]?\d{1,18}$")
+# C0 controls but tab, DEL and C1 controls: never in a category (nor in a kept text value).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,61 @@ class ColumnPolicy:
     description: str = ""
     generalise: Generalisation | None = None
     required: bool = False
+    # The public code list: a value outside it is quarantined at ingest. Ints for int64.
+    categories: tuple[str | int, ...] | None = None
+    # Public bin edges of a numeric column (strictly increasing).
+    bins: tuple[float, ...] | None = None
+
+    @property
+    def free_text(self) -> bool:
+        """A kept text column without a code list: it can never be a grouping key."""
+        return (
+            self.cls in (ColumnClass.QUASI_IDENTIFIER, ColumnClass.ATTRIBUTE)
+            and self.type == ColumnType.STRING
+            and self.categories is None
+        )
+
+
+_KINDS = {
+    ColumnType.STRING: "string",
+    ColumnType.INT: "int",
+    ColumnType.FLOAT: "float",
+    ColumnType.DATE: "date",
+}
+
+
+def _generalisations(column: ColumnPolicy, how: Generalisation | None) -> list[Generalisation]:
+    """The generalisations applied to a column: the policy's own at ingest, then the grant's."""
+    steps = [g for g in (column.generalise, how) if g is not None]
+    if how is not None and not (column.generalise == how == Generalisation.COUNTY):
+        held = ColumnType.INT if column.generalise == Generalisation.YEAR else column.type
+        if GENERALISABLE[how] != held:
+            raise PolicyError(
+                f"Column {column.name!r} ({column_kind(column, None)}) cannot be generalised to "
+                f"{how.value}; {how.value} needs a {GENERALISABLE[how].value} column."
+            )
+    return steps
+
+
+def column_kind(column: ColumnPolicy, how: Generalisation | None) -> str:
+    """What a column is after the grant's generalisation: int, float, string, date or year."""
+    if Generalisation.YEAR in _generalisations(column, how):
+        return "year"
+    return _KINDS[column.type]
+
+
+def generalised_categories(
+    column: ColumnPolicy, how: Generalisation | None
+) -> tuple[str | int, ...] | None:
+    """The code list of a column after its generalisations (the policy's at ingest, then the
+    grant's ``how``): county keeps the sorted distinct first two characters of municipality
+    numbers; a date made a year has no code list (it is a year, binned on the grid)."""
+    categories = column.categories
+    for step in _generalisations(column, how):
+        if categories is None or step == Generalisation.YEAR:
+            return None
+        categories = tuple(sorted({str(c)[:2] for c in categories}))
+    return categories
 
 
 @dataclass(frozen=True)
@@ -112,7 +178,7 @@ _TOP_KEYS = {
     "temporal_coverage": False,
     "dp": False,
 }
-_COLUMN_KEYS = {"class", "type", "description", "generalise", "required"}
+_COLUMN_KEYS = {"class", "type", "description", "generalise", "required", "categories", "bins"}
 _ID_KEYS = {"allow_synthetic", "allow_d_number", "allow_h_number", "allow_2032_rule"}
 
 
@@ -180,7 +246,92 @@ def _column(loc: Located, name_node: yaml.Node, node: yaml.Node) -> ColumnPolicy
                 f"generalise: {gen.value} needs a column of type {needed.value}.",
             )
         values["generalise"] = gen
+    kind = values.get("type", ColumnType.STRING)
+    if "categories" in nodes:
+        values["categories"] = _categories(loc, nodes["categories"], name, values["cls"], kind)
+    if "bins" in nodes:
+        values["bins"] = _bins(loc, nodes["bins"], name, values["cls"], kind)
     return ColumnPolicy(name=name, **values)
+
+
+def _list(loc: Located, node: yaml.Node, what: str, most: int) -> list[yaml.ScalarNode]:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise loc.fail(node, f"{what} must be a non-empty list, like [a, b].")
+    if len(node.value) > most:
+        raise loc.fail(
+            node, f"{what} has {len(node.value):,} entries; at most {most:,} are allowed."
+        )
+    for item in node.value:
+        if not isinstance(item, yaml.ScalarNode):
+            raise loc.fail(item, f"each entry of {what} must be a single value.")
+    return list(node.value)
+
+
+def _categories(
+    loc: Located, node: yaml.Node, name: str, cls: ColumnClass, kind: ColumnType
+) -> tuple[str | int, ...]:
+    what = f"column {name!r}'s categories"
+    if cls not in (ColumnClass.QUASI_IDENTIFIER, ColumnClass.ATTRIBUTE):
+        raise loc.fail(node, f"{what}: only a quasi_identifier or attribute has categories.")
+    if kind not in (ColumnType.STRING, ColumnType.INT):
+        raise loc.fail(
+            node,
+            f"{what}: a {kind.value} column has no code list; categories suit string and int64 "
+            "columns (give a numeric column bins instead).",
+        )
+    out: list[str | int] = []
+    seen: set[str | int] = set()
+    for item in _list(loc, node, what, MAX_CATEGORIES):
+        text = str(item.value)
+        value: str | int
+        if kind == ColumnType.INT:
+            if item.style is not None or not _INT_TEXT.match(text):
+                raise loc.fail(
+                    item, f"{what}: {text!r} is not a whole number, and the column is int64."
+                )
+            value = int(text)
+        else:
+            if not text or text != text.strip() or CONTROL_CHARACTERS.search(text):
+                raise loc.fail(
+                    item,
+                    f"{what}: {text!r} must be text without surrounding spaces or control "
+                    "characters.",
+                )
+            if len(text) > MAX_CATEGORY_CHARS:
+                raise loc.fail(
+                    item,
+                    f"{what}: {text[:20]!r}... is longer than {MAX_CATEGORY_CHARS} characters.",
+                )
+            value = text
+        if value in seen:
+            raise loc.fail(item, f"{what} list {text!r} twice; keep one.")
+        seen.add(value)
+        out.append(value)
+    return tuple(out)
+
+
+def _bins(
+    loc: Located, node: yaml.Node, name: str, cls: ColumnClass, kind: ColumnType
+) -> tuple[float, ...]:
+    what = f"column {name!r}'s bins"
+    if cls not in (ColumnClass.QUASI_IDENTIFIER, ColumnClass.ATTRIBUTE):
+        raise loc.fail(node, f"{what}: only a quasi_identifier or attribute has bins.")
+    if kind not in (ColumnType.INT, ColumnType.FLOAT):
+        raise loc.fail(node, f"{what}: only an int64 or float64 column has bins.")
+    edges: list[float] = []
+    for item in _list(loc, node, what, MAX_BIN_EDGES):
+        try:
+            edge = float(item.value)
+        except ValueError:
+            raise loc.fail(item, f"{what}: {item.value!r} is not a number.") from None
+        if not math.isfinite(edge):
+            raise loc.fail(item, f"{what}: {item.value!r} is not a finite number.")
+        if edges and edge <= edges[-1]:
+            raise loc.fail(item, f"{what} must be strictly increasing; {item.value} is not.")
+        edges.append(edge)
+    if len(edges) < 2:
+        raise loc.fail(node, f"{what} need at least two edges (one bin).")
+    return tuple(edges)
 
 
 def load_policy(path: Path) -> DatasetPolicy:
@@ -274,7 +425,42 @@ def _dp_block(
             "access: aggregate_only needs one_row_per_person: true (a person is the unit "
             "differential privacy protects).",
         )
-    return parse_dp(loc, top["dp"], {c.name: c.cls.value for c in columns})
+    dp = parse_dp(loc, top["dp"], {c.name: c.cls.value for c in columns})
+    return _dp_categories_from_columns(loc, top["dp"], dp, columns)
+
+
+def _dp_categories_from_columns(
+    loc: Located, node: yaml.Node, dp: DPPolicy, columns: tuple[ColumnPolicy, ...]
+) -> DPPolicy:
+    """One truth for categories: the columns' code lists. A dp variable without bounds of its
+    own takes its column's categories; one that repeats them must list the same categories."""
+    from spe.dp.policy import VariableBounds
+
+    declared: dict[str, yaml.Node] = {}
+    for key, _key_node, value_node in pairs(loc, node, "dp"):
+        if key == "variables":
+            declared = {name: n for name, _k, n in pairs(loc, value_node, "dp.variables")}
+    variables = dict(dp.variables)
+    for column in columns:
+        held = generalised_categories(column, None)
+        codes = None if held is None else tuple(str(c) for c in held)
+        bounds = variables.get(column.name)
+        if bounds is not None and bounds.categories:
+            if codes is None:
+                raise loc.fail(
+                    declared.get(column.name),
+                    f"dp.variables.{column.name} lists categories, but the column has no code "
+                    f"list; declare them once, under columns: {column.name}: categories.",
+                )
+            if set(bounds.categories) != set(codes):
+                raise loc.fail(
+                    declared.get(column.name),
+                    f"dp.variables.{column.name}.categories differ from the column's code list; "
+                    "drop them here (DP queries take the column's categories).",
+                )
+        elif bounds is None and codes is not None:
+            variables[column.name] = VariableBounds(column.name, categories=codes)
+    return replace(dp, variables=variables)
 
 
 def find_policy(name_or_path: str, policies_dir: Path) -> DatasetPolicy:
