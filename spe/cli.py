@@ -251,6 +251,33 @@ def user_reset_password(ctx: click.Context, username: str) -> None:
     click.echo(f"New one-time password for {username} (shown once): {password}")
 
 
+@user.command("password")
+@click.pass_context
+def user_password(ctx: click.Context) -> None:
+    """Change your own password (asks for the current one and the new one twice; from a pipe:
+    the current on the first line, the new on the second). Every login and API token of yours
+    ends."""
+    from spe.accounts.password_rules import PasswordRejected
+    from spe.accounts.service import change_password
+
+    if sys.stdin.isatty():
+        current = click.prompt("Current password", hide_input=True)
+        new = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    else:
+        lines = sys.stdin.read().splitlines()
+        if len(lines) < 2:
+            raise PasswordRejected(
+                "Give the current password on the first line and the new one on the second."
+            )
+        current, new = lines[0], lines[1]
+    with _acting(ctx) as (session, actor):
+        ended = change_password(session, actor, current, new)
+    click.echo(
+        f"Your password is changed; {ended['sessions']} login(s) and {ended['tokens']} API "
+        "token(s) of yours have ended."
+    )
+
+
 @user.command("deactivate-inactive")
 def user_deactivate_inactive() -> None:
     """Deactivate accounts inactive for longer than SPE_INACTIVITY_DAYS."""

@@ -20,5 +20,12 @@ def acting(ctx: click.Context) -> Iterator[tuple[Any, Any]]:
     username = (ctx.find_root().obj or {}).get("as_user")
     if not username:
         raise SPEError("Say who you act as: add --as USERNAME (or set SPE_CLI_USER).")
-    with transaction() as session:
-        yield session, get_user(session, username)
+    try:
+        with transaction() as session:
+            yield session, get_user(session, username)
+    except SPEError as error:
+        # The refused transaction has rolled back; the refusal gets an event of its own.
+        from spe.audit.refusals import record_refusal_of
+
+        record_refusal_of(error, username, ctx.command_path)
+        raise

@@ -181,6 +181,15 @@ class Settings(BaseSettings):
         description="Largest total size of the files of one export request (500 MiB).",
     )
     export_max_files: int = Field(default=50, ge=1, description="Most files in one export request.")
+    plan_memory_mb: int = Field(
+        default=4096,
+        ge=64,
+        description="Memory cap of one plan evaluation on the server, in MiB (the engine spills "
+        "to disk beyond it).",
+    )
+    plan_threads: int = Field(
+        default=2, ge=1, le=64, description="Threads of one plan evaluation on the server."
+    )
     export_review_days: int = Field(
         default=60,
         ge=1,
@@ -285,6 +294,55 @@ class Settings(BaseSettings):
         pattern="^(refuse|enrol)$",
         description="A person who logs in without an SPE account: 'refuse', or 'enrol' as a "
         "researcher of their mapped institution.",
+    )
+    # --- accounts: passwords, sessions, throttling (spe.accounts) ---
+    one_time_password_days: float = Field(
+        default=7.0,
+        gt=0,
+        le=90,
+        description="A one-time password that has not been used expires after this many days.",
+    )
+    password_min_length: int = Field(
+        default=12, ge=8, le=128, description="Shortest password a person may choose."
+    )
+    session_hours: float = Field(
+        default=12.0, gt=0, le=168, description="Longest life of a login to the pages."
+    )
+    session_idle_minutes: float = Field(
+        default=60.0,
+        gt=0,
+        le=1440,
+        description="A login to the pages unused for this long ends (idle timeout).",
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins in a row that lock an account."
+    )
+    login_lockout_minutes: float = Field(
+        default=15.0, gt=0, description="How long a locked account stays locked."
+    )
+    login_source_max_failures: int = Field(
+        default=20,
+        ge=1,
+        description="Failed logins from one source address within the window before that "
+        "address is throttled (every account is safe from it meanwhile).",
+    )
+    login_source_window_minutes: float = Field(
+        default=15.0,
+        gt=0,
+        description="Window over which failures per source address are counted; a throttled "
+        "address waits this long.",
+    )
+    login_source_locks_max: int = Field(
+        default=3,
+        ge=1,
+        description="Most accounts one source address may lock within its window; later "
+        "failures from it count against the address only (a bounded lock-out).",
+    )
+    hub_auth_refresh_seconds: int = Field(
+        default=60,
+        ge=10,
+        description="How often the hub re-checks a logged-in person (revoked sessions and "
+        "deactivated accounts end within this time).",
     )
 
     @field_validator("database_url")

@@ -53,7 +53,8 @@ def configure() -> Celery:
             "egress-selftest": {
                 "task": "spe.egress_selftest",
                 "schedule": settings.egress_selftest_minutes * 60,
-            }
+            },
+            "refusal-summaries": {"task": "spe.summarise_refusals", "schedule": 60.0},
         },
     )
     if settings.broker_url.startswith(("redis://", "rediss://")):
@@ -139,6 +140,14 @@ def egress_selftest() -> list[dict[str, Any]]:
     return selftest_running()
 
 
+@app.task(name="spe.summarise_refusals")
+def summarise_refusals() -> int:
+    """Write the counts of refusals beyond the first per actor, reason and minute."""
+    from spe.audit.refusals import summarise_refusals as summarise
+
+    return summarise()
+
+
 @signals.worker_ready.connect
 def _recover_on_start(**_kwargs: Any) -> None:
     reap_stale_jobs()
@@ -189,8 +198,53 @@ def submit_and_dispatch(actor: Any, kind: str, params: dict[str, Any], inline: b
     return job_id
 
 
+BEAT_LOCK = "celerybeat.lock"
+
+
+def hold_beat_lock(state_dir: Path) -> Any | None:
+    """The scheduler's lock file, held (open) by this process; None when another holds it.
+
+    An flock ends with its process, however it ends: a killed worker frees it at once.
+    """
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / BEAT_LOCK, "a+")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def start_beat_thread(state_dir: Path) -> Any | None:
+    """Run the beat scheduler as a thread of this process, if no other process runs one.
+
+    A thread, not Celery's ``--beat`` child process: that one outlived a killed worker, and a
+    restarted worker then started a second (the egress self-test went out twice).
+    """
+    from celery.beat import EmbeddedService
+
+    lock = hold_beat_lock(state_dir)
+    if lock is None:
+        import logging
+
+        logging.getLogger("spe.tasks").info("another process runs the beat scheduler")
+        return None
+    beat = EmbeddedService(
+        app, thread=True, schedule_filename=str(state_dir / "celerybeat-schedule")
+    )
+    beat._spe_lock = lock  # held as long as the scheduler
+    beat.start()
+    return beat
+
+
 def worker_main(concurrency: int = 1, loglevel: str = "INFO") -> None:
     configure()
+    # One machine needs one scheduler (the egress self-test, refusal summaries): a thread of
+    # the worker that holds the lock, so it stops with its worker and two never run.
+    start_beat_thread(Path(get_settings().state_dir))
     app.worker_main(
         [
             "worker",
@@ -200,9 +254,6 @@ def worker_main(concurrency: int = 1, loglevel: str = "INFO") -> None:
             "--without-gossip",
             "--without-mingle",
             "--hostname=spe@%h",
-            # Celery beat in the worker: one machine needs one scheduler (the egress self-test).
-            "--beat",
-            f"--schedule={Path(get_settings().state_dir) / 'celerybeat-schedule'}",
         ]
     )
 

@@ -1,4 +1,5 @@
-"""Tables of people and organisations: organisations, users, role grants, terms acceptances."""
+"""Tables of people and organisations: organisations, users, role grants, terms acceptances,
+API tokens, the pages' login sessions and failed-login counts per source address."""
 
 from __future__ import annotations
 
@@ -56,6 +57,17 @@ class User(Base):
     deactivation_reason: Mapped[str | None] = mapped_column(String(500), default=None)
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # A one-time password (made by SPE, seen by whoever handed it over) logs in once, to the
+    # page that sets the person's own password, and expires unused after a while.
+    one_time_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    one_time_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    password_changed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Every login and token made before this instant is void (password change or reset,
+    # deactivation, role removal); the hub applies it to its own cookies and tokens and notes
+    # when in hub_revoked_at.
+    sessions_revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    hub_revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     organisation: Mapped[Organisation | None] = relationship(lazy="joined")
     roles: Mapped[list[RoleGrant]] = relationship(
@@ -107,3 +119,32 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class WebSession(Base):
+    """A login to the pages; only the SHA-256 of its cookie is kept."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class LoginSource(Base):
+    """Failed logins from one source address in its current window (throttling)."""
+
+    __tablename__ = "login_sources"
+
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    failures: Mapped[int] = mapped_column(default=0)
+    locks: Mapped[int] = mapped_column(default=0)
+    throttled_until: Mapped[dt.datetime | None] = mapped_column(default=None)

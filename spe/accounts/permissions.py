@@ -311,7 +311,23 @@ def check_can(session: Session, actor: User, action: Action, target: Target | No
     """Raise PermissionDenied, with the reason, unless ``actor`` may do ``action``."""
     reason = refusal(session, actor, action, target)
     if reason is not None:
-        raise PermissionDenied(reason)
+        error = PermissionDenied(reason)
+        # What was refused, for the audit log's refusal event (spe.audit.refusals).
+        setattr(error, "refused_action", action.value)  # noqa: B010
+        setattr(error, "refused_target", _describe(target))  # noqa: B010
+        raise error
+
+
+def _describe(target: Target | None) -> str:
+    if target is None:
+        return "platform"
+    if target.project is not None:
+        return f"project:{target.project.slug}"
+    if target.user is not None:
+        return f"user:{target.user.username}"
+    if target.organisation is not None:
+        return f"org:{target.organisation.name}"
+    return "platform"
 
 
 def can(session: Session, actor: User, action: Action, target: Target | None = None) -> bool:

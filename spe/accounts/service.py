@@ -14,11 +14,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from spe.accounts.models import Organisation, OrgKind, Role, RoleGrant, TermsAcceptance, User
+from spe.accounts.password_rules import PasswordRejected, check_password
 from spe.accounts.permissions import Action, Target, check_can, check_role_scope, holds
+from spe.accounts.sessions import revoke_everything
 from spe.accounts.terms import current_terms
 from spe.audit import record, state_change
 from spe.db.base import utcnow
-from spe.errors import NotFound, SPEError
+from spe.errors import NotFound, PermissionDenied, SPEError
 from spe.keys.passwords import hash_password, new_password, verify_password
 
 _USERNAME = re.compile(r"^[a-z][a-z0-9._-]{1,62}$")
@@ -85,7 +87,7 @@ def bootstrap_operator(session: Session, username: str, password: str | None = N
         raise AccountError("An operator already exists; ask them to add you with `spe user add`.")
     password = password or new_password()
     user = _new_user(session, username, None, "Platform operator", "", password)
-    user.must_change_password = True
+    _make_one_time(user)
     session.add(RoleGrant(user=user, role=Role.OPERATOR, organisation_id=None, granted_by="system"))
     record(session, "system:bootstrap", "user.create", f"user:{username}", {"role": "operator"})
     return password
@@ -153,7 +155,8 @@ def create_user(
     check_can(session, actor, Action.USER_CREATE, Target(organisation=organisation))
     one_time = password or new_password()
     user = _new_user(session, username, organisation, full_name, email, one_time)
-    user.must_change_password = password is None
+    if password is None:
+        _make_one_time(user)
     record(
         session,
         actor,
@@ -164,28 +167,91 @@ def create_user(
     return user, one_time
 
 
+def _make_one_time(user: User) -> None:
+    """The account's password is a one-time one: it logs in once, to set a password, and
+    expires unused after SPE_ONE_TIME_PASSWORD_DAYS."""
+    from spe.config import get_settings
+
+    user.must_change_password = True
+    user.one_time_used_at = None
+    user.one_time_expires_at = utcnow() + dt.timedelta(days=get_settings().one_time_password_days)
+
+
+def one_time_state(user: User, now: dt.datetime | None = None) -> str | None:
+    """Why a one-time password no longer logs in ("used", "expired"), or None."""
+    if not user.must_change_password:
+        return None
+    if user.one_time_used_at is not None:
+        return "used"
+    if user.one_time_expires_at is not None and user.one_time_expires_at <= (now or utcnow()):
+        return "expired"
+    return None
+
+
 @state_change("user.password_reset")
 def reset_password(session: Session, actor: User, user: User) -> str:
-    """Give ``user`` a new one-time password (operator or their institution admin)."""
+    """Give ``user`` a new one-time password (operator or their institution admin); every
+    session and API token of theirs ends."""
     check_can(session, actor, Action.USER_REACTIVATE, Target(user=user))
     one_time = new_password()
     user.password_hash = hash_password(one_time)
-    user.must_change_password = True
+    _make_one_time(user)
     user.failed_logins = 0
     user.locked_until = None
     record(session, actor, "user.password_reset", f"user:{user.username}")
+    revoke_everything(session, actor, user, "password reset")
     return one_time
 
 
-@state_change("user.password_change")
-def change_password(session: Session, user: User, old: str, new: str) -> None:
-    if not verify_password(old, user.password_hash):
-        raise AccountError("The current password is wrong.")
-    if len(new) < 12:
-        raise AccountError("Choose a password of at least 12 characters.")
+def _set_password(session: Session, user: User, new: str, how: str) -> dict[str, int]:
+    check_password(new, user.username)
+    if verify_password(new, user.password_hash):
+        raise PasswordRejected("Choose a password different from the current one.")
     user.password_hash = hash_password(new)
     user.must_change_password = False
-    record(session, user, "user.password_change", f"user:{user.username}")
+    user.one_time_expires_at = None
+    user.one_time_used_at = None
+    user.password_changed_at = utcnow()
+    user.failed_logins = 0
+    record(session, user, "user.password_change", f"user:{user.username}", {"how": how})
+    return revoke_everything(session, user, user, "password change")
+
+
+@state_change("user.password_change")
+def change_password(session: Session, user: User, current: str, new: str) -> dict[str, int]:
+    """``user`` chooses a new password, proving the current one; every session and API token
+    of theirs ends (they log in again with the new one)."""
+    if not user.active:
+        raise PermissionDenied(f"The account {user.username} is deactivated.")
+    if not verify_password(current, user.password_hash):
+        raise AccountError("The current password is wrong; type it again.")
+    state = one_time_state(user)
+    if state == "expired":
+        raise AccountError(
+            "Your one-time password has expired; ask your institution admin or an operator "
+            "for a new one."
+        )
+    return _set_password(session, user, new, "with the current password")
+
+
+@state_change("user.password_change")
+def set_first_password(
+    session: Session, user: User, new: str, logged_in_at: dt.datetime | None
+) -> dict[str, int]:
+    """``user`` logged in with a one-time password (at ``logged_in_at``, the start of this
+    login) and now sets their own; the one-time login may do nothing else."""
+    if not user.active:
+        raise PermissionDenied(f"The account {user.username} is deactivated.")
+    used = user.one_time_used_at
+    if not user.must_change_password or used is None:
+        raise AccountError(
+            "Your password is your own already; change it with your current password."
+        )
+    if logged_in_at is None or logged_in_at < used:
+        raise AccountError(
+            "Set your password in the login that used the one-time password; log in again."
+        )
+    return _set_password(session, user, new, "after a one-time login")
 
 
 @state_change("user.deactivate")
@@ -197,6 +263,7 @@ def deactivate_user(session: Session, actor: User, user: User, reason: str) -> N
         raise AccountError(f"The account {user.username} is already deactivated.")
     _deactivate(user, reason)
     record(session, actor, "user.deactivate", f"user:{user.username}", {"reason": reason})
+    revoke_everything(session, actor, user, "deactivation")
 
 
 def _deactivate(user: User, reason: str) -> None:
@@ -238,6 +305,7 @@ def deactivate_inactive(
             f"user:{user.username}",
             {"reason": reason, "last_active_at": user.last_active_at.isoformat()},
         )
+        revoke_everything(session, "system:inactivity", user, "deactivation")
         done.append(user.username)
     return done
 
@@ -246,7 +314,7 @@ def deactivate_inactive(
 def record_login(session: Session, user: User, ok: bool, source: str = "") -> None:
     """Record a login attempt; a success also counts as activity."""
     if ok:
-        user.last_active_at = utcnow()
+        user.last_active_at = user.last_login_at = utcnow()
         user.failed_logins = 0
     else:
         user.failed_logins += 1
@@ -312,6 +380,7 @@ def revoke_role(
         f"user:{user.username}",
         {"role": role.value, "organisation": organisation.name if organisation else None},
     )
+    revoke_everything(session, actor, user, "role removal")
 
 
 # --- institution admin -------------------------------------------------------------------------

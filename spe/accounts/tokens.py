@@ -19,6 +19,9 @@ from spe.db.base import utcnow
 from spe.errors import PermissionDenied, SPEError
 
 PREFIX = "spe_"
+_ONE_TIME_LOGIN_ONLY = (
+    "The account still has a one-time password; log in to the pages and set your own first."
+)
 MAX_DAYS = 365
 
 
@@ -35,6 +38,8 @@ def create_token(session: Session, user: User, name: str = "api", days: int = 30
     """A new token for ``user`` (the caller shows it once); expires after ``days``."""
     if not user.active:
         raise PermissionDenied(f"The account {user.username} is deactivated; it gets no token.")
+    if user.must_change_password:
+        raise PermissionDenied(_ONE_TIME_LOGIN_ONLY)
     if not 1 <= days <= MAX_DAYS:
         raise TokenError(f"A token lives 1 to {MAX_DAYS} days; {days} is outside that.")
     name = (name or "api").strip()[:100]
@@ -83,4 +88,6 @@ def authenticate(session: Session, token: str) -> User:
         raise PermissionDenied("The API token has expired; create a new one.")
     if not row.user.active:
         raise PermissionDenied(f"The account {row.user.username} is deactivated.")
+    if row.user.must_change_password:
+        raise PermissionDenied(_ONE_TIME_LOGIN_ONLY)
     return row.user

@@ -1,4 +1,6 @@
-"""The FastAPI application: routers for researchers and reviewers, errors as sentences."""
+"""The FastAPI application: routers for researchers, reviewers and accounts, errors as
+sentences, and every refusal of a known caller written to the audit log (spe.audit.refusals).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
-from spe.api import researcher, reviewer
-from spe.api.deps import spe_error_handler
-from spe.errors import SPEError
+from spe.api import account, researcher, reviewer
+from spe.api.deps import Unauthenticated, spe_error_handler
+from spe.errors import PermissionDenied, SPEError
 
 API = "/api/v1"
 
@@ -35,6 +37,8 @@ def create_app() -> FastAPI:
 
     async def on_error(request: Request, error: Exception) -> Any:
         """Refusals: a page under the pages' prefix, JSON everywhere else."""
+        if isinstance(error, SPEError):
+            await note_refusal(request, error)
         if request.url.path.startswith(PREFIX):
             from spe.web.app import page_error
 
@@ -47,6 +51,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, on_error)
     app.include_router(researcher.router, prefix=API)
     app.include_router(reviewer.router, prefix=API)
+    app.include_router(account.router, prefix=API)
     app.include_router(web_router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -56,3 +61,26 @@ def create_app() -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+_READING = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def note_refusal(request: Request, error: SPEError) -> None:
+    """Write a refusal of a known caller to the audit log: every refused change (a request
+    that is not a read), and every read refused by a permission rule. The refused transaction
+    has rolled back by now; this is a transaction of its own."""
+    from spe.audit.refusals import record_refusal_of
+    from spe.web.app import who
+    from spe.web.auth import LoginFailed, LoginRequired
+
+    if isinstance(error, Unauthenticated | LoginRequired | LoginFailed):
+        return  # nobody to name; failed logins are recorded by the login itself
+    if request.method in _READING and not isinstance(error, PermissionDenied):
+        return
+    actor = await who(request)
+    if actor is None:
+        return
+    route = request.scope.get("route")
+    template = getattr(route, "path", None) or request.url.path
+    record_refusal_of(error, actor, f"{request.method} {template}", target=request.url.path)

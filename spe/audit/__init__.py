@@ -2,5 +2,6 @@
 verification, proofs and export."""
 
 from spe.audit.log import AuditError, record, recorded_count, state_change
+from spe.audit.refusals import record_refusal
 
-__all__ = ["AuditError", "record", "recorded_count", "state_change"]
+__all__ = ["AuditError", "record", "record_refusal", "recorded_count", "state_change"]

@@ -12,12 +12,14 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from spe.audit.log import AuditError
 from spe.audit.models import AuditCheckpoint, AuditEvent
 from spe.audit.query import EventFilter, event_dict
 from spe.audit.seal import checkpoint_message
 from spe.keys.signing import audit_public_key, key_id_of, verify_signature
 
 PAGE_SIZE = 50
+MAX_SEQ = 2**63 - 1  # the largest BIGINT
 
 
 @dataclass
@@ -53,6 +55,12 @@ def page_events(
     projects: Collection[str] | None = None,
 ) -> EventPage:
     """One page of events, newest first. The first page starts with events not sealed yet."""
+    if before is not None and not 0 <= before <= MAX_SEQ:
+        # A database integer holds no more (PostgreSQL would refuse the query, SQLite overflow).
+        raise AuditError(
+            f"'before' must be an event number between 0 and {MAX_SEQ}; use the page's links "
+            "to page through the log."
+        )
     page = EventPage(first_page=before is None)
     rows: list[AuditEvent] = []
     if before is None:

@@ -147,7 +147,16 @@ def reading_as(username: str | None) -> Iterator[tuple[Session, User | None]]:
         user = get_user(session, username) if username else None
         if user is not None and not user.active:
             user = None  # a deactivated account sees what a visitor sees
+        _password_set(user)
         yield session, user
+
+
+def _password_set(user: User | None) -> None:
+    """A one-time login opens only the page that sets a password."""
+    if user is not None and user.must_change_password:
+        raise auth.PasswordRequired(
+            "You logged in with a one-time password; set your own password first."
+        )
 
 
 @contextmanager
@@ -165,7 +174,9 @@ def acting_as(username: str) -> Iterator[tuple[Session, User]]:
     from spe.db import transaction
 
     with transaction() as session:
-        yield session, get_user(session, username)
+        user = get_user(session, username)
+        _password_set(user)
+        yield session, user
 
 
 # Pages load only their own script and styles, are never framed (clickjacking of the review
@@ -236,9 +247,11 @@ def refusal_page(request: Request, error: SPEError, viewer: Viewer | None) -> Re
         and auth.hub_oauth() is not None
     ):
         return RedirectResponse(url(f"/login?next={quote(str(request.url.path))}"), 302)
+    if isinstance(error, auth.PasswordRequired) and request.method == "GET":
+        return RedirectResponse(url("/password"), 303)
     if isinstance(error, auth.LoginRequired | auth.LoginFailed):
         code = 401
-    elif isinstance(error, auth.FormRefused):
+    elif isinstance(error, auth.FormRefused | auth.PasswordRequired):
         code = 403
     else:
         code = status_of(error)
@@ -252,8 +265,11 @@ async def page_error(request: Request, error: Exception) -> Response:
     viewer = None
     name = await who(request)
     if name:
-        with reading_as(name) as (_session, user):
-            viewer = viewer_of(user) if user else None
+        try:
+            with reading_as(name) as (_session, user):
+                viewer = viewer_of(user) if user else None
+        except SPEError:
+            viewer = None  # e.g. a one-time login: the frame shows no navigation
     if isinstance(error, RequestValidationError):
         missing = sorted({str(e["loc"][-1]) for e in error.errors()})
         error = SPEError(

@@ -1,5 +1,6 @@
-"""Who is looking at a page: the hub's OAuth login (one login for hub and pages), or an SPE
-API token; and the double-submit token that keeps other sites from posting our forms.
+"""Who is looking at a page: a login to the pages (started through the hub's OAuth, one login
+for hub and pages, then kept as an SPE session), or an SPE API token; and the form token, bound
+to the session, that keeps other sites from posting our forms.
 
 The OAuth state and PKCE verifier travel in a short-lived cookie, never in process memory, so
 any replica of the pages can finish a login another one started.
@@ -27,6 +28,7 @@ HUB_SESSION_COOKIE = "jupyterhub-session-id"
 CSRF_FIELD = "csrf"
 STATE_MAX_AGE = 600
 SESSION_MAX_AGE = 86400  # a working day, as the hub's own cookie
+_FORM_KEY = b"spe-form-token"
 
 
 class LoginRequired(SPEError):
@@ -41,6 +43,12 @@ class LoginFailed(SPEError):
 
 class FormRefused(SPEError):
     """A form came without this browser's form token (another site, or a stale page)."""
+
+
+class PasswordRequired(SPEError):
+    """The person logged in with a one-time password: only the page that sets one is open."""
+
+    exit_code = 3
 
 
 @functools.cache
@@ -122,18 +130,52 @@ async def finish_login(request: Request, prefix: str, code: str, state: str) -> 
         )
     _state, verifier, next_url = saved
     token = await auth.token_for_code(code, code_verifier=verifier, sync=False)
+    model = await auth.user_for_token(token, sync=False)
+    if not model:
+        raise LoginFailed("The hub did not say who logged in; log in again.")
+    source = f"pages from {request.client.host if request.client else 'unknown'}"
+    session_token = start_pages_session(str(model["name"]), source)
+    if session_token is None:
+        # The hub's login predates a revocation of this account's sessions: log in afresh.
+        response = RedirectResponse("/hub/logout", 302)
+        response.delete_cookie(STATE_COOKIE, path=cookie_path(prefix))
+        return response
     response = RedirectResponse(next_url, 302)
     response.delete_cookie(STATE_COOKIE, path=cookie_path(prefix))
+    # A form token planted before the login does not survive it (the new one is derived from
+    # the new session).
+    response.delete_cookie(CSRF_COOKIE, path=cookie_path(prefix))
+    set_session_cookie(request, response, prefix, session_token)
+    return response
+
+
+def set_session_cookie(request: Request, response: Response, prefix: str, token: str) -> None:
+    from spe.config import get_settings
+
     response.set_cookie(
         SESSION_COOKIE,
         token,
-        max_age=SESSION_MAX_AGE,
+        max_age=int(get_settings().session_hours * 3600),
         path=cookie_path(prefix),
         httponly=True,
         samesite="lax",
         secure=_secure(request),
     )
-    return response
+
+
+def start_pages_session(username: str, source: str) -> str | None:
+    """A pages session for ``username`` whom the hub vouched for (blocking); None when the
+    hub's login is older than the last revocation of the account's sessions."""
+    from spe.accounts.service import get_user
+    from spe.accounts.sessions import start_session
+    from spe.db import transaction
+
+    with transaction() as session:
+        user = get_user(session, username)
+        revoked, login = user.sessions_revoked_at, user.last_login_at
+        if revoked is not None and (login is None or login <= revoked):
+            return None
+        return start_session(session, user, source)
 
 
 async def username_from_request(request: Request) -> str | None:
@@ -146,17 +188,9 @@ async def username_from_request(request: Request) -> str | None:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
-    auth = hub_oauth()
-    if auth is None:
-        return None
-    try:
-        model = await auth.user_for_token(token, sync=False)
-    except Exception:  # the hub is away or answers oddly: not logged in, and say why in the log
-        log.warning("the hub could not identify a page visitor's token", exc_info=True)
-        return None
-    if not model:
-        return None
-    return str(model["name"])
+    from spe.accounts.sessions import session_user
+
+    return session_user(token)
 
 
 def logged_in_at_hub(request: Request) -> bool:
@@ -164,8 +198,17 @@ def logged_in_at_hub(request: Request) -> bool:
     return HUB_SESSION_COOKIE in request.cookies
 
 
+def _session_form_token(session_token: str) -> str:
+    return hmac.new(session_token.encode(), _FORM_KEY, "sha256").hexdigest()[:43]
+
+
 def csrf_token(request: Request) -> str:
-    """This browser's form token (made on first sight, kept in a cookie)."""
+    """This browser's form token: derived from its login session (so it changes at login and
+    is worth nothing without the session cookie); for a visitor, made on first sight and kept
+    in a cookie."""
+    session_token = request.cookies.get(SESSION_COOKIE)
+    if session_token:
+        return _session_form_token(session_token)
     token = request.cookies.get(CSRF_COOKIE) or getattr(request.state, "new_csrf", None)
     if not token:
         token = request.state.new_csrf = secrets.token_urlsafe(24)
@@ -174,7 +217,7 @@ def csrf_token(request: Request) -> str:
 
 def set_csrf_cookie(request: Request, response: Response, prefix: str) -> None:
     new = getattr(request.state, "new_csrf", None)
-    if new and not request.cookies.get(CSRF_COOKIE):
+    if new and not request.cookies.get(CSRF_COOKIE) and not request.cookies.get(SESSION_COOKIE):
         response.set_cookie(
             CSRF_COOKIE,
             new,
@@ -190,7 +233,10 @@ def check_form_token(request: Request, sent: str | None) -> None:
     """Refuse a form post without this browser's token (API-token callers need none)."""
     if request.headers.get("authorization"):
         return  # a bearer token is not sent by browsers on their own, so it cannot be forged
-    cookie = request.cookies.get(CSRF_COOKIE)
+    session_token = request.cookies.get(SESSION_COOKIE)
+    cookie = (
+        _session_form_token(session_token) if session_token else request.cookies.get(CSRF_COOKIE)
+    )
     if not cookie or not sent or not hmac.compare_digest(cookie, sent):
         raise FormRefused(
             "This form was not sent from an SPE page open in this browser (or the page is "

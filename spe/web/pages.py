@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any, TextIO, cast
+from urllib.parse import urlencode
 
 from fastapi import Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
@@ -61,8 +62,79 @@ async def oauth_callback(request: Request, code: str = "", state: str = "") -> R
 
 
 @web_router.get("/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    """End this browser's login to the pages (audited), then the hub's (its cookie and the
+    OAuth tokens of its session)."""
+    from spe.accounts.sessions import end_session
+    from spe.db import transaction
+
+    token = request.cookies.get(auth.SESSION_COOKIE)
+    if token:
+        with transaction() as session:
+            end_session(session, token, _source(request))
     response = RedirectResponse("/hub/logout", 302)
+    response.delete_cookie(auth.SESSION_COOKIE, path=auth.cookie_path(PREFIX))
+    response.delete_cookie(auth.CSRF_COOKIE, path=auth.cookie_path(PREFIX))
+    return response
+
+
+def _source(request: Request) -> str:
+    return f"pages from {request.client.host if request.client else 'unknown'}"
+
+
+# --- own password ---------------------------------------------------------------------------
+
+
+@web_router.get("/password")
+async def password_page(request: Request) -> Response:
+    """Set a password after a one-time login, or change it with the current one."""
+    from spe.accounts.service import get_user
+    from spe.config import get_settings
+    from spe.db import readonly
+
+    name = require_name(await who(request))
+    with readonly() as session:
+        user = get_user(session, name)
+        first = user.must_change_password
+        viewer = None if first else viewer_of(user)
+    return page(
+        request,
+        "password.html",
+        viewer,
+        first=first,
+        username=name,
+        min_length=get_settings().password_min_length,
+        problem=None,
+    )
+
+
+@web_router.post("/password")
+async def password_set(
+    request: Request,
+    new: FormText,
+    repeat: FormText,
+    current: FormText = "",
+    csrf: Token = None,
+) -> Response:
+    from spe.accounts.password_rules import PasswordRejected
+    from spe.accounts.service import change_password, get_user, set_first_password
+    from spe.accounts.sessions import session_started_at
+    from spe.db import transaction
+
+    auth.check_form_token(request, csrf)
+    name = require_name(await who(request))
+    if new != repeat:
+        raise PasswordRejected("The two new passwords differ; type the same one twice.")
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
+    started = session_started_at(cookie) if cookie else None
+    with transaction() as session:
+        user = get_user(session, name)
+        if user.must_change_password:
+            set_first_password(session, user, new, started)
+        else:
+            change_password(session, user, current, new)
+    # Every login of the account has ended, this one too: log in again with the new password.
+    response = done("/hub/logout", "Your password is set; log in with it.")
     response.delete_cookie(auth.SESSION_COOKIE, path=auth.cookie_path(PREFIX))
     return response
 
@@ -685,7 +757,8 @@ async def audit_log(
         record(session, user, "audit.browse", "audit-log", {**given, "before": before})
     if limit != 50:
         given["limit"] = str(limit)  # kept by the pager's links
-    export_query = "&".join(f"{k}={v}" for k, v in given.items() if k != "limit")
+    # Encoded, so the export holds exactly the events shown ('&' or '#' in a filter value).
+    export_query = urlencode({k: v for k, v in given.items() if k != "limit"})
     return page(
         request,
         "audit.html",

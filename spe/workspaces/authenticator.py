@@ -1,5 +1,7 @@
-"""The hub's login over SPE's local accounts: lockout after repeated failures, every attempt
-audited (``user.login`` / ``user.login_failed``); the blocking database calls run in a thread.
+"""The hub's login over SPE's local accounts: one-time passwords that log in once (to set a
+password), lock-out per account and throttling per source address, every attempt audited; and
+the hub's side of revocation (its cookies and OAuth tokens end when SPE revokes an account's
+sessions). The blocking database calls run in a thread.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyterhub.auth import Authenticator
-from traitlets import Integer, default
+from traitlets import default
 
-# Lockout: this many failures in a row lock the account for this long. Constants until the
-# lead adds settings for them.
+# The defaults of SPE_LOGIN_MAX_FAILURES and SPE_LOGIN_LOCKOUT_MINUTES (the settings rule).
 MAX_FAILED_LOGINS = 5
 LOCKOUT_MINUTES = 15
 
@@ -24,12 +25,17 @@ _USERNAME = re.compile(r"^[a-z][a-z0-9._-]{1,62}$")
 _DUMMY_HASH = (
     "scrypt$16384$8$1$gSClP5SVBxZ/0IltHd9WZg==$L3Vdy7Q6VMSK4EugWlAC6TwY3DSsNXzmo2oPHVAlYqM="
 )
+ONE_TIME_LOGIN_ONLY = (
+    "Set your own password first: open /services/spe/password (you logged in with a one-time "
+    "password)."
+)
 
 
 @dataclass(frozen=True)
 class LoginResult:
     username: str | None  # None: refused
     reason: str  # for the log and the audit record, never shown to the person
+    must_set_password: bool = False
 
 
 def utcnow() -> dt.datetime:
@@ -41,29 +47,106 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _source_row(session: Any, address: str, now: dt.datetime, window: dt.timedelta) -> Any:
+    """The failure count of ``address``, its window restarted when over (and not throttled)."""
+    from spe.accounts.models import LoginSource
+
+    row = session.get(LoginSource, address)
+    if row is None:
+        # Two first attempts from one address at once: one fails to insert, and check_login
+        # runs it again (see there).
+        row = LoginSource(source=address, window_started_at=now, failures=0, locks=0)
+        session.add(row)
+        session.flush()
+    throttled = row.throttled_until is not None and _aware(row.throttled_until) > now
+    if not throttled and now - _aware(row.window_started_at) > window:
+        row.window_started_at, row.failures, row.locks = now, 0, 0
+        row.throttled_until = None
+    return row
+
+
 def check_login(
     username: str,
     password: str,
     source: str,
-    max_failures: int = MAX_FAILED_LOGINS,
-    lockout_minutes: int = LOCKOUT_MINUTES,
+    max_failures: int | None = None,
+    lockout_minutes: float | None = None,
     now: dt.datetime | None = None,
+    address: str | None = None,
 ) -> LoginResult:
-    """Check a password against SPE's accounts and record the attempt (blocking)."""
+    """Check a password against SPE's accounts and record the attempt (blocking).
+
+    ``address`` is the source address throttled on (default: ``source``). Failures count
+    against the account and the address; an address over its limit is refused without a check
+    and no longer counts against accounts, and one address may lock only a few accounts.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    args = (username, password, source, max_failures, lockout_minutes, now, address)
+    try:
+        return _check_login(*args)
+    except IntegrityError:  # a concurrent first attempt from the same address: once more
+        return _check_login(*args)
+
+
+def _check_login(
+    username: str,
+    password: str,
+    source: str,
+    max_failures: int | None,
+    lockout_minutes: float | None,
+    now: dt.datetime | None,
+    address: str | None,
+) -> LoginResult:
     from sqlalchemy import select
 
     from spe.accounts.models import User
-    from spe.accounts.service import record_login
+    from spe.accounts.service import one_time_state, record_login
     from spe.audit import record
+    from spe.config import get_settings
     from spe.db import transaction
     from spe.keys.passwords import verify_password
 
+    settings = get_settings()
+    max_failures = max_failures or settings.login_max_failures
+    lockout = dt.timedelta(minutes=lockout_minutes or settings.login_lockout_minutes)
+    window = dt.timedelta(minutes=settings.login_source_window_minutes)
     now = now or utcnow()
+    address = (address or source or "unknown")[:200]
     if not _USERNAME.match(username):
         verify_password(password, _DUMMY_HASH)
         return LoginResult(None, "malformed username")
     with transaction() as session:
+        origin = _source_row(session, address, now, window)
         user = session.scalar(select(User).where(User.username == username))
+        if origin.throttled_until is not None and _aware(origin.throttled_until) > now:
+            verify_password(password, _DUMMY_HASH)
+            # Not checked, and not counted against the account: the address is throttled.
+            origin.failures += 1
+            record(
+                session,
+                user if user is not None else "anonymous",
+                "user.login_failed",
+                f"user:{username}",
+                {"source": source, "reason": "source address throttled"},
+            )
+            return LoginResult(None, "source address throttled")
+
+        def failed_from_address() -> None:
+            origin.failures += 1
+            if origin.failures >= settings.login_source_max_failures:
+                origin.throttled_until = now + window
+                record(
+                    session,
+                    "system:hub",
+                    "login.throttle",
+                    f"source:{address}",
+                    {
+                        "failures": origin.failures,
+                        "throttled_until": origin.throttled_until.isoformat(),
+                    },
+                )
+
         if user is None:
             verify_password(password, _DUMMY_HASH)
             # No account to hang the attempt on: the event names the username tried.
@@ -74,32 +157,57 @@ def check_login(
                 f"user:{username}",
                 {"source": source, "reason": "unknown user"},
             )
+            failed_from_address()
             return LoginResult(None, "unknown user")
         if user.locked_until is not None and _aware(user.locked_until) > now:
             # Not even checked: a correct guess during the lock must not be told apart.
             record_login(session, user, False, f"{source}; refused: account locked")
+            failed_from_address()
             return LoginResult(None, "account locked")
         if not verify_password(password, user.password_hash):
             record_login(session, user, False, f"{source}; wrong password")
+            failed_from_address()
             if user.failed_logins >= max_failures:
-                user.locked_until = now + dt.timedelta(minutes=lockout_minutes)
-                record(
-                    session,
-                    "system:hub",
-                    "user.lock",
-                    f"user:{username}",
-                    {
-                        "failed_logins": user.failed_logins,
-                        "locked_until": user.locked_until.isoformat(),
-                    },
-                )
+                if origin.locks < settings.login_source_locks_max:
+                    origin.locks += 1
+                    user.locked_until = now + lockout
+                    record(
+                        session,
+                        "system:hub",
+                        "user.lock",
+                        f"user:{username}",
+                        {
+                            "failed_logins": user.failed_logins,
+                            "locked_until": user.locked_until.isoformat(),
+                            "source": address,
+                        },
+                    )
+                else:
+                    # This address has locked its share of accounts: it is throttled instead,
+                    # so one address cannot lock everyone out.
+                    user.failed_logins = 0
+                    origin.throttled_until = now + window
+                    record(
+                        session,
+                        "system:hub",
+                        "login.throttle",
+                        f"source:{address}",
+                        {"reason": "locked its share of accounts", "locks": origin.locks},
+                    )
             return LoginResult(None, "wrong password")
         if not user.active:
             record_login(session, user, False, f"{source}; refused: account deactivated")
             return LoginResult(None, "account deactivated")
-        record_login(session, user, True, source)
+        state = one_time_state(user, now)
+        if state is not None:
+            record_login(session, user, False, f"{source}; refused: one-time password {state}")
+            return LoginResult(None, f"one-time password {state}")
+        must_set = user.must_change_password
+        if must_set:
+            user.one_time_used_at = now  # it logs in this once, to set a password
+        record_login(session, user, True, source + ("; one-time password" if must_set else ""))
         user.locked_until = None
-        return LoginResult(user.username, "ok")
+        return LoginResult(user.username, "ok", must_set)
 
 
 def account_active(username: str) -> bool:
@@ -114,15 +222,79 @@ def account_active(username: str) -> bool:
     return bool(active)
 
 
-class SPEAuthenticator(Authenticator):
-    """Log in with an SPE account's password; refuses deactivated and locked accounts."""
+def must_set_password(username: str) -> bool:
+    from sqlalchemy import select
 
-    max_failed_logins = Integer(
-        MAX_FAILED_LOGINS, help="Failed logins in a row that lock the account."
-    ).tag(config=True)
-    lockout_minutes = Integer(LOCKOUT_MINUTES, help="How long a locked account stays locked.").tag(
-        config=True
-    )
+    from spe.accounts.models import User
+    from spe.db import readonly
+
+    with readonly() as session:
+        return bool(
+            session.scalar(select(User.must_change_password).where(User.username == username))
+        )
+
+
+def pending_revocation(username: str) -> dt.datetime | None:
+    """When SPE revoked the account's sessions, if the hub has not yet ended its own."""
+    from sqlalchemy import select
+
+    from spe.accounts.models import User
+    from spe.db import readonly
+
+    with readonly() as session:
+        row = session.execute(
+            select(User.sessions_revoked_at, User.hub_revoked_at).where(User.username == username)
+        ).first()
+    if row is None or row[0] is None:
+        return None
+    revoked, applied = _aware(row[0]), row[1]
+    if applied is not None and _aware(applied) >= revoked:
+        return None
+    return revoked
+
+
+def note_hub_revoked(username: str, revoked: dt.datetime, tokens: int) -> None:
+    """Record that the hub ended its cookies and ``tokens`` tokens of ``username``."""
+    from sqlalchemy import select
+
+    from spe.accounts.models import User
+    from spe.audit import record
+    from spe.db import transaction
+
+    with transaction() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            return
+        user.hub_revoked_at = revoked
+        record(
+            session,
+            "system:hub",
+            "session.hub_revoke",
+            f"user:{username}",
+            {"tokens": tokens, "revoked_at": revoked.isoformat()},
+        )
+
+
+def end_hub_sessions(db: Any, orm_user: Any) -> int:
+    """End every hub login of ``orm_user`` (a new cookie id voids all the hub's cookies) and
+    delete its OAuth and API tokens, except the running servers' own. Returns how many."""
+    from jupyterhub import orm
+    from jupyterhub.utils import new_token
+
+    orm_user.cookie_id = new_token()
+    count = 0
+    for token in db.query(orm.APIToken).filter_by(user_id=orm_user.id):
+        if (token.note or "").startswith("Server at"):
+            continue  # the workspace's own credential, not a person's login
+        db.delete(token)
+        count += 1
+    db.commit()
+    return count
+
+
+class SPEAuthenticator(Authenticator):
+    """Log in with an SPE account's password; refuses deactivated and locked accounts and
+    throttled addresses; a one-time password logs in once, only to set a password."""
 
     @default("allow_all")
     def _allow_all(self) -> bool:
@@ -131,25 +303,62 @@ class SPEAuthenticator(Authenticator):
 
     @default("auth_refresh_age")
     def _auth_refresh_age(self) -> int:
-        return 300
+        from spe.config import get_settings
+
+        return get_settings().hub_auth_refresh_seconds
+
+    @default("refresh_pre_spawn")
+    def _refresh_pre_spawn(self) -> bool:
+        return True
+
+    def logout_url(self, base_url: str) -> str:
+        # The hub's logout button goes through the pages' logout, which ends their session and
+        # records the logout, then sends the browser to the hub's own /hub/logout.
+        root = base_url[: -len("hub/")] if base_url.endswith("hub/") else "/"
+        return root + "services/spe/logout"
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+    async def _apply_revocation(self, db: Any, username: str) -> bool:
+        """End the hub's own logins and tokens of ``username`` if SPE revoked them since."""
+        revoked = await self._run(pending_revocation, username)
+        if revoked is None:
+            return False
+        from jupyterhub import orm
+
+        orm_user = db.query(orm.User).filter_by(name=username).first()
+        tokens = end_hub_sessions(db, orm_user) if orm_user is not None else 0
+        await self._run(note_hub_revoked, username, revoked, tokens)
+        self.log.info("ended the hub logins and %d tokens of %s (revoked by SPE)", tokens, username)
+        return True
 
     async def authenticate(self, handler: Any, data: dict[str, Any]) -> str | None:
         username = str(data.get("username") or "").strip().lower()
         password = str(data.get("password") or "")
         remote = getattr(getattr(handler, "request", None), "remote_ip", "") or "unknown"
-        result = await asyncio.get_running_loop().run_in_executor(
-            None,
-            check_login,
-            username,
-            password,
-            f"hub from {remote}",
-            self.max_failed_logins,
-            self.lockout_minutes,
+        result = await self._run(
+            check_login, username, password, f"hub from {remote}", None, None, None, remote
         )
         if result.username is None:
             self.log.warning("SPE login refused for %r: %s", username[:64], result.reason)
+            return None
+        db = getattr(handler, "db", None)
+        if db is not None:
+            # Before the hub sets its cookie: older logins of this account end now.
+            await self._apply_revocation(db, result.username)
         return result.username
 
     async def refresh_user(self, user: Any, handler: Any = None) -> bool:
-        """A deactivated account is logged out within auth_refresh_age."""
-        return await asyncio.get_running_loop().run_in_executor(None, account_active, user.name)
+        """A deactivated account, or one whose sessions SPE revoked, is logged out within
+        auth_refresh_age (SPE_HUB_AUTH_REFRESH_SECONDS)."""
+        if not await self._run(account_active, user.name):
+            return False
+        db = getattr(user, "db", None) or getattr(handler, "db", None)
+        revoked = db is not None and await self._apply_revocation(db, user.name)
+        return not revoked
+
+    async def pre_spawn_start(self, user: Any, spawner: Any) -> None:
+        """A one-time login opens no workspace: only the page that sets a password."""
+        if await self._run(must_set_password, user.name):
+            raise RuntimeError(ONE_TIME_LOGIN_ONLY)
