@@ -42,3 +42,19 @@ __all__ = [
     "survival",
     "use",
 ]
+
+# Plans: the declarative analyses the server recomputes itself (spe.analysis.plan).
+from spe.analysis.plan.builder import (
+    Frame,
+    coalesce,
+    col,
+    cum_sum,
+    diff,
+    lag,
+    lead,
+    lit,
+    scan,
+    when,
+)
+
+__all__ += ["Frame", "coalesce", "col", "cum_sum", "diff", "lag", "lead", "lit", "scan", "when"]

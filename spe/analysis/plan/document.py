@@ -963,6 +963,12 @@ def validate(document: Any, catalogue: Catalogue) -> Plan:
     )
 
 
+def validate_frame(node: Any, catalogue: Catalogue) -> FrameNode:
+    """A checked frame without an output (for a workspace preview; never released)."""
+    _size_limits(node)
+    return _Validator(catalogue).frame(node)
+
+
 def source_of(plan: Plan) -> list[SourceInfo]:
     """The sources a plan scans, in the order it names them."""
     out: list[SourceInfo] = []
