@@ -16,6 +16,7 @@ from spe.exports.models import (
 from spe.jobs.models import Job
 from spe.keys.models import WrappedKey
 from spe.projects.models import Project, ProjectExtract, ProjectGrant, ProjectMember
+from spe.sdc.audit.models import SDCHistorySnapshot, SDCRelease, SDCReleaseCells
 from spe.workspaces.models import Workspace
 
 __all__ = [
@@ -40,6 +41,9 @@ __all__ = [
     "ReviewComment",
     "ReviewVote",
     "RoleGrant",
+    "SDCHistorySnapshot",
+    "SDCRelease",
+    "SDCReleaseCells",
     "TermsAcceptance",
     "User",
     "Variable",

@@ -209,6 +209,17 @@ def _ex() -> Any:
     return actions
 
 
+def _sdc_release(s: Any) -> Any:
+    import numpy as np
+
+    from spe.sdc.audit import NewCell, ReleaseInfo
+    from spe.sdc.audit.store import record_release
+
+    when = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+    info = ReleaseInfo("r1", "study", "Persons", when, "t.csv")
+    return record_release(s, "holder", info, [NewCell("count", np.arange(20, dtype=np.int64))])
+
+
 SCENARIOS: dict[str, Callable[[Any], Any]] = {
     "spe.dp.service.topup": _dp_topup,
     "spe.accounts.service.bootstrap_operator": _bootstrap,
@@ -295,6 +306,7 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
             s, "system:culler", "study--researcher", "idle"
         ),
     ),
+    "spe.sdc.audit.store.record_release": _sdc_release,
     "spe.exports.actions.file_request": _export,
     "spe.exports.actions.vote": lambda s: _ex().vote(
         s, u(s, "reviewer"), _export(s), "notes.txt", "approve", "fine"

@@ -1,0 +1,77 @@
+"""The audit's history in the database (SQLite and PostgreSQL): releases of two projects of one
+holder are recorded, loaded together, and a table combining with the other project's release
+fails; the compact history equals one rebuilt from the recorded cells."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+from sqlalchemy import func, select
+
+from spe.audit.models import AuditEvent
+from spe.db import readonly, transaction
+from spe.sdc.audit import History, NewCell, ReleaseInfo, audit
+from spe.sdc.audit.models import SDCHistorySnapshot, SDCRelease, SDCReleaseCells
+from spe.sdc.audit.store import _rebuild, load_history, record_release
+from spe.sdc.rules import Verdict
+
+
+def _population() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    n = 3000
+    region = rng.integers(0, 3, n)
+    age = rng.integers(20, 70, n)
+    north_39 = np.flatnonzero((region == 0) & (age == 39))
+    age[north_39[1:]] = 38
+    ids = np.unique(rng.integers(-(2**62), 2**62, size=2 * n, dtype=np.int64))[:n]
+    return {"id": ids, "region": region, "age": age}
+
+
+def _release(project: str, day: int, title: str) -> ReleaseInfo:
+    return ReleaseInfo(
+        f"{project}-{day}", project, title, dt.datetime(2026, 11, day, tzinfo=dt.UTC), "t.csv"
+    )
+
+
+def test_releases_of_two_projects_are_audited_together(spe_env: dict[str, str]) -> None:
+    pop = _population()
+    bands = [
+        NewCell("count", pop["id"][(pop["region"] == r) & (pop["age"] // 10 == b)])
+        for r in range(3)
+        for b in range(2, 7)
+    ]
+    wages = [NewCell("mean", pop["id"][pop["region"] == r], "survey.wage") for r in range(3)]
+    young = [
+        NewCell("count", pop["id"][(pop["region"] == r) & (pop["age"] <= 38)]) for r in range(3)
+    ]
+    with transaction() as s:
+        assert record_release(s, "statistics-norway", _release("alpha", 2, "By age band"), bands)
+    with transaction() as s:
+        assert record_release(s, "statistics-norway", _release("beta", 5, "Mean wage"), wages)
+        # a task that runs twice records once
+        assert not record_release(s, "statistics-norway", _release("beta", 5, "Mean wage"), wages)
+    with transaction() as s:  # another holder's releases are not this holder's history
+        record_release(s, "other-holder", _release("gamma", 6, "Other"), young)
+
+    with readonly() as s:
+        counts = load_history(s, "statistics-norway")
+        sums = load_history(s, "statistics-norway", variable="survey.wage")
+        assert [r.title for r in counts.releases] == ["By age band", "Mean wage"]
+        assert [r.title for r in sums.releases] == ["Mean wage"]
+        rebuilt = _rebuild(s, "statistics-norway", "count")
+        assert rebuilt.to_bytes() == counts.to_bytes()
+        snapshots = s.scalars(select(SDCHistorySnapshot.n_releases)).all()
+        assert sorted(snapshots) == [1, 1, 2]
+        assert s.scalar(select(func.count()).select_from(SDCRelease)) == 3
+        assert s.scalar(select(func.count()).select_from(SDCReleaseCells)) == 4  # mean: 2 spaces
+        events = s.scalars(
+            select(AuditEvent.project).where(AuditEvent.action == "sdc.release_record")
+        ).all()
+        assert sorted(events) == ["alpha", "beta", "gamma"]
+
+    result = audit(counts, young, 10)  # project gamma's table, had it been this holder's
+    assert result.status == Verdict.FAIL
+    finding = result.for_cell(0)[0]
+    assert "'By age band' (released 2026-11-02)" in finding.sentence
+    assert audit(History.empty("statistics-norway"), young, 10).passed

@@ -1,0 +1,287 @@
+"""The cumulative disclosure audit, attacked as a researcher who combines released tables.
+
+Each attack is first shown to pass the old pairwise differencing (spe.sdc.differencing, which
+only compares nested pairs of cells), then to fail the audit. Persons are generated with numpy;
+their hashes stand for the holder-wide person space.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+import pytest
+
+from spe.sdc.audit import (
+    COUNT_SPACE,
+    History,
+    NewCell,
+    ReleaseInfo,
+    audit,
+    sum_space,
+)
+from spe.sdc.differencing import PersonSets, ReleasedTable, find_differencing
+from spe.sdc.rules import Verdict
+
+THRESHOLD = 10
+WAGE = sum_space("survey.wage")
+
+
+def release(day: int, title: str, project: str = "alpha") -> ReleaseInfo:
+    return ReleaseInfo(
+        release_id=f"{project}-{day}",
+        project=project,
+        title=title,
+        released_at=dt.datetime(2026, 11, day, 12, tzinfo=dt.UTC),
+        output_name="table.csv",
+    )
+
+
+def persons_space(n: int, seed: int = 0) -> np.ndarray:
+    """n distinct person hashes (random 64-bit values, as keyed hashes are)."""
+    rng = np.random.default_rng(seed)
+    return np.unique(rng.integers(-(2**63), 2**63 - 1, size=n * 2, dtype=np.int64))[:n]
+
+
+def counts(sets: list[np.ndarray]) -> list[NewCell]:
+    return [NewCell("count", np.sort(s)) for s in sets]
+
+
+def old_pairwise_passes(new: list[np.ndarray], released: list[list[np.ndarray]]) -> bool:
+    """What the pairwise differencing check said about the same tables."""
+    tables = []
+    for k, cells in enumerate(released):
+        offsets = np.zeros(len(cells) + 1, dtype=np.int64)
+        np.cumsum([len(c) for c in cells], out=offsets[1:])
+        labels = tuple((("cell", str(i)),) for i in range(len(cells)))
+        tables.append(ReleasedTable(f"t{k}", labels, offsets, np.concatenate(cells)))
+    offsets = np.zeros(len(new) + 1, dtype=np.int64)
+    np.cumsum([len(c) for c in new], out=offsets[1:])
+    sets = PersonSets(
+        [(("cell", str(i)),) for i in range(len(new))],
+        ["cell"] * len(new),
+        offsets,
+        np.concatenate([np.sort(c) for c in new]),
+    )
+    return find_differencing(sets, tables, THRESHOLD) == []
+
+
+def knows_no_numbers(sentence: str) -> bool:
+    """Only the threshold and release dates may appear as numbers in a reason."""
+    text = re.sub(r"\d{4}-\d{2}-\d{2}", "", sentence)
+    text = text.replace(f"smaller than {THRESHOLD} persons", "")
+    return not re.search(r"\d", text)
+
+
+# -- attacks -------------------------------------------------------------------------------------
+def test_three_sums_over_p_plus_t_q_and_p_union_q_give_one_persons_wage_and_fail() -> None:
+    people = persons_space(60)
+    p_set, t, q_set = people[:20], people[20:21], people[30:45]
+    first, second = np.concatenate([p_set, t]), q_set
+    new = np.concatenate([p_set, q_set])
+    assert old_pairwise_passes([new], [[first], [second]])
+
+    history = History.empty("holder", WAGE)
+    history = history.extended(
+        release(2, "Wage by county"), [NewCell("sum", np.sort(first), "survey.wage")]
+    )
+    history = history.extended(
+        release(20, "Wage, ages ≤ 38"), [NewCell("sum", second, "survey.wage")]
+    )
+    result = audit(history, [NewCell("sum", np.sort(new), "survey.wage")], THRESHOLD)
+
+    assert result.status == Verdict.FAIL
+    (finding,) = [f for f in result.findings if f.verdict == Verdict.FAIL]
+    assert finding.cell_index == 0
+    assert finding.sentence == (
+        "Together with 'Wage by county' (released 2026-11-02) and 'Wage, ages ≤ 38' (released "
+        "2026-11-20), this table determines the total survey.wage of a group smaller than 10 "
+        "persons."
+    )
+
+
+@pytest.fixture(scope="module")
+def population() -> dict[str, np.ndarray]:
+    """3,000 persons in three regions, ages 20-69; North has exactly one 39-year-old."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    region = rng.integers(0, 3, n)
+    age = rng.integers(20, 70, n)
+    north_39 = np.flatnonzero((region == 0) & (age == 39))
+    age[north_39[1:]] = 38  # keep exactly one
+    if not len(north_39):
+        age[np.flatnonzero(region == 0)[0]] = 39
+    return {"id": persons_space(n, seed=2), "region": region, "age": age}
+
+
+def band_table(pop: dict[str, np.ndarray], mask: np.ndarray | None = None) -> list[np.ndarray]:
+    mask = np.ones(len(pop["id"]), dtype=bool) if mask is None else mask
+    return [
+        pop["id"][mask & (pop["region"] == r) & (pop["age"] // 10 == b)]
+        for r in range(3)
+        for b in range(2, 7)
+    ]
+
+
+def region_table(pop: dict[str, np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
+    return [pop["id"][mask & (pop["region"] == r)] for r in range(3)]
+
+
+def test_region_by_age_band_then_regions_for_ages_up_to_38_reveal_the_only_39_year_old(
+    population: dict[str, np.ndarray],
+) -> None:
+    bands = band_table(population)
+    young = region_table(population, population["age"] <= 38)
+    assert min(len(c) for c in bands + young) >= THRESHOLD
+    assert old_pairwise_passes(young, [bands])
+
+    history = History.empty("holder").extended(
+        release(2, "Persons by region and age band"), counts(bands)
+    )
+    result = audit(history, counts(young), THRESHOLD)
+
+    assert 0 in result.failing_cells()  # North, where one person is 39
+    finding = result.for_cell(0)[0]
+    assert finding.verdict == Verdict.FAIL
+    assert "'Persons by region and age band' (released 2026-11-02)" in finding.sentence
+    assert knows_no_numbers(finding.sentence)
+
+
+def test_the_age_band_attack_fails_across_two_projects_of_the_same_holder(
+    population: dict[str, np.ndarray],
+) -> None:
+    bands = band_table(population)
+    young = region_table(population, population["age"] <= 38)
+    from_alpha = History.empty("holder").extended(
+        release(2, "Persons by region and age band", project="alpha"), counts(bands)
+    )
+    only_beta = History.empty("holder")  # what a per-project check saw from project beta
+
+    assert audit(only_beta, counts(young), THRESHOLD).passed
+    result = audit(from_alpha, counts(young), THRESHOLD)
+    assert result.status == Verdict.FAIL
+    assert result.for_cell(0)[0].releases[0].project == "alpha"
+
+
+def test_a_partition_then_a_nested_table_determining_a_group_of_three_fails() -> None:
+    """Three persons of region 1 with no recorded sex, in three age bands: the region minus its
+    women and men is those three, although no single one of them is determined."""
+    rng = np.random.default_rng(3)
+    n = 2000
+    ids = persons_space(n, seed=4)
+    region = rng.integers(0, 2, n)
+    band = rng.integers(0, 4, n)
+    sex = rng.integers(0, 2, n)
+    unknown = np.flatnonzero(region == 0)[:0]
+    for b in range(3):
+        unknown = np.append(unknown, np.flatnonzero((region == 0) & (band == b))[0])
+    sex[unknown] = 2
+    by_region = [ids[region == r] for r in range(2)]
+    by_band = [ids[band == b] for b in range(4)]
+    by_region_sex = [ids[(region == r) & (sex == s)] for r in range(2) for s in range(2)]
+    assert old_pairwise_passes(by_region_sex, [by_region, by_band])
+
+    history = History.empty("holder")
+    history = history.extended(release(2, "Persons by region"), counts(by_region))
+    history = history.extended(release(3, "Persons by age band"), counts(by_band))
+    merge = history.merge(by_region_sex)
+    lonely = merge.refinement.atom_of[
+        np.searchsorted(merge.refinement.persons, np.sort(ids[unknown]))
+    ]
+    assert len(set(lonely.tolist())) == 3  # three atoms of one person each ...
+    assert not set(lonely.tolist()) & set(
+        merge.basis.determined_columns().tolist()
+    )  # ... none alone
+
+    result = audit(history, counts(by_region_sex), THRESHOLD)
+    assert result.status == Verdict.FAIL
+    assert result.failing_cells() <= {0, 1}  # the region-1 cells
+    sentence = result.findings[0].sentence
+    assert "'Persons by region' (released 2026-11-02)" in sentence
+    assert knows_no_numbers(sentence)
+
+
+# -- what stays safe ---------------------------------------------------------------------------
+def test_two_tables_on_disjoint_persons_pass() -> None:
+    ids = persons_space(400, seed=5)
+    first = [ids[:100], ids[100:200]]
+    second = [ids[200:300], ids[300:400]]
+    history = History.empty("holder").extended(release(2, "First"), counts(first))
+    assert audit(history, counts(second), THRESHOLD).passed
+
+
+def test_a_table_with_its_own_margins_passes(population: dict[str, np.ndarray]) -> None:
+    cells = band_table(population)
+    rows = [np.sort(np.concatenate(cells[r * 5 : r * 5 + 5])) for r in range(3)]
+    columns = [np.sort(np.concatenate(cells[b::5])) for b in range(5)]
+    total = [np.sort(np.concatenate(cells))]
+    result = audit(History.empty("holder"), counts(cells + rows + columns + total), THRESHOLD)
+    assert result.passed
+
+
+def test_two_one_way_tables_with_small_crossings_pass(population: dict[str, np.ndarray]) -> None:
+    """Region and age band separately: their crossings include small groups, none determined."""
+    by_region = region_table(population, np.ones(len(population["id"]), dtype=bool))
+    by_age = [population["id"][population["age"] == a] for a in range(20, 70)]
+    assert min(len(c) for c in by_age) >= THRESHOLD
+    history = History.empty("holder").extended(release(2, "Persons by region"), counts(by_region))
+    result = audit(history, counts(by_age), THRESHOLD)
+    assert result.figures["atoms"] > 100  # region x single year of age: many small groups
+    assert result.passed
+
+
+def test_releasing_the_same_table_again_passes(population: dict[str, np.ndarray]) -> None:
+    bands = band_table(population)
+    history = History.empty("holder").extended(release(2, "Bands"), counts(bands))
+    assert audit(history, counts(bands), THRESHOLD).passed
+
+
+# -- sums and the p % rule ------------------------------------------------------------------
+def test_a_determined_total_dominated_by_one_person_fails_the_p_percent_rule() -> None:
+    ids = persons_space(40, seed=6)
+    p_set, q_set = ids[:20], ids[20:32]
+    wages = dict(zip(ids.tolist(), [1.0] * 40, strict=True))
+    wages[int(q_set[0])] = 1e6
+
+    def contributions(variable: str, persons: np.ndarray) -> np.ndarray:
+        assert variable == "survey.wage"
+        return np.array([wages[int(x)] for x in persons])
+
+    history = History.empty("holder", WAGE).extended(
+        release(2, "Wage, all"),
+        [NewCell("sum", np.sort(np.concatenate([p_set, q_set])), "survey.wage")],
+    )
+    new = [NewCell("sum", np.sort(p_set), "survey.wage")]
+    assert old_pairwise_passes([p_set], [[np.sort(np.concatenate([p_set, q_set]))]])
+    result = audit(history, new, THRESHOLD, 10, contributions=contributions)
+    assert result.status == Verdict.FAIL
+    assert result.findings[0].rule == "p_percent"
+
+    wages[int(q_set[0])] = 1.0
+    assert audit(history, new, THRESHOLD, 10, contributions=contributions).passed
+    unchecked = audit(history, new, THRESHOLD, 10)
+    assert unchecked.status == Verdict.REVIEW
+    assert "a reviewer must look" in unchecked.findings[0].sentence
+
+
+def test_counts_and_sums_are_separate_spaces() -> None:
+    ids = persons_space(60, seed=7)
+    p_set, t, q_set = ids[:20], ids[20:21], ids[30:45]
+    history = History.empty("holder", COUNT_SPACE)
+    history = history.extended(release(2, "A"), counts([np.concatenate([p_set, t]), q_set]))
+    sums = [NewCell("sum", np.sort(np.concatenate([p_set, q_set])), "survey.wage")]
+    assert audit(history, sums, THRESHOLD).passed  # a sum cell is not a count
+    means = [NewCell("mean", np.sort(np.concatenate([p_set, q_set])), "survey.wage")]
+    assert audit(history, means, THRESHOLD).status == Verdict.FAIL  # a mean carries its count
+
+
+def test_the_stored_form_audits_the_same(population: dict[str, np.ndarray]) -> None:
+    bands = band_table(population)
+    young = region_table(population, population["age"] <= 38)
+    history = History.empty("holder").extended(release(2, "Bands"), counts(bands))
+    again = History.from_bytes(history.to_bytes())
+    assert again.releases == history.releases
+    first = audit(history, counts(young), THRESHOLD)
+    second = audit(again, counts(young), THRESHOLD)
+    assert [f.sentence for f in first.findings] == [f.sentence for f in second.findings]
