@@ -180,9 +180,12 @@ def sandbox_command(spec: SandboxSpec) -> list[str]:
         fd = spec.file_fds.get(path)
         if fd is not None:
             argv += ["--perms", "0444", "--ro-bind-data", str(fd), path]
-    # A fresh procfs of the sandbox's pid namespace (no host processes) and a minimal /dev
-    # (null, zero, full, random, urandom, tty, pts, shm); no /sys at all.
-    argv += ["--proc", "/proc", "--dev", "/dev"]
+    # No procfs at all, not even the sandbox's own: its mountinfo names every bind source by its
+    # host path (the kernel prints a bind's root relative to its file system, which no mount
+    # option hides), and /proc/<pid>/{mem,fd,environ} of the notebook server are a way into the
+    # process that records cells. A minimal /dev (null, zero, full, random, urandom, tty, pts,
+    # shm); no /sys either.
+    argv += ["--dev", "/dev"]
     # Shared memory (multiprocessing's semaphores) on a tmpfs of its own, so that /dev itself
     # can be made read-only below.
     argv += ["--size", str(spec.tmp_bytes), "--tmpfs", "/dev/shm"]  # noqa: S108

@@ -65,6 +65,8 @@ DENIED: dict[str, tuple[int | None, int | None, str]] = {
     "fsmount": (432, 432, "the new mount API"),
     "fspick": (433, 433, "the new mount API"),
     "mount_setattr": (442, 442, "making a read-only mount writable"),
+    "statmount": (457, 457, "reading the mount table (host paths of the mounts)"),
+    "listmount": (458, 458, "reading the mount table (host paths of the mounts)"),
     "swapon": (167, 224, "host memory management"),
     "swapoff": (168, 225, "host memory management"),
     "reboot": (169, 142, "host power"),

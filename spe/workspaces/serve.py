@@ -2,15 +2,47 @@
 the spawner made outside the sandbox and handed over as an open file descriptor.
 
 The socket's folder is read-only inside the sandbox, so code in the workspace can neither
-remove the socket nor bind a server of its own in its place.
+remove the socket nor bind a server of its own in its place; the process makes itself
+untouchable by the kernels it starts (:func:`harden_process`) before it imports Jupyter.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
 import socket
 import sys
 from typing import Any
+
+PR_SET_DUMPABLE = 4
+
+
+def harden_process(home: str | None = None) -> None:
+    """Keep the kernels (same uid, started by this process) out of the server.
+
+    Not dumpable: no core file of its memory (the kernel could send it SIGSEGV; core files land
+    in the working directory), and without CAP_SYS_PTRACE nobody may ptrace it, read or write
+    its memory (process_vm_*, /proc/<pid>/mem) or open its /proc files; the sandbox has no
+    procfs and seccomp refuses those calls as well. Its working directory is the read-only root,
+    and no entry of ``sys.path`` lies in the writable home, so a module planted there is never
+    imported (the spawner starts it with ``python -I``, which leaves the working directory out).
+    """
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    os.chdir("/")
+    home = home or os.environ.get("HOME") or ""
+    sys.path[:] = [
+        p
+        for p in sys.path
+        if p and not (home and (p == home or p.startswith(home.rstrip("/") + "/")))
+    ]
+
+
+if __name__ == "__main__":
+    harden_process()
 
 # Before jupyter_server is imported: it imports jsonschema (through jupyter_events), which imports
 # rfc3987_syntax, when installed, for its "iri" format checker, and that import compiles ~35 Lark

@@ -272,6 +272,9 @@ def server_launch(
     )
     argv = [
         str(python),
+        # Isolated: neither the working directory nor PYTHON* variables decide what the server
+        # imports (serve.harden_process leaves the home out of sys.path too).
+        "-I",
         "-m",
         "spe.workspaces.serve",  # jupyterhub.singleuser on the socket made by start_server
         f"--ServerApp.sock={run / layout.SERVER_SOCKET}",

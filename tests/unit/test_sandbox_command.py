@@ -130,9 +130,10 @@ def test_no_host_path_outside_the_spec_appears_in_the_argv() -> None:
     assert set(state_args) <= allowed_sources
 
 
-def test_proc_dev_and_tmp_are_fresh_and_sys_is_absent() -> None:
+def test_dev_and_tmp_are_fresh_and_proc_and_sys_are_absent() -> None:
     opts = options(sandbox_command(example_spec()))
-    assert opts[opts.index("--proc") + 1] == "/proc"
+    # No procfs: its mountinfo would show host paths, its /proc/<pid>/mem the server's memory.
+    assert "--proc" not in opts and not any(a.startswith("/proc") for a in opts)
     assert opts[opts.index("--dev") + 1] == "/dev"
     tmpfs = [opts[i + 1] for i, a in enumerate(opts) if a == "--tmpfs"]
     assert tmpfs == ["/dev/shm", "/tmp"]
@@ -427,6 +428,11 @@ def test_seccomp_refuses_x32_system_calls() -> None:
     assert run_filter(seccomp.X32_SYSCALL_BIT | 0, X86) == eperm(errno.ENOSYS)
 
 
+# Linux 6.8's mount-table calls: Debian's libseccomp 2.5 does not know them (2.6 does, with the
+# same numbers on both architectures, from the generic table).
+NEWER_THAN_LIBSECCOMP_2_5 = frozenset({"statmount", "listmount"})
+
+
 def test_seccomp_syscall_numbers_agree_with_libseccomp() -> None:
     name = ctypes.util.find_library("seccomp")
     if name is None:
@@ -444,4 +450,6 @@ def test_seccomp_syscall_numbers_agree_with_libseccomp() -> None:
     for syscall, (x86, arm) in table.items():
         for arch, expected in ((X86, x86), (ARM, arm)):
             got = resolve(arch, syscall.encode())
+            if got < 0 and syscall in NEWER_THAN_LIBSECCOMP_2_5:
+                continue
             assert (got if got >= 0 else None) == expected, (syscall, hex(arch))
