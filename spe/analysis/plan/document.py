@@ -342,6 +342,8 @@ class _Validator:
             if name == child.schema.person:
                 raise PlanError(f"The person column {name!r} cannot be replaced; use another name.")
             expr = self.expr(raw, child.schema)
+            if expr.op == "lit" and expr.kind == "string":
+                raise PlanError(_TEXT_REFUSED)
             if expr.kind == "null":
                 raise PlanError(f"The column {name!r} would hold only nulls; give it a value.")
             derived.append((name, expr))
