@@ -140,6 +140,12 @@ class Settings(BaseSettings):
         description="Bytes of airlock requests (hence of audit records) one workspace may send "
         "per UTC day (64 MiB); beyond it requests are refused and one alarm is recorded.",
     )
+    recorder_code_text_bytes: int = Field(
+        default=1 << 20,
+        ge=0,
+        description="The recorder keeps the text of code files (.py, .ipynb, .R) written into a "
+        "workspace up to this size, outside the sandbox; larger ones by SHA-256 only.",
+    )
     egress_selftest_minutes: float = Field(
         default=10.0,
         gt=0,

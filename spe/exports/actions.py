@@ -27,6 +27,17 @@ from spe.config import get_settings
 from spe.db.base import utcnow
 from spe.errors import NotFound
 from spe.exports import permissions as perms
+from spe.exports.checking import (
+    DP,
+    DP_SUFFIX,
+    MAX_PLAN_BYTES,
+    PLAN_SUFFIX,
+    SERVER,
+    WORKSPACE,
+    WORKSPACE_NOTICE,
+    read_plan,
+    validate_plan,
+)
 from spe.exports.errors import ExportError, ExportInputError, ExportStateError
 from spe.exports.files import SIDECAR_SUFFIX, CopiedFile, check_name, copy_file, open_outbox
 from spe.exports.models import (
@@ -159,12 +170,19 @@ def _copy_outputs(
         for out in outputs:
             files: list[tuple[str, CopiedFile]] = []
             budget = settings.export_max_request_bytes - total
+            sidecar: dict[str, Any] | None = None
+            if out.name.endswith((PLAN_SUFFIX, DP_SUFFIX)):
+                # A plan or a DP answer's reference: the server computes what leaves.
+                role = "plan" if out.name.endswith(PLAN_SUFFIX) else "dp"
+                files.append((role, copy_file(fd, out.name, dest, max_bytes=MAX_PLAN_BYTES)))
+                total += sum(f.size for _, f in files)
+                copied.append((out, role, files, None))
+                continue
             main = copy_file(
                 fd, out.name, dest, max_bytes=min(settings.export_max_file_bytes, budget)
             )
             files.append(("output", main))
             sidecar_name = out.name.rsplit(".", 1)[0] + SIDECAR_SUFFIX
-            sidecar: dict[str, Any] | None = None
             if _exists(fd, sidecar_name):
                 side = copy_file(fd, sidecar_name, dest, max_bytes=1 << 24)
                 files.append(("sidecar", side))
@@ -222,16 +240,118 @@ def _read_sidecar(file: CopiedFile) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A plan or DP output as filing found it: its kind, who computes it, its plan's hash."""
+
+    kind: str
+    computed_by: str
+    plan_sha256: str | None
+    datasets: list[str]
+
+
+def _plan_datasets(node: Any) -> set[str]:
+    """The datasets a (validated) plan document scans."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if node.get("op") == "scan" and isinstance(node.get("dataset"), str):
+            found.add(node["dataset"])
+        for value in node.values():
+            found |= _plan_datasets(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _plan_datasets(value)
+    return found
+
+
+def _check_plans(
+    session: Session,
+    request: ExportRequest,
+    copied: Sequence[tuple[OutputRequest, str, list[tuple[str, CopiedFile]], Any]],
+) -> dict[str, _Planned]:
+    """Validate every plan of the round against the project's catalogue before anything is
+    queued: per plan output, (kind, plan SHA-256, datasets). A DP answer's reference is checked
+    against the ledger the same way."""
+    from spe.analysis.outputs import COMMANDS
+    from spe.analysis.plan import plan_hash
+    from spe.projects.extracts import plan_catalogue
+
+    found: dict[str, _Planned] = {}
+    catalogue = None
+    for out, role, files, _ in copied:
+        if role == "dp":
+            datasets = _check_dp_reference(session, request, files[0][1])
+            found[out.name] = _Planned("table", DP, None, datasets)
+            continue
+        if role != "plan":
+            continue
+        if catalogue is None:
+            catalogue = plan_catalogue(session, project_of(session, request))
+        document = read_plan(files[0][1].path.read_bytes(), out.name)
+        validate_plan(document, catalogue, out.name)
+        sha = plan_hash(document)
+        earlier = _same_plan(session, request, sha)
+        if earlier is not None:
+            raise ExportInputError(
+                f"{out.name} is the same analysis as {earlier.name} in request "
+                f"{short_id(earlier.request)} ({describe_status(earlier.request)}); it is "
+                "not filed twice. Change the analysis or use that request."
+            )
+        kind = COMMANDS.get(str(document["output"]["command"]), "table")
+        found[out.name] = _Planned(kind, SERVER, sha, sorted(_plan_datasets(document["frame"])))
+    return found
+
+
+def _same_plan(session: Session, request: ExportRequest, sha: str) -> ExportOutput | None:
+    """An output of the same project with the same plan that is still being checked, reviewed
+    or was released (a withdrawn, rejected or revoked request's plan may be filed again)."""
+    live = (S.CHECKING, S.IN_REVIEW, S.CHANGES_REQUESTED, S.RELEASED)
+    for out in session.scalars(
+        select(ExportOutput)
+        .join(ExportRequest, ExportRequest.id == ExportOutput.request_id)
+        .where(
+            ExportOutput.plan_sha256 == sha,
+            ExportRequest.project_id == request.project_id,
+            ExportRequest.id != request.id,
+            ExportRequest.status.in_(live),
+            ExportOutput.round == ExportRequest.round,
+        )
+    ):
+        return out
+    return None
+
+
+def _check_dp_reference(session: Session, request: ExportRequest, file: CopiedFile) -> list[str]:
+    """The datasets of a filed DP answer, after the ledger confirmed it is this project's."""
+    from spe.dp.service import exported_answer
+
+    try:
+        data = json.loads(file.path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ExportInputError(f"{file.name} is not a readable DP answer reference.") from None
+    if not isinstance(data, dict) or set(data) != {"spe_dp_answer", "query"}:
+        raise ExportInputError(
+            f"{file.name} is not a DP answer reference; save the answer with its .save(name)."
+        )
+    answer = exported_answer(session, project_of(session, request), str(data["query"]))
+    return sorted(answer.datasets)
+
+
 def _store_round(
     session: Session, request: ExportRequest, outbox: Path, outputs: Sequence[OutputRequest]
 ) -> list[dict[str, Any]]:
-    """Copy the round's files into storage (all or nothing) and add their rows."""
+    """Copy the round's files into storage (all or nothing) and add their rows; plans are
+    validated before anything is stored, so a refused plan queues nothing."""
     relative = f"exports/{request.project_id}/{request.id}/r{request.round}"
     storage = data_storage()
     with storage.atomic_dir(relative) as tmp:
         copied = _copy_outputs(outbox, outputs, tmp)
+        plans = _check_plans(session, request, copied)
     summary = []
     for position, (out, kind, files, sidecar) in enumerate(copied):
+        planned = plans.get(out.name)
+        if planned is not None:
+            kind = planned.kind
         row = ExportOutput(
             request_id=request.id,
             round=request.round,
@@ -239,7 +359,15 @@ def _store_round(
             name=out.name,
             justification=out.justification.strip(),
             kind=kind if kind in ("table", "model", "survival") else "file",
-            datasets=json.dumps(sorted(sidecar.get("datasets", [])) if sidecar else []),
+            datasets=json.dumps(
+                planned.datasets
+                if planned is not None
+                else sorted(sidecar.get("datasets", []))
+                if sidecar
+                else []
+            ),
+            computed_by=planned.computed_by if planned is not None else WORKSPACE,
+            plan_sha256=planned.plan_sha256 if planned is not None else None,
         )
         session.add(row)
         session.flush()
@@ -259,6 +387,8 @@ def _store_round(
             {
                 "name": out.name,
                 "kind": row.kind,
+                "computed_by": row.computed_by,
+                **({"plan_sha256": row.plan_sha256} if row.plan_sha256 else {}),
                 "files": [
                     {"role": r, "name": f.name, "sha256": f.sha256, "size": f.size}
                     for r, f in files
@@ -366,6 +496,11 @@ def persons_among(files: Sequence[Path], wanted: list[str]) -> set[str]:
 
 
 def released_tables(session: Session, project_id: uuid.UUID) -> list[Any]:
+    """The persons behind every cell released from the project, for differencing.
+
+    DP answers take no part: who is inside a DP-answered cell must not change anything a
+    researcher or reviewer sees (the differencing reasons named exact counts of DP cells).
+    """
     from spe.sdc import ReleasedTable
 
     rows = session.scalars(
@@ -373,19 +508,100 @@ def released_tables(session: Session, project_id: uuid.UUID) -> list[Any]:
         .where(ReleasedCells.project_id == project_id)
         .order_by(ReleasedCells.released_at)
     )
-    from spe.dp.service import released_tables as dp_released
+    return [ReleasedTable.from_bytes(r.data) for r in rows]
 
-    # DP answers are released outputs too: later exports are checked against them.
-    return [ReleasedTable.from_bytes(r.data) for r in rows] + dp_released(session, project_id)
+
+@dataclass(frozen=True)
+class _FileRef:
+    """A frozen file's facts, read while the session was open."""
+
+    name: str
+    path: str
+    sha256: str
+    media_type: str
+
+
+@dataclass
+class _Work:
+    """One output of the round, as the check job reads it before computing (no session)."""
+
+    id: uuid.UUID
+    name: str
+    kind: str
+    computed_by: str
+    round_dir: str
+    files: dict[str, Path]
+    roles: dict[str, _FileRef]
+    datasets: list[str]
+    dp_answer: Any = None
+
+
+def _frozen_document(work: _Work, role: str) -> bytes:
+    """A frozen plan or DP reference, checked against the SHA-256 it was filed with."""
+    file = work.roles[role]
+    data = data_storage().path(file.path).read_bytes()
+    if _sha(data) != file.sha256:
+        raise ExportError(
+            f"{work.name} no longer matches the SHA-256 it was filed with, so it cannot be "
+            "checked; ask an operator to look at the export storage."
+        )
+    return data
+
+
+def _check_one(
+    work: _Work,
+    rules: Any,
+    released: list[Any],
+    granted: set[str],
+    catalogue: Any,
+    persons: Any,
+) -> Any:
+    """The check of one output: computed by the server (plan, DP answer) or, for what the
+    workspace computed, the replay of its own evidence as advice."""
+    from spe.exports.checking import dp_check, evaluate_plan
+
+    settings = get_settings()
+    if work.computed_by == SERVER:
+        document = read_plan(_frozen_document(work, "plan"), work.name)
+        temp = data_storage().path("tmp/plans")
+        temp.mkdir(parents=True, exist_ok=True)
+        return evaluate_plan(
+            work.name,
+            document,
+            catalogue,
+            rules,
+            released,
+            memory_mb=settings.plan_memory_mb,
+            threads=settings.plan_threads,
+            temp_dir=temp,
+        )
+    if work.computed_by == DP:
+        return dp_check(work.name, work.dp_answer)
+    output = work.roles.get("output")
+    media_type = output.media_type if output is not None else "application/octet-stream"
+    sidecar_file = work.roles.get("sidecar")
+    foreign = sorted(set(work.datasets) - granted)
+    if work.kind == "file" or sidecar_file is None:
+        return _plain_file(work.name, media_type)
+    if foreign:
+        return _refused(
+            work.name, f"it draws on {', '.join(foreign)}, which the project was not granted"
+        )
+    from spe.analysis.replay import check_output
+
+    sidecar = json.loads(data_storage().path(sidecar_file.path).read_text("utf-8"))
+    return check_output(sidecar, work.files, rules, released, known_persons=persons)
 
 
 def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, Any]:
-    """The check job: rerun every disclosure check on the frozen files, then release or queue.
+    """The check job: compute and check every output on the server, then release or queue.
 
-    Idempotent: a request no longer being checked in that round is left alone.
+    Plans are evaluated on the extract and their files written by the server; DP answers come
+    from the ledger; what the workspace computed is checked as advice and always goes to
+    reviewers. Idempotent: a request no longer being checked in that round is left alone.
     """
     from spe.db import readonly, transaction
-    from spe.projects.extracts import granted_datasets
+    from spe.projects.extracts import granted_datasets, plan_catalogue
 
     storage = data_storage()
     with readonly() as session:
@@ -397,43 +613,39 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
         released = released_tables(session, project.id)
         rules = rules_for(session, project)
         persons = partial(persons_among, extract_files(session, project))
-        plan = []
+        catalogue = None
+        work: list[_Work] = []
         for out in _current(request):
-            files = {f.name: storage.path(f.path) for f in out.files}
-            sidecar_file = next((f.path for f in out.files if f.role == "sidecar"), None)
-            media_type = next(f.media_type for f in out.files if f.role == "output")
-            datasets = json.loads(out.datasets)
-            plan.append(
-                (out.id, out.name, out.kind, media_type, files, sidecar_file, datasets, rules)
+            roles = {f.role: _FileRef(f.name, f.path, f.sha256, f.media_type) for f in out.files}
+            item = _Work(
+                id=out.id,
+                name=out.name,
+                kind=out.kind,
+                computed_by=out.computed_by,
+                round_dir=f"exports/{request.project_id}/{request.id}/r{request.round}",
+                files={f.name: storage.path(f.path) for f in out.files},
+                roles=roles,
+                datasets=json.loads(out.datasets),
             )
-    results = {}
-    for i, (output_id, name, kind, media_type, files, sidecar_file, datasets, rules) in enumerate(
-        plan
-    ):
+            if item.computed_by == SERVER and catalogue is None:
+                catalogue = plan_catalogue(session, project)
+            if item.computed_by == DP:
+                item.dp_answer = _dp_answer(session, project, item)
+            work.append(item)
+    results: dict[uuid.UUID, tuple[Any, Any, ExportFile | None]] = {}
+    for i, item in enumerate(work):
         if progress is not None:
-            progress(i, len(plan))
-        foreign = sorted(set(datasets) - granted)
+            progress(i, len(work))
         check: Any
         try:
-            if kind == "file" or sidecar_file is None:
-                check = _plain_file(name, media_type)
-            elif foreign:
-                check = _refused(
-                    name, f"it draws on {', '.join(foreign)}, which the project was not granted"
-                )
-            else:
-                from spe.analysis.replay import check_output
-
-                sidecar = json.loads(storage.path(sidecar_file).read_text("utf-8"))
-                # Earlier outputs of this request count as released for the later ones.
-                check = check_output(sidecar, files, rules, released, known_persons=persons)
-                released = [*released, *check.released]
-        except ExportError:
-            raise
+            check = _check_one(item, rules, released, granted, catalogue, persons)
+            # Earlier outputs of this request count as released for the later ones.
+            released = [*released, *check.released]
         except Exception as exc:  # a damaged output is the researcher's to fix, not a crash
             message = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"
-            check = _refused(name, f"it could not be checked: {message}")
-        results[output_id] = (check, rules)
+            check = _refused(item.name, f"it could not be checked: {message}")
+        written = _write_server_file(item, check)
+        results[item.id] = (check, rules, written)
     with transaction() as session:
         request = get_request(session, request_id)
         if request.status != S.CHECKING or request.round != round_:
@@ -441,21 +653,28 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
         project = project_of(session, request)
         summary = []
         for out in _current(request):
-            check, rules = results[out.id]
+            check, rules, written = results[out.id]
             out.checkable = bool(check.checkable)
             out.check_status = check.status.value
+            report = dict(check.report)
+            report["computed_by"] = out.computed_by
+            if out.computed_by == WORKSPACE:
+                report["notice"] = WORKSPACE_NOTICE
             out.reasons = json.dumps(list(check.reasons))
-            out.report = json.dumps(check.report, default=str)
+            out.report = json.dumps(report, default=str)
+            if written is not None and not any(f.role == "output" for f in out.files):
+                out.files.append(written)
             summary.append(
-                {"name": out.name, "status": check.status.value, "checkable": check.checkable}
+                {
+                    "name": out.name,
+                    "status": check.status.value,
+                    "checkable": check.checkable,
+                    "computed_by": out.computed_by,
+                    **({"file_sha256": written.sha256} if written is not None else {}),
+                }
             )
         request.checked_at = utcnow()
-        auto = all(
-            results[o.id][0].checkable
-            and results[o.id][0].status.value == "pass"
-            and results[o.id][1].auto_release
-            for o in _current(request)
-        )
+        auto = all(_releases_itself(o, *results[o.id][:2]) for o in _current(request))
         record(
             session,
             SYSTEM,
@@ -467,6 +686,7 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
         if auto:
             for out in _current(request):
                 out.decision = Decision.APPROVED
+            request.auto_released = True  # before the bundle: its review record says so
             _release(
                 session,
                 SYSTEM,
@@ -474,7 +694,6 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
                 project,
                 {o.id: results[o.id][0] for o in _current(request)},
             )
-            request.auto_released = True
         else:
             check_transition(request, S.IN_REVIEW, "sent to review")
             request.status = S.IN_REVIEW
@@ -488,8 +707,58 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
             )
         status = request.status.value
     if progress is not None:
-        progress(len(plan), len(plan))
+        progress(len(work), len(work))
     return {"request": request_id, "status": status, "outputs": summary}
+
+
+def _releases_itself(out: ExportOutput, check: Any, rules: Any) -> bool:
+    """Whether an output may leave without reviewers: only numbers the server computed itself
+    (a plan, a DP answer the ledger holds), every check passed, and the holder allows it."""
+    if out.computed_by not in (SERVER, DP) or not check.checkable:
+        return False
+    if check.status.value != "pass":
+        return False
+    if out.computed_by == DP:
+        return bool(getattr(check, "auto_release", False))
+    return bool(rules.auto_release)
+
+
+def _dp_answer(session: Session, project: Project, work: _Work) -> Any:
+    """The ledger's record of a filed DP answer, or the sentence why there is none."""
+    from spe.dp.service import exported_answer
+
+    try:
+        reference = json.loads(_frozen_document(work, "dp").decode("utf-8"))
+        return exported_answer(session, project, str(reference["query"]))
+    except ExportError:
+        raise
+    except Exception as exc:
+        return getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"
+
+
+def _write_server_file(work: _Work, check: Any) -> ExportFile | None:
+    """Store the file the server wrote for a plan or DP output (never the workspace's)."""
+    data = getattr(check, "data", b"")
+    if work.computed_by not in (SERVER, DP) or not data:
+        return None
+    name = check.file_name
+    relative = f"{work.round_dir}/server/{name}"
+    target = data_storage().path(relative)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return ExportFile(
+        role="output",
+        name=name,
+        media_type="text/csv",
+        size=len(data),
+        sha256=_sha(data),
+        path=relative,
+    )
 
 
 @dataclass(frozen=True)
@@ -527,11 +796,18 @@ def _refused(name: str, why: str) -> _Check:
 def _why_review(results: dict[Any, Any], outputs: list[ExportOutput]) -> list[str]:
     why = []
     for out in outputs:
-        check, rules = results[out.id]
-        if not check.checkable:
+        check, rules = results[out.id][:2]
+        if out.computed_by == WORKSPACE and check.checkable:
+            why.append(
+                f"{out.name}: computed in the workspace (the server could not recompute it); "
+                f"a reviewer must look at it (advisory check: {check.status.value})"
+            )
+        elif not check.checkable:
             why.append(f"{out.name}: rules cannot read it; a reviewer must look at it")
         elif check.status.value != "pass":
             why.append(f"{out.name}: {check.status.value}")
+        elif out.computed_by == DP:
+            why.append(f"{out.name}: the dataset's policy has DP answers reviewed")
         elif not rules.auto_release:
             why.append(f"{out.name}: the data holder reviews every output")
     return why
@@ -560,16 +836,26 @@ def _release(
     released_at = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     files = []
     for out in approved:
-        main = next(f for f in out.files if f.role == "output")
+        main = next((f for f in out.files if f.role == "output"), None)
+        if main is None:
+            raise ExportStateError(
+                f"{out.name} has no file to release: the server could not compute it. Refuse it "
+                "or ask the researcher to change the analysis."
+            )
         data = storage.path(main.path).read_bytes()
         if _sha(data) != main.sha256:
             raise ExportError(
                 f"{out.name} no longer matches the SHA-256 it was frozen with, so it cannot be "
                 "released; ask an operator to look at the export storage."
             )
-        files.append(BundleFile(f"outputs/{out.name}", data, main.media_type))
+        # A plan's file is the server's own, named after the plan (x.plan.json -> x.csv).
+        files.append(BundleFile(f"outputs/{main.name}", data, main.media_type))
     votes = _votes(session, request)
     reviewers = sorted({v.reviewer for v in votes})
+    # The request's final state first: the bundle's review record must tell the truth.
+    request.status = S.RELEASED
+    request.decided_at = now
+    request.decided_by = actor if isinstance(actor, str) else actor.username
     meta = {
         "request": str(request.id),
         "title": request.title,
@@ -592,9 +878,6 @@ def _release(
         (tmp / "release.zip").write_bytes(bundle)
     request.bundle_path = f"{relative}/release.zip"
     request.bundle_sha256 = _sha(bundle)
-    request.status = S.RELEASED
-    request.decided_at = now
-    request.decided_by = actor if isinstance(actor, str) else actor.username
     for out in approved:
         tables = (
             checks[out.id].released
@@ -626,7 +909,31 @@ def _release(
 
 
 def _recheck_released(session: Session, request: ExportRequest, out: ExportOutput) -> list[Any]:
-    """The persons behind a reviewed output's cells, recomputed from its frozen evidence."""
+    """The persons behind a reviewed output's cells: a plan evaluated again on the extract,
+    a workspace output recomputed from its frozen evidence, none for a DP answer."""
+    if out.computed_by == DP:
+        return []
+    if out.computed_by == SERVER:
+        from spe.projects.extracts import plan_catalogue
+
+        plan_file = next((f for f in out.files if f.role == "plan"), None)
+        if plan_file is None:
+            return []
+        project = project_of(session, request)
+        settings = get_settings()
+        from spe.exports.checking import evaluate_plan
+
+        document = read_plan(data_storage().path(plan_file.path).read_bytes(), out.name)
+        planned = evaluate_plan(
+            out.name,
+            document,
+            plan_catalogue(session, project),
+            rules_for(session, project),
+            [],
+            memory_mb=settings.plan_memory_mb,
+            threads=settings.plan_threads,
+        )
+        return list(planned.released)
     sidecar_file = next((f for f in out.files if f.role == "sidecar"), None)
     if sidecar_file is None:
         return []
@@ -664,6 +971,9 @@ def _public_report(out: ExportOutput) -> dict[str, Any]:
         "kind": out.kind,
         "checkable": out.checkable,
         "check_status": out.check_status,
+        "computed_by": out.computed_by,
+        **({"notice": WORKSPACE_NOTICE} if out.computed_by == WORKSPACE else {}),
+        **({"plan_sha256": out.plan_sha256} if out.plan_sha256 else {}),
         "decision": out.decision.value if out.decision else None,
         "rules": report.get("rules") if isinstance(report, dict) else None,
         "flagged_cells": cells,
@@ -1090,6 +1400,12 @@ def _make_safe(
 
     out = _output(request, output_name)
     name = out.name
+    if out.computed_by in (SERVER, DP):
+        what = "a plan" if out.computed_by == SERVER else "a DP answer"
+        raise ExportInputError(
+            f"{name} is {what} the server computes itself; ask for its safe version where you "
+            "made it (in the notebook: safe='suppress' or safe='round') and file that."
+        )
     if out.kind == "file":
         raise ExportInputError(
             f"{name} is not a table recorded by spe.analysis, so the server cannot make a safe "
@@ -1269,6 +1585,8 @@ def accept_safe_version(
         for out in previous:
             files = []
             for f in out.files:
+                if f.role == "output" and out.computed_by in (SERVER, DP):
+                    continue  # the server computes its file again in the new round's check
                 new = {"output": safe.csv, "sidecar": safe.sidecar}.get(f.role)
                 if out.id == safe.output.id and new is not None:
                     (tmp / f.name).write_bytes(new)
@@ -1287,6 +1605,8 @@ def accept_safe_version(
             justification=out.justification,
             kind=out.kind,
             datasets=out.datasets,
+            computed_by=out.computed_by,
+            plan_sha256=out.plan_sha256,
         )
         session.add(row)
         session.flush()
@@ -1521,11 +1841,14 @@ def review_queue(
 
 def review_record(session: Session, request: ExportRequest, *, shared_only: bool) -> dict[str, Any]:
     """Votes and comments of every round; ``shared_only`` leaves out reviewers' private notes."""
-    votes = session.scalars(
-        select(ReviewVote)
-        .where(ReviewVote.request_id == request.id)
-        .order_by(ReviewVote.created_at)
+    votes = list(
+        session.scalars(
+            select(ReviewVote)
+            .where(ReviewVote.request_id == request.id)
+            .order_by(ReviewVote.created_at)
+        )
     )
+    votes_of_round = [v for v in votes if v.round == request.round]
     names = {o.id: o.name for o in request.outputs}
     comments = session.scalars(
         select(ReviewComment)
@@ -1541,6 +1864,7 @@ def review_record(session: Session, request: ExportRequest, *, shared_only: bool
         "decided_at": request.decided_at.isoformat() if request.decided_at else None,
         "decided_by": request.decided_by,
         "automatic_release": request.auto_released,
+        "decisions": [_how_decided(o, request, votes_of_round) for o in _current(request)],
         "votes": [
             {
                 "round": v.round,
@@ -1567,6 +1891,45 @@ def review_record(session: Session, request: ExportRequest, *, shared_only: bool
     }
 
 
+def rules_version(rules: dict[str, Any] | None) -> str | None:
+    """A short, stable name of a rule set: SHA-256 of its values (notes left out)."""
+    if not isinstance(rules, dict):
+        return None
+    values = {k: v for k, v in rules.items() if k != "notes"}
+    return _sha(json.dumps(values, sort_keys=True, separators=(",", ":")).encode())[:16]
+
+
+def _how_decided(
+    out: ExportOutput, request: ExportRequest, votes: Sequence[ReviewVote]
+) -> dict[str, Any]:
+    """How one output was decided, as the audit events say: automatically under named rules,
+    or by which reviewers (with who computed its numbers)."""
+    report = json.loads(out.report or "{}")
+    rules = report.get("rules") if isinstance(report, dict) else None
+    entry: dict[str, Any] = {
+        "output": out.name,
+        "computed_by": out.computed_by,
+        "check": out.check_status,
+        "decision": out.decision.value if out.decision else None,
+    }
+    if out.plan_sha256:
+        entry["plan_sha256"] = out.plan_sha256
+    if out.computed_by == WORKSPACE:
+        entry["notice"] = WORKSPACE_NOTICE
+    if request.auto_released:
+        entry["how"] = "automatically"
+        entry["rules"] = {
+            "version": rules_version(rules),
+            "sources": (rules or {}).get("sources", []),
+            "auto_release": (rules or {}).get("auto_release"),
+        }
+    else:
+        entry["how"] = "by reviewers"
+        entry["reviewers"] = sorted({v.reviewer for v in votes if v.output_id == out.id})
+        entry["decided_by"] = request.decided_by
+    return entry
+
+
 def detail(session: Session, actor: User, request: ExportRequest) -> dict[str, Any]:
     """A request as the actor may see it: outputs with their check, reasons per failing cell,
     votes and comments (private notes only for reviewers)."""
@@ -1582,6 +1945,8 @@ def detail(session: Session, actor: User, request: ExportRequest) -> dict[str, A
             "justification": o.justification,
             "checkable": o.checkable,
             "check_status": o.check_status,
+            "computed_by": o.computed_by,
+            "notice": WORKSPACE_NOTICE if o.computed_by == WORKSPACE else None,
             "reasons": json.loads(o.reasons),
             "report": json.loads(o.report),
             "decision": o.decision.value if o.decision else None,

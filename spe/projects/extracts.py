@@ -152,7 +152,7 @@ def _extract_key(version: DatasetVersion, grant: ProjectGrant, project_id: str) 
             grant.variables,
             grant.generalisations,
             project_id,
-            "v1",
+            "v2",  # v2: the extract folder holds catalogue.json beside data.parquet
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()
@@ -202,6 +202,14 @@ def extract(
                 project_slug, dataset_name, version.version, False, done.row_count, done.path
             )
         pseudonymiser = project_pseudonymiser(session, project_id)
+        # What a plan may use of this extract, for the workspace's preview (the server builds
+        # its own from the database and never reads this file back).
+        try:
+            source_json: dict[str, Any] | None = _source_json(
+                session, project.slug, dataset_name, version, grant
+            )
+        except ImportError:  # TEMPORARY while spe.analysis.plan lands
+            source_json = None
         variables = json.loads(grant.variables)
         gens = {k: Generalisation(v) for k, v in json.loads(grant.generalisations).items()}
         source_path, number, version_id = version.path, version.version, version.id
@@ -238,6 +246,11 @@ def extract(
         finally:
             if writer is not None:
                 writer.close()
+        if source_json is not None:
+            (tmp / "catalogue.json").write_text(
+                json.dumps(source_json, sort_keys=True, ensure_ascii=False, indent=1) + "\n",
+                "utf-8",
+            )
         data_sha = sha256_file(tmp / "data.parquet")
         size = (tmp / "data.parquet").stat().st_size
     with transaction() as session:
@@ -425,3 +438,128 @@ def grants_of(session: Session, project: Project) -> list[dict[str, Any]]:
         }
         for name, access, grant in rows
     ]
+
+
+# --- the catalogue a plan is validated against ---------------------------------------------------
+
+
+def _source_columns(
+    session: Session, version: DatasetVersion, grant: ProjectGrant
+) -> dict[str, Any]:
+    """The granted columns of a project's extract with their kind and public categories.
+
+    Kinds come from the version's own variables (what was published); categories and bins
+    from the dataset policy the version was ingested with (matched by its SHA-256), after the
+    grant's generalisation. A column without declared categories can never be a grouping key.
+    """
+    from spe.analysis.plan import ColumnInfo
+    from spe.catalogue.models import Variable
+    from spe.ingest import policy as policies
+
+    gens = {k: Generalisation(v) for k, v in json.loads(grant.generalisations).items()}
+    published = {
+        v.name: v
+        for v in session.scalars(select(Variable).where(Variable.version_id == version.id))
+    }
+    policy = _policy_of(version)
+    columns: dict[str, Any] = {}
+    for name in json.loads(grant.variables):
+        spec = None
+        if policy is not None:
+            spec = next((c for c in policy.columns if c.name == name), None)
+        how = gens.get(name)
+        if spec is not None and hasattr(policies, "column_kind"):
+            kind = policies.column_kind(spec, how)
+        else:
+            kind = _kind_of(published[name].type if name in published else "string", how)
+        categories = None
+        bins = None
+        if spec is not None:
+            if how is not None and hasattr(policies, "generalised_categories"):
+                categories = policies.generalised_categories(spec, how)
+            elif how is None:
+                categories = getattr(spec, "categories", None)
+            bins = getattr(spec, "bins", None)
+        columns[name] = ColumnInfo(
+            name=name,
+            kind=kind,
+            categories=tuple(categories) if categories else None,
+            bins=tuple(bins) if bins else None,
+        )
+    return columns
+
+
+def _kind_of(column_type: str, how: Generalisation | None) -> str:
+    if how == Generalisation.YEAR:
+        return "year"
+    return {"int64": "int", "float64": "float", "date": "date", "string": "string"}.get(
+        column_type, "string"
+    )
+
+
+def _policy_of(version: DatasetVersion) -> Any:
+    """The dataset policy a version was ingested with, when the policies folder still holds it
+    unchanged (by SHA-256); None otherwise (then no column has categories)."""
+    from spe.config import get_settings
+    from spe.ingest.policy import PolicyError, load_policy
+
+    folder = Path(get_settings().policies_dir) / "datasets"
+    dataset = version.dataset.name if getattr(version, "dataset", None) is not None else None
+    candidates = [folder / f"{dataset}.yaml"] if dataset else []
+    candidates += sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            policy = load_policy(path)
+        except PolicyError:
+            continue
+        if policy.sha256 == version.policy_sha256:
+            return policy
+    return None
+
+
+def _source_json(
+    session: Session, slug: str, dataset: str, version: DatasetVersion, grant: ProjectGrant
+) -> dict[str, Any]:
+    from spe.analysis.plan import SourceInfo
+
+    source = SourceInfo(
+        dataset=dataset,
+        version=version.version,
+        path=None,
+        person_column=PERSON_COLUMN,
+        columns=_source_columns(session, version, grant),
+    )
+    return {**source.to_json(), "project": slug}
+
+
+def plan_catalogue(session: Session, project: Project) -> Any:
+    """What a plan of ``project`` may use: each row-level dataset's current extract (version,
+    file, granted columns with kinds and categories). Aggregate-only datasets are not in it:
+    their rows are answered only through DP."""
+    from spe.analysis.plan import Catalogue, SourceInfo
+    from spe.dp.service import aggregate_only_datasets
+
+    aggregate_only = set(aggregate_only_datasets(session, project))
+    storage = data_storage()
+    sources: dict[str, Any] = {}
+    for name, row in sorted(current_extracts(session, project).items()):
+        if name in aggregate_only:
+            continue
+        version = session.get(DatasetVersion, row.dataset_version_id)
+        grant = session.scalar(
+            select(ProjectGrant).where(
+                ProjectGrant.project_id == project.id, ProjectGrant.dataset_id == row.dataset_id
+            )
+        )
+        if version is None or grant is None:
+            continue
+        sources[name] = SourceInfo(
+            dataset=name,
+            version=version.version,
+            path=storage.path(row.path),
+            person_column=PERSON_COLUMN,
+            columns=_source_columns(session, version, grant),
+        )
+    return Catalogue(project=project.slug, sources=sources)

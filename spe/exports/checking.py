@@ -1,0 +1,192 @@
+"""The server's own computation of what leaves: plan outputs evaluated on the extract.
+
+A plan output carries a declarative analysis, never numbers: the control plane validates it
+against the project's catalogue, evaluates it on the project's extract files, checks every cell
+and writes the released file itself. Workspace-computed outputs are checked only as advice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spe.exports.errors import ExportInputError
+
+PLAN_SUFFIX = ".plan.json"
+DP_SUFFIX = ".dp.json"
+MAX_PLAN_BYTES = 256 << 10
+
+SERVER = "server"
+WORKSPACE = "workspace"
+DP = "dp"
+
+WORKSPACE_NOTICE = (
+    "Computed in the workspace: the server could not recompute these numbers; the disclosure "
+    "report below rests on the workspace's own evidence."
+)
+
+
+@dataclass(frozen=True)
+class ServerCheck:
+    """The outcome of a server-computed output: its verdict and the file the server wrote."""
+
+    name: str
+    kind: str
+    checkable: bool
+    status: Any  # spe.sdc.Verdict
+    reasons: list[str]
+    report: dict[str, Any]
+    released: list[Any]
+    datasets: list[str]
+    file_name: str = ""
+    data: bytes = b""
+    computed_by: str = SERVER
+    plan_sha256: str | None = None
+    auto_release: bool = True  # a DP answer: whether its dataset's policy lets it leave alone
+    notes: list[str] = field(default_factory=list)
+
+
+def released_name(output_name: str) -> str:
+    """The name of the file the server writes for a plan or DP output (``x.plan.json`` ->
+    ``x.csv``)."""
+    for suffix in (PLAN_SUFFIX, DP_SUFFIX):
+        if output_name.endswith(suffix):
+            return output_name[: -len(suffix)] + ".csv"
+    return output_name
+
+
+def read_plan(data: bytes, name: str) -> Any:
+    """The plan document in ``data`` (a file named ``name``), or one sentence saying what is
+    wrong with it."""
+    if len(data) > MAX_PLAN_BYTES:
+        raise ExportInputError(
+            f"{name} is larger than {MAX_PLAN_BYTES >> 10} KiB; a plan is a short description "
+            "of an analysis. Make the analysis smaller."
+        )
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ExportInputError(
+            f"{name} is not a readable plan (JSON); record the analysis again with spe.analysis."
+        ) from None
+
+
+def validate_plan(document: Any, catalogue: Any, name: str) -> Any:
+    """The validated plan, or an ExportInputError with the validator's sentence."""
+    from spe.analysis.plan import PlanError, validate
+
+    try:
+        return validate(document, catalogue)
+    except PlanError as exc:
+        raise ExportInputError(f"{name} cannot be exported: {exc.message}") from None
+
+
+def evaluate_plan(
+    name: str,
+    document: Any,
+    catalogue: Any,
+    rules: Any,
+    released: Sequence[Any],
+    *,
+    memory_mb: int,
+    threads: int,
+    temp_dir: Path | None = None,
+) -> ServerCheck:
+    """Evaluate ``document`` on the project's extract, check every cell, write the CSV."""
+    from spe.analysis.csvtable import table_csv
+    from spe.analysis.errors import AnalysisError
+    from spe.analysis.outputs import compute
+    from spe.analysis.plan import evaluate, plan_hash
+    from spe.sdc import Verdict
+
+    sha = plan_hash(document)
+    try:
+        plan = validate_plan(document, catalogue, name)
+        evidence = evaluate(
+            plan,
+            catalogue,
+            memory_limit=f"{memory_mb}MB",
+            threads=threads,
+            temp_directory=temp_dir,
+        )
+        computed = compute(evidence.command, evidence.frame, evidence.spec, rules, released)
+    except ExportInputError as exc:
+        return _refused(name, exc.message, sha)
+    except AnalysisError as exc:
+        return _refused(name, f"{name} cannot be evaluated: {exc.message}", sha)
+    withheld = computed.withheld_in_workspace() if computed.auto_withhold is not None else None
+    table = computed.table
+    if withheld is not None and withheld.any():
+        import numpy as np
+        import pandas as pd
+
+        values = table.to_numpy(dtype=object, copy=True)
+        values[withheld] = np.nan
+        table = pd.DataFrame(values, index=table.index, columns=table.columns).infer_objects()
+    status = computed.status(withheld)
+    report = computed.report(withheld)
+    report["name"] = name
+    report["status"] = status.value
+    report["computed_by"] = SERVER
+    report["plan_sha256"] = sha
+    return ServerCheck(
+        name=name,
+        kind=computed.kind,
+        checkable=True,
+        status=status,
+        reasons=computed.reasons(withheld) if status != Verdict.PASS else [],
+        report=report,
+        released=computed.released_tables(name, withheld),
+        datasets=list(evidence.datasets),
+        file_name=released_name(name),
+        data=table_csv(table).encode("utf-8"),
+        plan_sha256=sha,
+    )
+
+
+def _refused(name: str, sentence: str, sha: str | None) -> ServerCheck:
+    from spe.sdc import Verdict
+
+    return ServerCheck(
+        name=name,
+        kind="table",
+        checkable=True,
+        status=Verdict.FAIL,
+        reasons=[sentence],
+        report={"name": name, "status": "fail", "computed_by": SERVER, "plan_sha256": sha},
+        released=[],
+        datasets=[],
+        plan_sha256=sha,
+    )
+
+
+def dp_check(name: str, answer: Any) -> ServerCheck:
+    """A DP answer filed for export: the file is the ledger's own record of the answer (noisy
+    numbers only), so the server computed it; released without reviewers when the dataset's
+    policy allows. ``answer`` is spe.dp's export of the answer, or the sentence why there is
+    none."""
+    from spe.sdc import Verdict
+
+    if isinstance(answer, str):
+        return _refused(name, f"{name} cannot be exported: {answer}", None)
+    data = bytes(getattr(answer, "csv", b"") or getattr(answer, "data", b""))
+    report = dict(getattr(answer, "report", {}) or {})
+    report.update({"name": name, "status": "pass", "computed_by": DP})
+    allowed = bool(getattr(answer, "auto_release_allowed", False))
+    return ServerCheck(
+        name=name,
+        kind="table",
+        checkable=True,
+        status=Verdict.PASS,
+        reasons=[],
+        report=report,
+        released=[],  # DP answers take no part in the exact audit
+        datasets=sorted(getattr(answer, "datasets", []) or []),
+        file_name=released_name(name),
+        data=data,
+        computed_by=DP,
+        auto_release=allowed,
+    )
