@@ -666,6 +666,10 @@ class _Validator:
                 if agg != "count" and f.kind not in (*NUMERIC, "bool"):
                     raise PlanError(f"{agg} needs numbers; the column {values!r} is {f.kind}.")
             self.keys([*index, *columns], schema)
+            if node["safe"] == "round" and agg != "count":
+                raise PlanError(
+                    f"Rounding protects counts; this is a table of {agg}. Use safe='suppress'."
+                )
             used = [*index, *columns, *([values] if values else [])]
             spec = {
                 "index": index,
