@@ -1,6 +1,7 @@
 """Differentially private queries on aggregate-only datasets: ``spe.dp.count / sum / mean / var /
-histogram / quantile / median / crosstab / linear_regression / logistic_regression`` and
-``budget()``. The top level is the light notebook client; the server side is service/compute."""
+histogram / quantile / median / crosstab / linear_regression / logistic_regression``, ``budget()``
+and ``answer.save(name)`` (for export). This is the light notebook client; the server side is
+service/compute/export."""
 
 from spe.dp.client import (
     DPQueryError,
@@ -14,6 +15,7 @@ from spe.dp.client import (
     mean,
     median,
     quantile,
+    save,
     sum,
     var,
     variables,
@@ -31,6 +33,7 @@ __all__ = [
     "mean",
     "median",
     "quantile",
+    "save",
     "sum",
     "var",
     "variables",

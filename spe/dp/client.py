@@ -117,10 +117,46 @@ class DPResult:
             lines.append(f"  ... {len(self.values) - 50} more cells: use .table()")
         return "\n".join(lines)
 
+    def save(self, name: str) -> Path:
+        """Write ``<outbox>/<name>.dp.json``, naming this answer's query in the ledger: exported,
+        the server releases the answer it recorded (the noisy figures, never a copy from here)."""
+        return save(self, name)
+
     def _repr_html_(self) -> str:
         import html
 
         return f"<p>{html.escape(self._header())}</p>" + self.table().to_html(index=False)
+
+
+def save(answer: DPResult, name: str) -> Path:
+    """Write ``<outbox>/<name>.dp.json`` = {"spe_dp_answer": 1, "query": "<query id>"}, atomically,
+    for an export request; returns the file's path."""
+    import json
+    import os
+
+    from spe.analysis.data import check_safe_name
+    from spe.analysis.errors import AnalysisError
+    from spe.analysis.recording import _temporary, _write_durably, outbox_dir
+
+    query_id = answer.raw.get("query") if isinstance(answer, DPResult) else None
+    if not isinstance(query_id, str) or not query_id:
+        raise DPQueryError(
+            "Save an answer that spe.dp returned (it names its query in the ledger)."
+        )
+    try:
+        base = check_safe_name(name, "name")
+        folder = outbox_dir()
+    except AnalysisError as exc:
+        raise DPQueryError(str(exc)) from None
+    final = f"{base.removesuffix('.dp.json')}.dp.json"
+    data = json.dumps({"spe_dp_answer": 1, "query": query_id}, sort_keys=True).encode()
+    temporary = _temporary(folder, final)
+    try:
+        _write_durably(temporary, data)
+        os.replace(temporary, folder / final)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return folder / final
 
 
 def query(kind: str, dataset: str, epsilon: float, **spec: Any) -> DPResult:

@@ -1,5 +1,6 @@
-"""Tables of DP queries: the budget ledger and the queries it paid for. Epsilon is kept in whole
-micro-units so that the ledger's ``spent + cost <= total`` is exact (30 x 0.1 spend 3.0)."""
+"""Tables of DP queries: the budget ledger (a total per dataset, allocations to projects) and the
+queries it paid for. Epsilon is kept in whole micro-units so that the ledger's
+``spent + cost <= total`` is exact (30 x 0.1 spend 3.0)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,23 @@ from spe.db.base import Base, new_id, utcnow
 MICRO = 1_000_000  # micro-epsilon per epsilon
 
 
+class DPDatasetBudget(Base):
+    """The privacy budget of one aggregate-only dataset, set by its data holder: what all
+    projects together may spend, what is allocated to projects, and what they have spent."""
+
+    __tablename__ = "dp_dataset_budgets"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"), unique=True)
+    total_micro: Mapped[int] = mapped_column(BigInteger)
+    allocated_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class DPBudget(Base):
-    """What a project may spend on one aggregate-only dataset, and what it has spent."""
+    """A project's allocation from a dataset's budget (``total_micro``), and what it has spent."""
 
     __tablename__ = "dp_budgets"
     __table_args__ = (UniqueConstraint("project_id", "dataset_id"),)

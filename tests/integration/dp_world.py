@@ -28,11 +28,11 @@ identifiers:
   allow_d_number: true
 columns:
   fnr: {{class: person_id}}
-  sex: {{class: quasi_identifier}}
-  county: {{class: quasi_identifier}}
+  sex: {{class: quasi_identifier, categories: [F, M]}}
+  county: {{class: quasi_identifier, categories: ["03", "46", "50"]}}
   age: {{class: attribute, type: int64}}
   bmi: {{class: attribute, type: float64}}
-  diabetes: {{class: attribute}}
+  diabetes: {{class: attribute, categories: ["0", "1"]}}
   visits: {{class: attribute, type: int64}}
 dp:
   epsilon_total: {total}

@@ -1,6 +1,7 @@
 """The privacy budget ledger (SQLite and PostgreSQL): sequential composition, refusal with the
-remaining budget, no overspending under a race, top-ups by the data holder only, every query
-audited and recorded, and the rows/DP paths kept apart."""
+remaining budget, no overspending under a race, top-ups by the data holder only (from what the
+dataset has unallocated), every query audited and recorded, and the rows/DP paths kept apart.
+The dataset's own total, shared by projects, is tested in test_dp_dataset_budget.py."""
 
 from __future__ import annotations
 
@@ -154,9 +155,20 @@ def test_running_a_query_job_twice_charges_once_and_returns_the_same_answer(heal
 
 def test_the_data_holder_sees_and_tops_up_budgets_audited_and_a_researcher_cannot(health):
     ask_inline({"kind": "count", "dataset": "health", "epsilon": 0.9})
+    full = "Only epsilon 0 of the total 1 of 'health' is unallocated"  # study holds it all
+    with pytest.raises(DPError, match=full), transaction() as s:
+        service.topup(s, get_user(s, "reviewer"), "study", "health", 2.0)
     with transaction() as s:
+        service.set_total(s, get_user(s, "reviewer"), "health", 3.0)
         view = service.topup(s, get_user(s, "reviewer"), "study", "health", 2.0)
-    assert view == {"dataset": "health", "total": 3.0, "spent": 0.9, "remaining": 2.1, "queries": 1}
+    assert view == {
+        "dataset": "health",
+        "total": 3.0,
+        "spent": 0.9,
+        "remaining": 2.1,
+        "dataset_remaining": 2.1,
+        "queries": 1,
+    }
     (event,) = events("dp.budget_topup")
     assert event.actor == "reviewer" and json.loads(event.details)["epsilon"] == 2.0
     with readonly() as s:

@@ -187,20 +187,36 @@ def _cluster() -> Any:
     return FakeCluster()
 
 
-def _dp_topup(s: Any) -> Any:
-    """A data holder tops up study's budget for 'people', made aggregate-only for the scenario."""
+def _dp_ledger(s: Any) -> Any:
+    """'people' made aggregate-only for the scenario, with a dataset budget of 3 of which 1 is
+    allocated to study."""
     from spe.catalogue.models import Dataset
-    from spe.dp import service as dp
-    from spe.dp.models import DPBudget
+    from spe.dp.models import DPBudget, DPDatasetBudget
     from spe.projects.extracts import grant_dataset
 
     study = proj(s, "study")
     grant_dataset(s, u(s, "reviewer"), study, "people", ["income"])
     people = s.scalar(select(Dataset).where(Dataset.name == "people"))
     people.access = "aggregate_only"
+    s.add(DPDatasetBudget(dataset_id=people.id, total_micro=3 * 10**6, allocated_micro=10**6))
     s.add(DPBudget(project_id=study.id, dataset_id=people.id, total_micro=10**6, spent_micro=0))
     s.flush()
-    return dp.topup(s, u(s, "reviewer"), study, "people", 1.0)
+    return study
+
+
+def _dp_topup(s: Any) -> Any:
+    """A data holder tops up study's budget for 'people' from the dataset's unallocated budget."""
+    from spe.dp import service as dp
+
+    return dp.topup(s, u(s, "reviewer"), _dp_ledger(s), "people", 1.0)
+
+
+def _dp_total(s: Any) -> Any:
+    """A data holder sets the total privacy budget of 'people'."""
+    from spe.dp import service as dp
+
+    _dp_ledger(s)
+    return dp.set_total(s, u(s, "reviewer"), "people", 5.0)
 
 
 def _ex() -> Any:
@@ -222,6 +238,7 @@ def _sdc_release(s: Any) -> Any:
 
 SCENARIOS: dict[str, Callable[[Any], Any]] = {
     "spe.dp.service.topup": _dp_topup,
+    "spe.dp.service.set_total": _dp_total,
     "spe.accounts.service.bootstrap_operator": _bootstrap,
     "spe.accounts.service.create_organisation": lambda s: accounts.create_organisation(
         s, u(s, "op"), "New Org", accounts.parse_org_kind("holder")
