@@ -118,6 +118,10 @@ def evaluate_plan(
     except AnalysisError as exc:
         return _refused(name, f"{name} cannot be evaluated: {exc.message}", sha)
     withheld = computed.withheld_in_workspace() if computed.auto_withhold is not None else None
+    if evidence.command == "describe" and evidence.spec.get("safe") == "suppress":
+        # describe publishes no totals: leaving out every failing statistic is its safe
+        # version (as the workspace's preview does).
+        withheld = computed.severity >= Verdict.FAIL.severity
     table = computed.table
     if withheld is not None and withheld.any():
         import numpy as np

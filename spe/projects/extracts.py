@@ -204,12 +204,7 @@ def extract(
         pseudonymiser = project_pseudonymiser(session, project_id)
         # What a plan may use of this extract, for the workspace's preview (the server builds
         # its own from the database and never reads this file back).
-        try:
-            source_json: dict[str, Any] | None = _source_json(
-                session, project.slug, dataset_name, version, grant
-            )
-        except ImportError:  # TEMPORARY while spe.analysis.plan lands
-            source_json = None
+        source_json = _source_json(session, project.slug, dataset_name, version, grant)
         variables = json.loads(grant.variables)
         gens = {k: Generalisation(v) for k, v in json.loads(grant.generalisations).items()}
         source_path, number, version_id = version.path, version.version, version.id
@@ -246,11 +241,10 @@ def extract(
         finally:
             if writer is not None:
                 writer.close()
-        if source_json is not None:
-            (tmp / "catalogue.json").write_text(
-                json.dumps(source_json, sort_keys=True, ensure_ascii=False, indent=1) + "\n",
-                "utf-8",
-            )
+        (tmp / "catalogue.json").write_text(
+            json.dumps(source_json, sort_keys=True, ensure_ascii=False, indent=1) + "\n",
+            "utf-8",
+        )
         data_sha = sha256_file(tmp / "data.parquet")
         size = (tmp / "data.parquet").stat().st_size
     with transaction() as session:

@@ -1,8 +1,10 @@
 """The whole story of a result leaving SPE, on generated registry data (the demo's data holder,
-projects and synthetic registry): analysis in a workspace (simulated: the project's extracts
-mounted in a folder, the outbox in its place; the sandbox comes with the workspaces), automatic
-release of a safe table, a refusal with reasons per cell, the safe version accepted instead, a
-two-reviewer override, and each signed bundle verified offline by `spe export verify`."""
+projects and synthetic registry): analyses written as plans in a workspace (simulated: the
+project's extracts mounted in a folder, the outbox in its place; the sandbox comes with the
+workspaces), the server evaluating each plan on the extract, automatic release of a safe table
+(the file that leaves is the server's), a refusal with reasons per cell, differencing against
+what was released, a two-reviewer override, and each signed bundle verified offline by
+`spe export verify`."""
 
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def file_(ws: dict[str, Any], *outputs: str) -> str:
             s,
             get_user(s, RESEARCHER),
             get_project(s, ws["project"]),
-            [OutputRequest(f"{n}.csv", f"Table {n} for the paper") for n in outputs],
+            [OutputRequest(f"{n}.plan.json", f"Table {n} for the paper") for n in outputs],
             "Tables",
         )
         rid = str(request.id)
@@ -95,24 +97,28 @@ def test_from_a_generated_output_to_a_signed_bundle_verified_offline(workspace, 
     with readonly() as s:
         key = audit_public_key(s)
 
-    # --- in the workspace: three tables, recorded with their evidence --------------------------
-    pop = sa.load("population")
-    by_county = sa.crosstab(pop, "municipality", "sex", name="county_by_sex")
+    # --- in the workspace: three tables as plans, previewed by the same evaluator -------------
+    pop = sa.scan("population")
+    by_county = pop.crosstab("municipality", "sex", name="county_by_sex")
     assert by_county.passed
-    by_year = sa.crosstab(pop, ["municipality", "sex"], "birth_date", name="county_sex_year")
+    by_year = pop.crosstab(["municipality", "sex"], "birth_date", name="county_sex_year")
     assert not by_year.passed and by_year.failing is not None
-    # A derived column (made in the workspace) travels in the evidence like any other.
-    pop["cohort"] = (pop["birth_date"].astype(int) >= 1960).map({True: "1960-", False: "-1959"})
-    safe = sa.crosstab(
-        pop, "municipality", ["sex", "cohort"], name="county_cohort", record_safe=True
+    # A derived column (a grid bin of the birth year) is part of the plan, not of a file.
+    cohorts = pop.derive(cohort=sa.col("birth_date").bin(width=50))
+    safe = cohorts.crosstab(
+        "municipality", ["sex", "cohort"], name="county_cohort", safe="suppress"
     )
     assert safe.passed and "safe version" in repr(safe)  # the table itself has small cells
+    # Whatever else the workspace writes beside a plan is never what leaves.
+    (workspace["outbox"] / "county_cohort.csv").write_text("made,up\n1,2\n", "utf-8")
 
-    # 1. A table whose every check passes (here the safe version the researcher accepted, with
-    # its suppressed cells) leaves at once, without a reviewer (microdata.no's speed).
+    # 1. A table whose every check passes (here the safe version the researcher asked for, with
+    # its suppressed cells) leaves at once, without a reviewer (microdata.no's speed): the
+    # server evaluated the plan on the extract and wrote the file itself.
     first = file_(workspace, "county_cohort")
     done = seen_by(RESEARCHER, first)
     assert done["status"] == "released" and done["auto_released"], done["outputs"][0]["reasons"]
+    assert done["outputs"][0]["computed_by"] == "server"
     bundle = tmp_path / "first.zip"
     with transaction() as s:
         path = actions.download(s, get_user(s, RESEARCHER), actions.get_request(s, first))
@@ -124,12 +130,10 @@ def test_from_a_generated_output_to_a_signed_bundle_verified_offline(workspace, 
         and "signed by the platform key you gave" in checked.stdout
     )
     with zipfile.ZipFile(bundle) as z:
-        assert (
-            z.read("outputs/county_cohort.csv")
-            == (workspace["outbox"] / "county_cohort.csv").read_bytes()
-        )
+        released = z.read("outputs/county_cohort.csv").decode()
         names = set(z.namelist())
-    assert not any("evidence" in n or n.endswith(".spe.json") for n in names)  # rows never leave
+    assert released == safe.to_spe_csv() and "made,up" not in released
+    assert not any(n.endswith((".plan.json", ".spe.json", ".parquet")) for n in names)
 
     # 2. A table with small cells goes to review; the refusal carries reasons per cell.
     second = file_(workspace, "county_sex_year")
@@ -141,12 +145,12 @@ def test_from_a_generated_output_to_a_signed_bundle_verified_offline(workspace, 
     assert failing_cells and all(c["failing"][0]["sentence"] for c in failing_cells)
     assert any(r["rule"] == "threshold" for c in failing_cells for r in c["failing"])
     with pytest.raises(PermissionDenied, match="you cannot review it"):
-        act(RESEARCHER, actions.vote, second, "county_sex_year.csv", "approve", "mine")
+        act(RESEARCHER, actions.vote, second, "county_sex_year.plan.json", "approve", "mine")
     act(
         HOLDER,
         actions.vote,
         second,
-        "county_sex_year.csv",
+        "county_sex_year.plan.json",
         "reject",
         "Single-year cells of 1-5 persons.",
     )
@@ -155,8 +159,8 @@ def test_from_a_generated_output_to_a_signed_bundle_verified_offline(workspace, 
     assert refused["review"]["votes"][0]["comment"] == "Single-year cells of 1-5 persons."
 
     # 3. Differencing: county by sex passes on its own, but set against the released cohort
-    # table it gives away a group of 2 (county 56, men born before 1960): the server refuses it
-    # and names the pair, although the workspace's advisory check passed.
+    # table it gives away a small group: the server refuses it and names the pair, although the
+    # workspace's preview passed.
     third = file_(workspace, "county_by_sex")
     third_view = seen_by(RESEARCHER, third)
     assert third_view["status"] == "in_review"
@@ -170,13 +174,13 @@ def test_from_a_generated_output_to_a_signed_bundle_verified_offline(workspace, 
         HOLDER,
         actions.vote,
         fourth,
-        "county_sex_year.csv",
+        "county_sex_year.plan.json",
         "approve",
         "Aggregated enough for this purpose.",
     )
     with pytest.raises(ExportStateError, match="four eyes"):
         act(HOLDER, actions.decide, fourth)
-    act(SECOND, actions.vote, fourth, "county_sex_year.csv", "approve", "Agreed: override.")
+    act(SECOND, actions.vote, fourth, "county_sex_year.plan.json", "approve", "Agreed: override.")
     assert act(SECOND, actions.decide, fourth).value == "released"
     with transaction() as s:
         path = actions.download(s, get_user(s, RESEARCHER), actions.get_request(s, fourth))

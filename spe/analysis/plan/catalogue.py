@@ -125,7 +125,8 @@ def _data_dir() -> Path:
 def workspace_catalogue(data_dir: Path | None = None) -> Catalogue:
     """The catalogue of the extracts mounted in this workspace (``<dataset>/catalogue.json``).
 
-    The project slug comes from ``project.json`` in the data folder ("" when it is missing).
+    The project slug comes from ``project.json`` in the data folder, else from the ``project``
+    each ``catalogue.json`` names ("" when neither says).
     """
     root = data_dir or _data_dir()
     project = ""
@@ -154,6 +155,16 @@ def workspace_catalogue(data_dir: Path | None = None) -> Catalogue:
                 data = json.loads(described.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise PlanError(f"The file {described} cannot be read ({exc}).") from None
+            # Extraction names the project in each catalogue.json (the sandbox's /data holds
+            # only the datasets' folders); a project.json, where present, says it once.
+            named = data.pop("project", None) if isinstance(data, dict) else None
+            if isinstance(named, str) and not project_file.is_file():
+                if project and named != project:
+                    raise PlanError(
+                        f"The datasets of this workspace name two projects ({project!r} and "
+                        f"{named!r}); ask the operator to restart the workspace."
+                    )
+                project = named
             source = SourceInfo.from_json(data, parquet)
             sources[source.dataset] = source
     return Catalogue(project, sources)
