@@ -22,6 +22,7 @@ RUN = Path("/run/spe")  # the notebook server's socket: RUN / SERVER_SOCKET
 AIRLOCK = Path("/run/spe-airlock")  # read-only; the airlock socket: AIRLOCK / AIRLOCK_SOCKET
 CONFIG = Path("/etc/spe-workspace")  # read-only Jupyter/IPython configuration and extension
 SERVER_SOCKET = "server.sock"
+RECORDER_SOCKET = "recorder.sock"
 AIRLOCK_SOCKET = "airlock.sock"
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -52,6 +53,12 @@ class HostPaths:
     @property
     def airlock_socket(self) -> Path:
         return self.airlock / AIRLOCK_SOCKET
+
+    @property
+    def recorder_socket(self) -> Path:
+        """Where the hub's proxy reaches the workspace: the recorder, outside the sandbox (the
+        workspace's root folder is never mounted into it)."""
+        return self.root / RECORDER_SOCKET
 
 
 def workspace_dir(project_slug: str, username: str) -> Path:

@@ -24,15 +24,15 @@ def harden_process(home: str | None = None) -> None:
     Not dumpable: no core file of its memory (the kernel could send it SIGSEGV; core files land
     in the working directory), and without CAP_SYS_PTRACE nobody may ptrace it, read or write
     its memory (process_vm_*, /proc/<pid>/mem) or open its /proc files; the sandbox has no
-    procfs and seccomp refuses those calls as well. Its working directory is the read-only root,
-    and no entry of ``sys.path`` lies in the writable home, so a module planted there is never
-    imported (the spawner starts it with ``python -I``, which leaves the working directory out).
+    procfs and seccomp refuses those calls as well. No entry of ``sys.path`` lies in the writable
+    home, so a module planted there is never imported (the spawner starts it with ``python -I``,
+    which leaves the working directory out). The working directory stays the home: kernels
+    started without a notebook path inherit it, and Jupyter reads no configuration from it.
     """
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
-    os.chdir("/")
     home = home or os.environ.get("HOME") or ""
     sys.path[:] = [
         p

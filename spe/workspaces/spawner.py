@@ -391,6 +391,47 @@ def _start_server(
         return start_sandbox(spec, limits, stdout=log, stderr=subprocess.STDOUT)
 
 
+def start_recorder(plan: WorkspacePlan) -> subprocess.Popen[bytes]:
+    """Start the workspace's recorder (spe.hub.recorder) on its own socket, outside the sandbox,
+    under the hub's uid; the proxy reaches the notebook server only through it."""
+    paths = plan.paths
+    listener = server_listener(paths.recorder_socket)
+    try:
+        with open(paths.root / "recorder.log", "ab") as log:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "spe.hub.recorder",
+                    f"--fd={listener.fileno()}",
+                    f"--upstream={paths.server_socket}",
+                    f"--workspace={layout.workspace_id(plan.project, plan.username)}",
+                    f"--project={plan.project}",
+                    f"--user={plan.username}",
+                ],
+                pass_fds=[listener.fileno()],
+                env=dict(os.environ),  # the hub's settings: the recorder writes the audit log
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    finally:
+        listener.close()
+
+
+def stop_recorder(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def end_sandbox(workspace: str) -> None:
     """Remove what a sandbox leaves behind on the host (its cgroups, and what runs in them)."""
     from spe.workspaces.sandbox_run import remove_cgroups
@@ -447,6 +488,8 @@ class WorkspaceSpawner(LocalProcessSpawner):
     ).tag(config=True)
 
     _gateway: HubGateway | None = None
+    _recorder: subprocess.Popen[bytes] | None = None
+    _plan: WorkspacePlan | None = None
     _last_access_check: float = 0.0
     _stop_reason: str | None = None
 
@@ -490,8 +533,9 @@ class WorkspaceSpawner(LocalProcessSpawner):
         Spawner.server.fset(self, value)
 
     def _socket_path(self) -> Path | None:
+        # The recorder's socket: the proxy never reaches the notebook server directly.
         try:
-            return layout.host_paths(self.name, self.user.name).server_socket
+            return layout.host_paths(self.name, self.user.name).recorder_socket
         except ValueError:  # not a name a workspace can have; start() refuses it
             return None
 
@@ -538,9 +582,11 @@ class WorkspaceSpawner(LocalProcessSpawner):
         self.log.info("Starting workspace %s (%s)", launch.workspace, launch.sandbox)
         self.proc = await _in_thread(start_server, launch, settings)
         self.pid = self.proc.pid
+        self._plan = plan
+        self._recorder = await _in_thread(start_recorder, plan)
         self._last_access_check = time.monotonic()
         _ = self.server  # sets the socket URL on the server object
-        return socket_url(plan.paths.server_socket)
+        return socket_url(plan.paths.recorder_socket)
 
     async def _open_gateway(self, owner: tuple[int, int] | None) -> None:
         if self._gateway is not None:
@@ -566,6 +612,13 @@ class WorkspaceSpawner(LocalProcessSpawner):
                     sandbox_owner, layout.workspace_id(self.name, self.user.name)
                 )
             await self._open_gateway(owner)
+        if self._recorder is None or self._recorder.poll() is not None:
+            # The only way in is gone (it died, or the hub restarted): it comes back, or
+            # nothing reaches the workspace, which is the safe side.
+            plan = self._plan or WorkspacePlan(
+                self.name, self.user.name, layout.host_paths(self.name, self.user.name), {}
+            )
+            self._recorder = await _in_thread(start_recorder, plan)
         if time.monotonic() - self._last_access_check >= self.access_check_interval:
             self._last_access_check = time.monotonic()
             reason = await _in_thread(_refusal_now, self.user.name, self.name)
@@ -612,6 +665,8 @@ class WorkspaceSpawner(LocalProcessSpawner):
         if self._gateway is not None:
             await self._gateway.stop()
             self._gateway = None
+        await _in_thread(stop_recorder, self._recorder)
+        self._recorder = None
         if self._socket_path() is not None:  # a workspace's name: it may have started
             steps: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
                 (record_stopped, (self.name, self.user.name, reason)),
@@ -623,5 +678,7 @@ class WorkspaceSpawner(LocalProcessSpawner):
                     await _in_thread(step, *args)
                 except SPEError as exc:  # the other steps still run
                     self.log.error("After stopping %s: %s", self._log_name, exc)
-            layout.host_paths(self.name, self.user.name).server_socket.unlink(missing_ok=True)
+            paths = layout.host_paths(self.name, self.user.name)
+            paths.server_socket.unlink(missing_ok=True)
+            paths.recorder_socket.unlink(missing_ok=True)
         await maybe_future(super().run_post_stop_hook())

@@ -94,6 +94,7 @@ class Story:
         for name, path in (
             ("hub", self.hub_log),
             ("workspace", host_paths(PROJECT, USER).root / "server.log"),
+            ("recorder", host_paths(PROJECT, USER).root / "recorder.log"),
         ):
             if path.exists():
                 out.append(f"--- {name} log ---\n{path.read_text(errors='replace')[-3000:]}")
@@ -130,8 +131,8 @@ class Story:
 
     # --- the kernel, over its websocket (the notebook's legacy JSON protocol) --------------------
 
-    def execute(self, code: str, timeout: float = 60) -> dict[str, Any]:
-        """Run one cell; the execute_reply's content, with the cell's error outputs added."""
+    def send(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> str:
+        """Send one kernel message as a browser would; its msg_id."""
         msg_id = uuid.uuid4().hex
         self.ws.send(
             json.dumps(
@@ -140,24 +141,32 @@ class Story:
                         "msg_id": msg_id,
                         "username": USER,
                         "session": uuid.uuid4().hex,
-                        "msg_type": "execute_request",
+                        "msg_type": msg_type,
                         "version": "5.3",
                         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     },
                     "parent_header": {},
                     "metadata": {},
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": True,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                        "stop_on_error": True,
-                    },
-                    "channel": "shell",
+                    "content": content,
+                    "channel": channel,
                     "buffers": [],
                 }
             )
+        )
+        return msg_id
+
+    def execute(self, code: str, timeout: float = 60) -> dict[str, Any]:
+        """Run one cell; the execute_reply's content, with the cell's error outputs added."""
+        msg_id = self.send(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
         )
         outputs: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
@@ -333,10 +342,13 @@ def _events(action: str) -> list[dict[str, Any]]:
 def _cell_sources(code: str) -> set[str]:
     """Which audit layers recorded a cell with this code (the kernel sees it newline-ended).
 
-    Both layers run inside the sandbox, so each record is stored as the workspace's claim."""
+    The recorder runs outside the sandbox; the other two layers inside it, so their records are
+    stored as the workspace's claims."""
     found = [e["details"] for e in _events("workspace.cell")]
     mine = [d for d in found if d["code"].strip() == code.strip()]
-    assert all(d["source"] == "workspace" for d in mine), mine
+    assert all(
+        d["source"] == ("recorder" if d["layer"] == "recorder" else "workspace") for d in mine
+    )
     return {d["layer"] for d in mine}
 
 
@@ -439,7 +451,7 @@ def test_3_the_template_runs_and_everything_is_audited(story: Story) -> None:
     _step(story, "template cells", since)
 
     for code in [*cells, extra]:
-        assert _cell_sources(code) == {"server", "kernel"}, code
+        assert _cell_sources(code) == {"recorder", "server", "kernel"}, code
     cell_events = _events("workspace.cell")
     assert {(e["actor"], e["project"]) for e in cell_events} == {(USER, PROJECT)}
     loads = _events("workspace.load")
@@ -482,6 +494,91 @@ def _put(story: Story, name: str, model: dict[str, Any]) -> Any:
             break
         answer = story.session.put(url, json=model, headers=story.server_xsrf(), timeout=30)
     return answer
+
+
+def _recorded(action: str, check: Callable[[dict[str, Any]], bool], timeout: float = 10) -> Any:
+    """The first audit event of ``action`` whose details pass ``check`` (waited for)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e["details"] for e in _events(action) if check(e["details"])]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    return None
+
+
+def test_3b_every_message_that_can_run_code_is_recorded_outside_the_sandbox(story: Story) -> None:
+    """Kernel messages a hostile browser sends past the cell hooks: each is recorded by the
+    recorder, outside the sandbox, before the kernel sees it; what it cannot read is refused."""
+    from spe.workspaces.layout import host_paths
+
+    assert story.ws is not None, "step 3 did not get a kernel"
+    home = host_paths(PROJECT, USER).home
+    # Empty code, the payload in user_expressions: the kernel evaluates it after the (no) code.
+    expression = "open('/home/researcher/ue.txt', 'w').write('ran')"
+    sneaky = {
+        "code": "",
+        "silent": True,
+        "store_history": False,
+        "user_expressions": {"x": expression},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    story.send("execute_request", sneaky)
+    event = _recorded(
+        "workspace.cell",
+        lambda d: d.get("content", {}).get("user_expressions") == {"x": expression},
+    )
+    assert event is not None and event["source"] == "recorder" and event["channel"] == "shell"
+    story.wait(lambda: (home / "ue.txt").exists(), 30, "the user expression to run")
+    # An execute_request on the control channel.
+    story.send(
+        "execute_request", {**sneaky, "code": "control_ran = 1", "user_expressions": {}}, "control"
+    )
+    event = _recorded("workspace.cell", lambda d: d.get("channel") == "control")
+    assert event is not None and event["code"] == "control_ran = 1"
+    # The debugger's evaluate and a comm message carry code or data for code: kept whole.
+    evaluate = {
+        "seq": 1,
+        "type": "request",
+        "command": "evaluate",
+        "arguments": {"expression": "6*7"},
+    }
+    story.send("debug_request", evaluate, "control")
+    story.send("comm_open", {"comm_id": "c1", "target_name": "jupyter.widget", "data": {"x": 1}})
+    story.send("comm_msg", {"comm_id": "c1", "data": {"method": "update", "state": {"v": 2}}})
+    for msg_type, content in (("debug_request", evaluate), ("comm_msg", None)):
+        event = _recorded("workspace.kernel_message", lambda d, t=msg_type: d.get("msg_type") == t)
+        assert event is not None, msg_type
+        assert content is None or event["content"] == content
+    # What the recorder does not know does not pass: an unknown type, an unknown field.
+    story.send("evil_request", {"code": "refused_a = 1"})
+    story.send("execute_request", {**sneaky, "code": "refused_b = 1", "exec_this_too": "x"})
+    refused = [
+        _recorded("workspace.recorder_refused", lambda d, w=w: w in d.get("start", ""))
+        for w in ("refused_a", "refused_b")
+    ]
+    assert all(refused), refused
+    check = story.execute("print('refused_a' in dir(), 'refused_b' in dir())")
+    assert "False False" in json.dumps(check["outputs"]), check
+
+
+def test_3c_contents_writes_and_reads_are_recorded_by_hash_outside_the_sandbox(
+    story: Story,
+) -> None:
+    import hashlib
+
+    code = "print('saved through the browser')\n"
+    saved = _put(story, "saved.py", {"type": "file", "format": "text", "content": code})
+    assert saved.status_code in (200, 201), saved.text[:300]
+    write = _recorded("workspace.contents_write", lambda d: d["path"] == "saved.py")
+    assert write is not None and write["text"] == code
+    assert write["content_sha256"] == hashlib.sha256(code.encode()).hexdigest()
+    read = story.get(f"{SERVER}/api/contents/saved.py", params={"type": "file", "format": "text"})
+    assert read.status_code == 200
+    event = _recorded("workspace.contents_read", lambda d: d["path"] == "saved.py")
+    assert event is not None and event["sha256"] == hashlib.sha256(read.content).hexdigest()
+    assert event["content_sha256"] == write["content_sha256"]
 
 
 def test_4a_the_download_routes_and_uploads_are_refused(story: Story) -> None:
@@ -570,7 +667,7 @@ def test_5_disabling_the_kernel_audit_leaves_cells_audited_and_the_airlock_fails
     marker = story.execute("marker = 12345")
     assert marker["status"] == "ok", marker
     # Recorded by the notebook server's layer only: the kernel's own layer is gone.
-    assert _cell_sources("marker = 12345") == {"server"}
+    assert _cell_sources("marker = 12345") == {"recorder", "server"}
 
     story.airlock.stop()  # the airlock goes away ...
     from spe.workspaces.layout import host_paths
@@ -580,7 +677,9 @@ def test_5_disabling_the_kernel_audit_leaves_cells_audited_and_the_airlock_fails
     assert refused["status"] == "error", refused  # ... and the next cell does not run
     sentence = REFUSED.split(" ({reason})")[0]
     assert sentence in refused["evalue"], refused
-    assert _cell_sources("after_the_airlock = 1") == set()
+    # The recorder writes the log itself, outside the sandbox: it recorded what was sent; the
+    # layers inside could not reach the airlock, so the cell did not run.
+    assert _cell_sources("after_the_airlock = 1") == {"recorder"}
 
 
 # --- 6. stopping the workspace -------------------------------------------------------------------

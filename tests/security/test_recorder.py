@@ -1,0 +1,208 @@
+"""The recorder's reading of kernel messages, and its failing closed, from the browser's side.
+
+The end-to-end routes (user_expressions, the control channel, the debugger, comms, contents)
+run through a real hub and sandbox in tests/integration/test_workspace_story.py; here the
+recorder runs in this process between a raw client and a plain unix-socket server standing in
+for the notebook server, with SPE's real audit sink pointed at a database that is not there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import socket
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spe.config import reset_settings
+from spe.db.session import reset_engine
+from spe.hub.kernel_messages import UnreadableMessage, read_kernel_message
+from spe.hub.recorder import RecordedWorkspace, Recorder, audit_sink
+
+
+def message(msg_type: str, content: dict[str, Any], channel: str = "shell") -> dict[str, Any]:
+    return {
+        "header": {"msg_id": "m1", "msg_type": msg_type, "session": "s", "username": "u"},
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+        "channel": channel,
+        "buffers": [],
+    }
+
+
+def test_user_expressions_and_other_channels_are_read_as_code() -> None:
+    content = {"code": "", "silent": True, "user_expressions": {"x": "open('/data/a').read()"}}
+    msg = read_kernel_message(
+        json.dumps(message("execute_request", content, "control")).encode(), True
+    )
+    assert msg.carries_code and msg.channel == "control"
+    assert msg.record()["content"]["user_expressions"] == content["user_expressions"]
+    evaluate = {"command": "evaluate", "arguments": {"expression": "secret"}, "type": "request"}
+    msg = read_kernel_message(
+        json.dumps(message("debug_request", evaluate, "control")).encode(), True
+    )
+    assert msg.carries_code and msg.record()["content"] == evaluate
+    for msg_type in ("comm_open", "comm_msg", "inspect_request", "complete_request", "input_reply"):
+        body = {"comm_id": "c", "data": {}} if msg_type.startswith("comm") else {"code": "x"}
+        if msg_type == "input_reply":
+            body = {"value": "typed"}
+        assert read_kernel_message(json.dumps(message(msg_type, body)).encode(), True).carries_code
+    kernel_info = read_kernel_message(json.dumps(message("kernel_info_request", {})).encode(), True)
+    assert not kernel_info.carries_code
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        json.dumps(message("evil_request", {"code": "x"})),
+        json.dumps(message("execute_request", {"code": "", "exec_also": "x"})),
+        json.dumps(message("kernel_info_request", {"code": "x"})),
+        json.dumps(message("execute_request", {"code": "x"}, "iopub")),
+        json.dumps({**message("execute_request", {"code": "x"}), "extra": 1}),
+        "not json",
+        json.dumps([1, 2]),
+    ],
+    ids=[
+        "unknown type",
+        "unknown field",
+        "field on a code-free type",
+        "iopub",
+        "extra",
+        "text",
+        "list",
+    ],
+)
+def test_what_the_recorder_cannot_read_is_refused(frame: str) -> None:
+    with pytest.raises(UnreadableMessage):
+        read_kernel_message(frame.encode(), True)
+
+
+def test_binary_frames_with_buffers_are_read_and_buffers_hashed() -> None:
+    body = json.dumps(message("comm_msg", {"comm_id": "c", "data": {"x": 1}})).encode()
+    buffers = [b"\x00\x01binary", b"more"]
+    parts = [body, *buffers]
+    offsets, at = [], 4 * (len(parts) + 1)
+    for part in parts:
+        offsets.append(at)
+        at += len(part)
+    frame = (
+        struct.pack("!I", len(parts)) + struct.pack(f"!{len(parts)}I", *offsets) + b"".join(parts)
+    )
+    msg = read_kernel_message(frame, False)
+    assert msg.msg_type == "comm_msg" and len(msg.buffers) == 2
+    with pytest.raises(UnreadableMessage):
+        read_kernel_message(struct.pack("!I", 9) + frame[4:], False)  # offsets past the end
+    with pytest.raises(UnreadableMessage):
+        read_kernel_message(b"\x00\x00", False)
+
+
+# --- failing closed -------------------------------------------------------------------------------
+
+
+def _ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    head = bytes([0x80 | opcode])
+    if len(payload) < 126:
+        head += bytes([0x80 | len(payload)])
+    else:
+        head += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    return head + mask + masked
+
+
+async def _scenario(sock_dir: Path) -> dict[str, Any]:
+    received: list[bytes] = []
+
+    async def notebook_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        received.append(head)
+        if b"Upgrade: websocket" in head:
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")  # fmt: skip
+            await writer.drain()
+            received.append(await reader.read(1 << 16))  # anything past the handshake
+        else:
+            received.append(await reader.read(1 << 16))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    upstream = sock_dir / "server.sock"
+    server = await asyncio.start_unix_server(notebook_server, path=str(upstream))
+    sink = audit_sink(RecordedWorkspace("study--alice", "study", "alice"))
+    recorder = Recorder(str(upstream), sink)
+    front = sock_dir / "recorder.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(front))
+    proxy = await asyncio.start_unix_server(recorder.handle, sock=listener)
+    out: dict[str, Any] = {}
+    async with server, proxy:
+        # A cell over the kernel websocket.
+        reader, writer = await asyncio.open_unix_connection(str(front))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                "GET /user/alice/study/api/kernels/k1/channels HTTP/1.1\r\nHost: x\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        out["handshake"] = await reader.readuntil(b"\r\n\r\n")
+        cell = json.dumps(message("execute_request", {"code": "print('unrecorded')"}))
+        writer.write(_ws_frame(cell.encode()))
+        await writer.drain()
+        out["after cell"] = await asyncio.wait_for(reader.read(100), 20)  # b"": closed
+        writer.close()
+        # An upload through the contents API.
+        reader, writer = await asyncio.open_unix_connection(str(front))
+        body = json.dumps({"type": "file", "format": "text", "content": "x = 1\n"}).encode()
+        writer.write(
+            b"PUT /user/alice/study/api/contents/a.py HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        out["upload"] = await asyncio.wait_for(reader.read(1 << 16), 20)
+        writer.close()
+        await asyncio.sleep(0.2)
+    out["received"] = received
+    return out
+
+
+def test_when_the_audit_log_cannot_be_written_nothing_reaches_the_notebook_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as closed:  # a port where no database listens
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for key in list(os.environ):
+        if key.startswith("SPE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SPE_DATABASE_URL", f"postgresql+psycopg://spe:x@127.0.0.1:{port}/spe")
+    reset_settings()
+    reset_engine()
+    folder = Path(tempfile.mkdtemp(prefix="spe-rec-"))
+    try:
+        out = asyncio.run(_scenario(folder))
+    finally:
+        reset_settings()
+        reset_engine()
+        shutil.rmtree(folder, ignore_errors=True)
+    handshake_upstream = out["received"][0]
+    # Compression and the binary subprotocol are negotiated away before the server sees them.
+    assert b"permessage-deflate" not in handshake_upstream
+    assert b" 101 " in out["handshake"]
+    assert out["after cell"] == b""  # the recorder closed the websocket ...
+    assert all(b"unrecorded" not in chunk for chunk in out["received"])  # ... and sent nothing
+    assert out["upload"].startswith(b"HTTP/1.1 503") and b"could not record" in out["upload"]
+    assert len(out["received"]) == 2  # the upload never reached the server
