@@ -96,7 +96,8 @@ class _Column:
 def _column(series: pd.Series) -> _Column:
     """A table variable's codes and labels.
 
-    A categorical keeps its categories (even those no row has; the table drops those). Text in
+    A categorical keeps its categories (even those no row has: they are declared levels, and the
+    table shows them as empty cells). Text in
     Arrow is dictionary-encoded, its codes left in Arrow's chunks and its first-seen numbering:
     only the few labels are sorted, and the table renumbers its cells once for all variables.
     """
@@ -277,6 +278,11 @@ def layout(
             grid.sum(axis=tuple(a for a in range(len(sizes)) if a != d)) > 0
             for d in range(len(sizes))
         ]
+        for d, dtype in enumerate(dtypes):
+            if dtype is not None and len(present[d]) == len(dtype.categories):
+                # A declared category (a public code list, a grid bin) is a cell even when no
+                # row has it: leaving it out would tell the reader it is zero.
+                present[d] = np.ones(len(present[d]), dtype=bool)
         if any(v.rank is not None for v in variables) or not all(p.all() for p in present):
             remap = np.zeros(1, dtype=np.int64)
             labels = []

@@ -512,7 +512,10 @@ def test_label_combinations_no_row_has_are_empty_cells_that_fail_as_zeros() -> N
     assert (mean.grid(mean.severities["zeros"]) > 0).sum() == 5
 
 
-def test_labels_seen_only_beside_a_missing_label_make_no_row_or_column() -> None:
+def test_text_seen_only_beside_a_missing_label_makes_no_row_but_declared_levels_stay() -> None:
+    """Issue 14: a declared level (a categorical's category) is a cell even when empty, since
+    leaving it out tells the reader it is zero; free text seen only beside a missing label is
+    no row."""
     df = pd.DataFrame(
         {
             "a": ["x"] * 12 + ["y"] * 12 + ["z"],
@@ -522,9 +525,11 @@ def test_labels_seen_only_beside_a_missing_label_make_no_row_or_column() -> None
     )
     report = check_table(df, ["a", "b"], "c")
     assert report.row_labels == [("x", "p"), ("x", "q"), ("y", "p"), ("y", "q")]
-    assert report.col_labels == [("u",)]
+    assert report.col_labels == [("u",), ("v",), ("w",)]
     assert report.table.columns.dtype == df["c"].dtype
     assert report.grid(report.stats.value)[:, 0].tolist() == [6, 6, 12, 0]
+    assert report.grid(report.stats.value)[:, 1:].sum() == 0
+    assert (report.grid(report.severities["zeros"])[:, 1:] > 0).all()  # judged as empty cells
 
 
 def test_arrow_text_labels_give_the_table_of_python_text_labels() -> None:
