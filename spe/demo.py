@@ -212,19 +212,20 @@ def _join_check() -> str:
 
 
 # What the demo researcher runs in the workspace of the demo project (a real workspace does the
-# same in a notebook): two checked tables recorded in the outbox with their evidence.
+# same in a notebook): two plans previewed and recorded in the outbox; the server evaluates them.
 _WORKSPACE_SCRIPT = """
 import spe.analysis as sa
-pop = sa.load("population")
-pop["cohort"] = (pop["birth_date"].astype(int) >= 1960).map({True: "1960-", False: "-1959"})
-sa.crosstab(pop, "municipality", ["sex", "cohort"], name="county_cohort", record_safe=True)
-sa.crosstab(pop, ["municipality", "sex"], "birth_date", name="county_sex_year")
+pop = sa.scan("population")
+cohorts = pop.derive(cohort=sa.col("birth_date").bin(width=50))
+cohorts.crosstab("municipality", ["sex", "cohort"], name="county_cohort", safe="suppress")
+pop.crosstab(["municipality", "sex"], "birth_date", name="county_sex_year")
 """
 
 
 def demo_exports() -> list[str]:
-    """Record two outputs as the demo researcher and file them: one released at once, one that
-    waits for the reviewers (it has small cells). Skipped when the demo already has requests."""
+    """Record two plans as the demo researcher and file them: one released at once (the server
+    computed it and every check passed), one that waits for the reviewers (it has small cells).
+    Skipped when the demo already has requests."""
     import os
     import subprocess
     import sys
@@ -252,8 +253,8 @@ def demo_exports() -> list[str]:
     subprocess.run([sys.executable, "-c", _WORKSPACE_SCRIPT], env=env, check=True)
     lines = []
     for output, why in (
-        ("county_cohort.csv", "Persons by county, sex and cohort (safe version) for table 1."),
-        ("county_sex_year.csv", "Persons by county, sex and birth year for the appendix."),
+        ("county_cohort.plan.json", "Persons by county, sex and cohort (safe version), table 1."),
+        ("county_sex_year.plan.json", "Persons by county, sex and birth year for the appendix."),
     ):
         with transaction() as session:
             request, job = actions.file_request(
@@ -290,7 +291,7 @@ def run_demo(start: bool = True) -> None:
     for line in report:
         click.echo(line)
     click.echo("")
-    click.echo("Export review (the demo researcher filed two checked tables):")
+    click.echo("Export review (the demo researcher filed two plans; the server computed both):")
     for line in exports:
         click.echo(line)
     click.echo("")

@@ -411,3 +411,40 @@ def test_reviewers_decide_a_failing_plan_and_the_bundle_names_them(ws, tmp_path)
     assert set(decision["reviewers"]) == voters == {HOLDER, SECOND}
     (release,) = events("export.release", rid)
     assert release["automatic"] is False
+
+
+def test_the_getting_started_template_runs_on_plans(ws):
+    """The template's plans run as a researcher runs them (the export cells need the airlock of
+    a real workspace: tests/integration/test_workspace_story.py runs them there)."""
+    from tests.conftest import REPO
+
+    template = json.loads((REPO / "notebooks_templates" / "getting-started.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in template["cells"] if c["cell_type"] == "code"]
+    namespace: dict[str, Any] = {}
+    for cell in cells:
+        if "export" in cell:
+            continue
+        exec(compile(cell, "<template cell>", "exec"), namespace)  # noqa: S102 - our template
+    assert namespace["by_county"].table.shape[1] == 2  # F, M (3,000 persons: a small cell)
+    assert (ws["outbox"] / "county_by_sex.plan.json").is_file()
+    assert (ws["outbox"] / "wage_by_band.plan.json").is_file()
+    # The plan the template writes is what the server accepts and computes.
+    rid = file_(ws, "wage_by_band.plan.json")
+    assert seen_by(RESEARCHER, rid)["outputs"][0]["computed_by"] == "server"
+
+
+def test_a_declared_level_no_row_has_is_an_empty_cell(ws):
+    """Issue 14: a county the catalogue declares appears even when the plan's rows have none,
+    and fails as an empty cell instead of silently telling the reader it is zero."""
+    only = {
+        "op": "filter",
+        "input": scan(ws, "population"),
+        "where": {"fn": "is_in", "args": [{"col": "municipality"}, {"values": ["03", "46"]}]},
+    }
+    put(ws, "two_counties", plan(ws, only, crosstab(["municipality"], ["sex"])))
+    rid = file_(ws, "two_counties.plan.json")
+    out = seen_by(RESEARCHER, rid)["outputs"][0]
+    counties = {c["index"][0] for c in out["report"]["cells"]}
+    assert {"03", "46"} < counties and len(counties) > 2
+    assert out["check_status"] == "fail"
+    assert any(r["rule"] == "zeros" for c in out["report"]["cells"] for r in c["failing"])
