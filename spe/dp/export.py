@@ -31,6 +31,11 @@ class DPExport:
     report: dict[str, Any] = field(default_factory=dict)
     auto_release_allowed: bool = False
 
+    @property
+    def datasets(self) -> list[str]:
+        """The dataset the answer is about (the export request's datasets)."""
+        return [str(self.report["dataset"])] if self.report.get("dataset") else []
+
 
 def read_reference(data: bytes) -> str:
     """The query id in a ``.dp.json`` file's bytes; DPError when it is not one."""

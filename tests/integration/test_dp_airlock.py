@@ -88,7 +88,14 @@ def test_a_dp_count_and_mean_through_the_airlock_and_a_worker_come_back_with_eps
     assert "sex=F" in repr(mean) and "epsilon 0.3 spent" in repr(mean)
     budgets = call({"op": "dp_budget"}, sock)["budgets"]
     assert budgets == [
-        {"dataset": "health", "total": 1.0, "spent": 0.5, "remaining": 0.5, "queries": 2}
+        {
+            "dataset": "health",
+            "total": 1.0,
+            "spent": 0.5,
+            "remaining": 0.5,
+            "dataset_remaining": 0.5,
+            "queries": 2,
+        }
     ]
     assert call({"op": "dp_datasets"}, sock)["datasets"] == ["health"]
     assert first_seconds < 30

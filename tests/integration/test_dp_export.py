@@ -45,6 +45,7 @@ def test_a_saved_dp_answer_exports_as_the_answer_the_ledger_recorded(health, tmp
     assert {r["epsilon"] for r in rows} == {"0.2"} and rows[0]["mechanism"] == answer["mechanism"]
     assert export.auto_release_allowed is True
     assert export.report["query"] == query_id and export.report["epsilon"] == 0.2
+    assert export.datasets == ["health"]
     assert "without review" in export.report["decided_by"]
 
 
