@@ -1,7 +1,8 @@
 """The catalogue as people and machines read it: list, show, and DCAT-AP JSON-LD.
 
-It shows what a dataset is (variables, size, format, coverage, conditions, versions), never
-what is in it: no minimum, maximum, rare category or any other statistic of a variable.
+It shows what a dataset is (variables with their declared code lists and bins, size, format,
+coverage, conditions, versions), never what is in it: no minimum, maximum, observed category or
+any other statistic of a variable. Code lists come from the policy, not the data.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from spe.catalogue.models import Dataset
+from spe.catalogue.models import Dataset, DatasetVersion
 from spe.errors import NotFound
 
 _ACCESS_RIGHTS = "http://publications.europa.eu/resource/authority/access-right/RESTRICTED"
@@ -30,9 +31,33 @@ def get_dataset(session: Session, name: str) -> Dataset:
     return dataset
 
 
+_TEXT_CLASSES = ("quasi_identifier", "attribute")
+
+
+def variable_domains(version: DatasetVersion) -> dict[str, dict[str, Any]]:
+    """Per held variable of a version: its declared ``categories`` and ``bins`` (None when the
+    policy declares none) and whether it is ``free_text`` (text without a code list, never a
+    grouping key). They are the code lists the ingest enforced, kept in its report."""
+    report = json.loads(version.report) if version.report else {}
+    declared = report.get("code_lists") or {}
+    out = {}
+    for v in version.variables:
+        entry = declared.get(v.name) or {}
+        categories = entry.get("categories")
+        out[v.name] = {
+            "categories": categories,
+            "bins": entry.get("bins"),
+            "free_text": (
+                v.classification in _TEXT_CLASSES and v.type == "string" and categories is None
+            ),
+        }
+    return out
+
+
 def describe(dataset: Dataset) -> dict[str, Any]:
     """The public description of a dataset (the information point's entry)."""
     latest = dataset.latest
+    domains = variable_domains(latest) if latest else {}
     return {
         "name": dataset.name,
         "title": dataset.title,
@@ -52,6 +77,7 @@ def describe(dataset: Dataset) -> dict[str, Any]:
                 "classification": v.classification,
                 "generalisation": v.generalisation,
                 "description": v.description,
+                **domains[v.name],
             }
             for v in (latest.variables if latest else [])
         ],
@@ -105,6 +131,9 @@ def dcat_jsonld(datasets: list[Dataset], base: str = "urn:spe:") -> dict[str, An
                     "spe:type": v["type"],
                     "spe:classification": v["classification"],
                     "dct:description": v["description"],
+                    **({"spe:categories": v["categories"]} if v["categories"] is not None else {}),
+                    **({"spe:bins": v["bins"]} if v["bins"] is not None else {}),
+                    "spe:freeText": v["free_text"],
                 }
                 for v in d["variables"]
             ],
@@ -163,6 +192,7 @@ def ingest_reports(dataset: Dataset) -> list[dict[str, Any]]:
                 "rows": v.row_count,
                 "rejected": v.rejected_count,
                 "rejected_by_reason": rejected if isinstance(rejected, dict) else {},
+                "rejected_by_column": report.get("rejected_by_column") or {},
                 "size_bytes": v.size_bytes,
                 "quarantine": v.quarantine_path is not None,
             }

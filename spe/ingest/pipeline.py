@@ -40,11 +40,13 @@ from spe.db import transaction
 from spe.errors import NotFound, SPEError
 from spe.ingest import identifiers as ids
 from spe.ingest.policy import (
+    CONTROL_CHARACTERS,
     ColumnClass,
     ColumnPolicy,
     ColumnType,
     DatasetPolicy,
     Generalisation,
+    generalised_categories,
 )
 from spe.keys.pseudonyms import (
     HOLDER_PSEUDONYM,
@@ -72,6 +74,12 @@ _KIND_CONTEXT = {
 DUPLICATE_PERSON = "duplicate_person"
 BAD_VALUE = "bad_value"
 MISSING_REQUIRED = "missing_required"
+NOT_IN_CODE_LIST = "not_in_code_list"
+CONTROL_CHARACTER = "control_character"
+# Bytes that may begin a control character in UTF-8 text: C0 controls but tab, DEL, and 0xC2
+# (the lead byte of C1 controls U+0080-U+009F, and of some printable characters like '°').
+_SUSPECT_BYTE = np.zeros(256, dtype=bool)
+_SUSPECT_BYTE[[*range(9), *range(10, 32), 0x7F, 0xC2]] = True
 _INT = re.compile(r"^[+-]?\d{1,18}$").pattern
 _FLOAT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$").pattern
 
@@ -87,6 +95,15 @@ def _context_lut() -> np.ndarray:
 
 class IngestError(SPEError):
     """The extract cannot be ingested as it is; the message names the row or column and the fix."""
+
+
+class NothingAccepted(IngestError):
+    """Every row was rejected: nothing is published (an empty version would become the newest)."""
+
+    def __init__(self, message: str, rows: int, rejected: dict[str, int]) -> None:
+        super().__init__(message)
+        self.rows = rows
+        self.rejected = rejected
 
 
 @dataclass
@@ -265,6 +282,25 @@ def check_columns(header: list[str], policy: DatasetPolicy, source: str) -> None
         )
 
 
+def check_parquet_types(schema: pa.Schema, policy: DatasetPolicy, source: str) -> None:
+    """Refuse nested columns and an identifier column that is not text, naming the column."""
+    for fld in schema:
+        kind = fld.type.value_type if pa.types.is_dictionary(fld.type) else fld.type
+        if pa.types.is_nested(kind):
+            raise IngestError(
+                f"{source} has the nested column {fld.name!r} ({fld.type}); SPE ingests flat "
+                "columns only: export one value per row in that column."
+            )
+        if fld.name == policy.person_column.name and not (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        ):
+            raise IngestError(
+                f"{source} has the identifier column {fld.name!r} as {fld.type}, not text; "
+                "export it as a string column of 11 digits (a number loses leading zeros, so "
+                "SPE does not convert it)."
+            )
+
+
 # --- batches -----------------------------------------------------------------------------------
 
 
@@ -325,6 +361,25 @@ def _arrow_mask(mask: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.bool_(), len(mask), [None, bits])
 
 
+def _value_set(categories: tuple[str | int, ...]) -> pa.Array:
+    """A code list as an Arrow array: int64 for ints, else strings (from buffers, see above)."""
+    if all(isinstance(c, int) for c in categories):
+        ints = np.array(categories, dtype=np.int64)
+        return pa.Array.from_buffers(pa.int64(), len(ints), [None, pa.py_buffer(ints)])
+    encoded = [str(c).encode() for c in categories]
+    offsets = np.cumsum([0, *(len(e) for e in encoded)], dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(),
+        len(encoded),
+        [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+    )
+
+
+def _inside(col: pa.Array, value_set: pa.Array) -> np.ndarray:
+    """Mask of the values of ``col`` that are in ``value_set`` (null is not)."""
+    return _true(pc.is_in(col, value_set=value_set))
+
+
 def _arrow_indices(rows: np.ndarray) -> pa.Array:
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     return pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)])
@@ -380,6 +435,23 @@ def _empty_to_null(col: pa.Array, trim: bool = False) -> pa.Array:
     return _with_nulls(col, _present(col) & ~empty)
 
 
+def _control_rows(col: pa.Array) -> np.ndarray | None:
+    """Mask of the text values holding a control character (tab is allowed), or None for none.
+
+    One table look-up per byte of the column clears it; only a column with a suspect byte is
+    searched value by value.
+    """
+    offsets = _offsets(col)
+    start, end = int(offsets[0]), int(offsets[-1])
+    if end == start:
+        return None
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8, count=end)[start:end]
+    if not _SUSPECT_BYTE[data].any():
+        return None
+    found = _true(pc.match_substring_regex(col, CONTROL_CHARACTERS.pattern))
+    return found if found.any() else None
+
+
 def _check_ids(col: pa.Array, rules: ids.IdentifierRules) -> ids.FnrVerdicts:
     """``check_fnr_numbers`` of the values with whitespace trimmed.
 
@@ -405,7 +477,11 @@ def _convert(col: pa.Array, spec: ColumnPolicy) -> tuple[pa.Array, np.ndarray]:
         ok = _true(pc.match_substring_regex(col, _INT if spec.type == ColumnType.INT else _FLOAT))
         bad = present & ~ok
         target = pa.int64() if spec.type == ColumnType.INT else pa.float64()
-        return pc.cast(_with_nulls(col, present & ~bad), target), bad
+        valid = _with_nulls(col, present & ~bad)
+        try:
+            return pc.cast(valid, target), bad
+        except pa.ArrowInvalid:  # Arrow reads no '+' sign in an integer: drop it (rare)
+            return pc.cast(pc.replace_substring_regex(valid, r"^\+", ""), target), bad
     try:
         # The cast reads strict YYYY-MM-DD only, and those the same as strptime does; it
         # refuses anything else (strptime also takes 2023-2-3 and rolls 02-30 over), and then
@@ -431,6 +507,22 @@ def output_type(spec: ColumnPolicy) -> pa.DataType:
         ColumnType.FLOAT: pa.float64(),
         ColumnType.DATE: pa.date32(),
     }[spec.type]
+
+
+def code_lists(policy: DatasetPolicy) -> dict[str, dict[str, list[Any]]]:
+    """The public categories and bins of the held columns (after the policy's own
+    generalisation), as the ingest enforced them: the catalogue shows them."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for spec in policy.kept_columns:
+        categories = generalised_categories(spec, None)
+        entry: dict[str, list[Any]] = {}
+        if categories is not None:
+            entry["categories"] = list(categories)
+        if spec.bins is not None:
+            entry["bins"] = [int(e) if e.is_integer() else e for e in spec.bins]
+        if entry:
+            out[spec.name] = entry
+    return out
 
 
 def output_schema(policy: DatasetPolicy) -> pa.Schema:
@@ -491,8 +583,18 @@ class _Batcher:
     dedup: _Dedup | None
     schema: pa.Schema
     counts: Counter[str] = field(default_factory=Counter)
+    by_column: Counter[str] = field(default_factory=Counter)  # "reason:column" -> rows
     accepted: int = 0
     rows: int = 0
+    code_lists: dict[str, pa.Array] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Int categories are compared as ints, after the value is read as a number.
+        self.code_lists = {
+            c.name: _value_set(c.categories)
+            for c in self.policy.kept_columns
+            if c.categories is not None
+        }
 
     def process(self, batch: pa.RecordBatch, first_line: int) -> tuple[pa.Table | None, list[str]]:
         """Accepted rows as an output table, and quarantine lines for the rejected."""
@@ -525,6 +627,18 @@ class _Batcher:
                 reasons.append(f"{MISSING_REQUIRED}:{spec.name}")
                 why[missing] = len(reasons) - 1
                 reject |= missing
+            if spec.type == ColumnType.STRING:
+                control = _control_rows(typed)
+                if control is not None:
+                    reasons.append(f"{CONTROL_CHARACTER}:{spec.name}")
+                    why[control & ~reject] = len(reasons) - 1
+                    reject |= control
+            if spec.categories is not None:
+                outside = _present(typed) & ~_inside(typed, self.code_lists[spec.name])
+                if outside.any():
+                    reasons.append(f"{NOT_IN_CODE_LIST}:{spec.name}")
+                    why[outside & ~reject] = len(reasons) - 1
+                    reject |= outside
             if spec.generalise is not None:
                 typed = generalise(typed, spec.generalise)
             columns[spec.name] = typed
@@ -541,7 +655,11 @@ class _Batcher:
             labels = [reasons[i] for i in why[rejected].tolist()]
             for reason, count in Counter(labels).items():
                 self.counts[reason.split(":")[0] if reason else "rejected"] += count
-            quarantine = _quarantine_lines(batch, rejected, labels, first_line)
+                if ":" in reason:
+                    self.by_column[reason] += count
+            quarantine = _quarantine_lines(
+                batch, rejected, self._explain(batch, rejected, labels), first_line
+            )
         kept = n - len(rejected)
         self.accepted += kept
         if not kept:
@@ -556,6 +674,31 @@ class _Batcher:
             column = columns[fld.name] if mask is None else columns[fld.name].filter(mask)
             arrays.append(column if column.type == fld.type else column.cast(fld.type))
         return pa.Table.from_arrays(arrays, schema=self.schema), quarantine
+
+    def _explain(self, batch: pa.RecordBatch, rows: np.ndarray, labels: list[str]) -> list[str]:
+        """Quarantine reasons: a code-list or control-character rejection says which value."""
+        out = []
+        for row, label in zip(rows.tolist(), labels, strict=True):
+            reason, _, column = label.partition(":")
+            if reason == NOT_IN_CODE_LIST:
+                value = str(batch.column(column)[row].as_py())
+                shown = value if len(value) <= 40 else value[:40] + "..."
+                label = (
+                    f"{reason}: {column} {shown!r} is not in the code list of policy "
+                    f"{self.policy.path.name}"
+                )
+            elif reason == CONTROL_CHARACTER:
+                value = str(batch.column(column)[row].as_py())
+                found = CONTROL_CHARACTERS.search(value)
+                at = found.start() if found else 0
+                label = (
+                    f"{reason}: {column} holds the control character U+{ord(value[at]):04X} at "
+                    f"character {at + 1}"
+                    if found
+                    else f"{reason}: {column} holds a control character"
+                )
+            out.append(label)
+        return out
 
 
 def _quarantine_lines(
@@ -606,12 +749,13 @@ def ingest(
     history_path: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
-    """Ingest ``source`` under ``policy`` as ``actor_name``; idempotent for the same input."""
-    settings = get_settings()
+    """Ingest ``source`` under ``policy`` as ``actor_name``; idempotent for the same input.
+
+    A refused ingest (an :class:`IngestError`) publishes nothing and leaves an audit event
+    ``dataset.ingest_refused`` with its sentence.
+    """
     started = time.perf_counter()
     source = Path(source)
-    if not source.exists():
-        raise IngestError(f"There is no file {source}.")
     with transaction() as session:
         actor = session.scalar(select(User).where(User.username == actor_name))
         if actor is None:
@@ -622,6 +766,43 @@ def ingest(
         for purpose in (HOLDER_PSEUDONYM, HOLDER_QUARANTINE):
             if ensure_scope_key(session, purpose, holder_id):
                 record(session, "system:keys", "key.create", f"key:{purpose}:{holder_id}")
+    try:
+        if not source.exists():
+            raise IngestError(f"There is no file {source}.")
+        return _ingest(actor_name, source, policy, holder_id, history_path, progress, started)
+    except IngestError as exc:
+        _record_refusal(actor_name, policy, source, exc)
+        raise
+
+
+def _record_refusal(actor_name: str, policy: DatasetPolicy, source: Path, exc: IngestError) -> None:
+    """The audit event of a refused ingest, in its own transaction (nothing else changed)."""
+    details: dict[str, Any] = {"source": source.name, "sentence": exc.message}
+    if isinstance(exc, NothingAccepted):
+        details["rows_read"] = exc.rows
+        details["rejected"] = exc.rejected
+    with transaction() as session:
+        actor = session.scalar(select(User).where(User.username == actor_name))
+        record(
+            session,
+            actor if actor is not None else actor_name,
+            "dataset.ingest_refused",
+            f"dataset:{policy.dataset}",
+            details,
+            dataset=policy.dataset,
+        )
+
+
+def _ingest(
+    actor_name: str,
+    source: Path,
+    policy: DatasetPolicy,
+    holder_id: str,
+    history_path: Path | None,
+    progress: Callable[[int, int], None] | None,
+    started: float,
+) -> IngestResult:
+    settings = get_settings()
     rules = _rules(policy)
     history = IdentifierHistory.load(history_path, rules) if history_path else None
     fmt = "parquet" if source.suffix.lower() in (".parquet", ".pq") else "csv"
@@ -643,6 +824,7 @@ def ingest(
         except (pa.ArrowInvalid, OSError) as exc:
             raise IngestError(f"{source.name} is not a readable Parquet file ({exc}).") from None
         check_columns(parquet.schema_arrow.names, policy, source.name)
+        check_parquet_types(parquet.schema_arrow, policy, source.name)
         source_sha, encoding, total = sha256_file(source), "binary", parquet.metadata.num_rows
     key = ingest_key(source_sha, policy, history)
 
@@ -720,6 +902,8 @@ def ingest(
         finally:
             writer.close()
             quarantine.close()
+        if not batcher.accepted:  # leaving the block by an error removes what was written
+            raise _nothing_accepted(source.name, batcher)
         data_sha = sha256_file(tmp / "data.parquet")
         size = (tmp / "data.parquet").stat().st_size
     rejected = dict(sorted(batcher.counts.items()))
@@ -727,6 +911,7 @@ def ingest(
         "rows_read": batcher.rows,
         "accepted": batcher.accepted,
         "rejected": rejected,
+        "rejected_by_column": dict(sorted(batcher.by_column.items())),
         "rejected_total": sum(rejected.values()),
         "encoding": encoding,
         "format": fmt,
@@ -737,10 +922,28 @@ def ingest(
             c.name for c in policy.columns if c.cls == ColumnClass.DIRECT_IDENTIFIER
         ],
         "generalised": {c.name: c.generalise.value for c in policy.columns if c.generalise},
+        "code_lists": code_lists(policy),
         "seconds": round(time.perf_counter() - started, 3),
     }
     return _register(
         actor_name, policy, holder_id, key, source, fmt, encoding, relative, data_sha, size, report
+    )
+
+
+def _nothing_accepted(name: str, batcher: _Batcher) -> NothingAccepted:
+    rejected = dict(sorted(batcher.counts.items()))
+    if not batcher.rows:
+        return NothingAccepted(f"{name} has no data rows; nothing was published.", 0, rejected)
+    named = {r.split(":")[0] for r in batcher.by_column}
+    parts = {r: n for r, n in rejected.items() if r not in named} | dict(batcher.by_column)
+    reasons = ", ".join(
+        f"{reason.replace(':', ' in ')} {count:,}" for reason, count in sorted(parts.items())
+    )
+    return NothingAccepted(
+        f"No row of {name} was accepted ({batcher.rows:,} rejected: {reasons}), so nothing was "
+        "published; fix the extract or the policy and ingest it again.",
+        batcher.rows,
+        rejected,
     )
 
 
@@ -782,9 +985,13 @@ def _batches(source: Path, fmt: str, policy: DatasetPolicy, encoding: str, scan:
             for name in names:
                 col = batch.column(name)
                 if not pa.types.is_string(col.type):
-                    col = pc.cast(col, pa.string())
-                    if name == policy.person_column.name:
-                        col = pc.utf8_lpad(col, 11, "0")
+                    try:
+                        col = pc.cast(col, pa.string())
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        raise IngestError(
+                            f"{source.name} column {name!r} ({col.type}) cannot be read as text "
+                            f"near row {line}; export it as text, numbers or dates."
+                        ) from None
                 cols.append(col)
             yield pa.RecordBatch.from_arrays(cols, names=names), line
             line += batch.num_rows

@@ -103,3 +103,43 @@ def test_refusal_exit_code_and_sentence(world, run_spe):
     result = run_spe("--as", "researcher", "project", "approve", "study")
     _one_sentence_error(result, "reviewer of the data holder")
     assert result.returncode == 3
+
+
+def test_refused_ingest_is_one_sentence_on_the_command_line(world, run_spe, tmp_path):
+    """Nested Parquet columns were an 'internal error, please report it'; a run whose every row
+    is rejected published an empty newest version."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import synthetic_numbers, write_people_csv, write_policy
+
+    policy = write_policy(tmp_path, "cli")
+    nested = tmp_path / "nested.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "fnr": synthetic_numbers(2),
+                "name": ["a", "b"],
+                "birth_date": ["1970-01-01"] * 2,
+                "municipality": pa.array([["0301"], ["4601"]]),
+                "income": [1, 2],
+            }
+        ),
+        nested,
+    )
+    before = table_snapshot()
+    ingest = ("--as", "reviewer", "dataset", "ingest", "--policy", str(policy), "--inline")
+    result = run_spe(*ingest, str(nested))
+    _one_sentence_error(result, "nested column 'municipality'")
+    assert "internal error" not in result.stderr
+    rejected = write_people_csv(tmp_path / "all_bad.csv", ["12345678901", "00000000000"])
+    result = run_spe(*ingest, str(rejected))
+    _one_sentence_error(result, "No row of all_bad.csv was accepted", "nothing was published")
+    assert table_snapshot()["dataset_versions"] == before["dataset_versions"] == []
+    from spe.db import readonly
+
+    with readonly() as s:
+        refused = s.execute(
+            text("SELECT count(*) FROM audit_events WHERE action = 'dataset.ingest_refused'")
+        ).scalar()
+    assert refused == 2

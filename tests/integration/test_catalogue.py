@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from spe.catalogue.service import dcat_jsonld, describe, get_dataset, list_datasets
 from spe.db import readonly
 
@@ -26,11 +28,77 @@ def test_catalogue_shows_no_statistic_of_any_variable(people):
         entry = describe(get_dataset(s, "people"))
     text = json.dumps(entry)
     # The ingested values: incomes 0..59000, municipalities 0301/4601/5001, one birth date.
+    # The policy declares no code list, so no value of the data may appear.
     for value in ("59000", "0301", "4601", "5001", "1970-05-17"):
         assert value not in text
-    statistics = {"min", "max", "mean", "median", "mode", "categories", "values", "top"}
+    statistics = {"min", "max", "mean", "median", "mode", "values", "top"}
     keys = set(entry) | {k for v in entry["variables"] for k in v}
     assert keys.isdisjoint(statistics)
+    domains = {v["name"]: (v["categories"], v["bins"], v["free_text"]) for v in entry["variables"]}
+    assert domains["municipality"] == (None, None, True)  # free text: never a table label
+    assert domains["income"] == (None, None, False)
+
+
+CODED_POLICY = """dataset: coded
+title: Coded
+holder: Holder Agency
+conditions: For tests.
+identifiers: {allow_synthetic: true}
+columns:
+  fnr: {class: person_id}
+  municipality:
+    class: quasi_identifier
+    generalise: county
+    categories: ["0301", "4601", "4602", "5001"]
+  year: {class: attribute, type: int64, categories: [2019, 2020, 2021]}
+  wage: {class: attribute, type: int64, bins: [0, 100000, 500000, 1000000]}
+"""
+
+
+@pytest.fixture
+def coded(world, tmp_path):
+    from spe.ingest.pipeline import ingest
+    from spe.ingest.policy import load_policy
+    from tests.conftest import synthetic_numbers
+
+    policy_path = tmp_path / "coded.yaml"
+    policy_path.write_text(CODED_POLICY)
+    csv = tmp_path / "coded.csv"
+    rows = [f"{n},0301,2019,1000" for n in synthetic_numbers(5)]
+    csv.write_text("fnr,municipality,year,wage\n" + "\n".join(rows) + "\n")
+    return ingest("reviewer", csv, load_policy(policy_path))
+
+
+def test_catalogue_shows_declared_categories_and_bins_even_levels_no_row_has(coded):
+    with readonly() as s:
+        entry = describe(get_dataset(s, "coded"))
+    variables = {v["name"]: v for v in entry["variables"]}
+    # The held column is the county (generalised at ingest): its code list is the policy's,
+    # generalised; 46 and 50 are listed though every row is in 03.
+    assert variables["municipality"]["categories"] == ["03", "46", "50"]
+    assert variables["year"]["categories"] == [2019, 2020, 2021]
+    assert variables["wage"]["bins"] == [0, 100000, 500000, 1000000]
+    assert variables["wage"]["categories"] is None and not variables["wage"]["free_text"]
+    with readonly() as s:
+        doc = dcat_jsonld(list_datasets(s))
+    (dataset,) = doc["dcat:dataset"]
+    by_name = {v["spe:name"]: v for v in dataset["spe:variable"]}
+    assert by_name["year"]["spe:categories"] == [2019, 2020, 2021]
+    assert by_name["wage"]["spe:bins"] == [0, 100000, 500000, 1000000]
+    assert "spe:categories" not in by_name["wage"]
+
+
+def test_catalogue_page_lists_categories_and_bins(coded, spe_env):
+    from fastapi.testclient import TestClient
+
+    from spe.api import create_app
+    from spe.web import PREFIX
+
+    with TestClient(create_app()) as client:
+        page = client.get(f"{PREFIX}/catalogue/coded")
+    assert page.status_code == 200
+    assert "2019, 2020, 2021" in page.text and "03, 46, 50" in page.text
+    assert "bins with edges 0, 100000, 500000, 1000000" in page.text
 
 
 def test_dcat_export_is_json_ld_with_the_dataset(people):

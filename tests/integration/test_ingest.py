@@ -99,11 +99,11 @@ def test_latin1_semicolon_file_with_declared_encoding(world, tmp_path):
     assert ingest("reviewer", path, auto).report["encoding"] == "latin-1"
 
 
-def test_parquet_input_with_integer_identifiers(world, tmp_path):
+def test_parquet_input_with_text_identifiers(world, tmp_path):
     numbers = synthetic_numbers(12)
     table = pa.table(
         {
-            "fnr": pa.array([int(n) for n in numbers], pa.int64()),
+            "fnr": pa.array(numbers, pa.string()),
             "name": ["x"] * 12,
             "birth_date": ["1970-01-01"] * 12,
             "municipality": ["0301"] * 12,
@@ -114,6 +114,29 @@ def test_parquet_input_with_integer_identifiers(world, tmp_path):
     policy = load_policy(write_policy(tmp_path, "pq"))
     result = ingest("reviewer", tmp_path / "people.parquet", policy)
     assert result.accepted == 12 and result.rejected == {}
+
+
+@pytest.mark.parametrize("kind", [pa.int64(), pa.float64()])
+def test_parquet_identifier_column_that_is_not_text_is_refused_not_cast(world, tmp_path, kind):
+    """A number loses leading zeros: 0-padding it back could turn a 10-digit error into a
+    valid-looking number, so the column is refused, not converted."""
+    numbers = synthetic_numbers(12)
+    table = pa.table(
+        {
+            "fnr": pa.array([int(n) for n in numbers]).cast(kind),
+            "name": ["x"] * 12,
+            "birth_date": ["1970-01-01"] * 12,
+            "municipality": ["0301"] * 12,
+            "income": list(range(12)),
+        }
+    )
+    pq.write_table(table, tmp_path / "people.parquet")
+    policy = load_policy(write_policy(tmp_path, "pqnum"))
+    with pytest.raises(IngestError, match=r"identifier column 'fnr' as (int64|double), not text"):
+        ingest("reviewer", tmp_path / "people.parquet", policy)
+    _nothing_visible("pqnum")
+    (event,) = _events("dataset.ingest_refused")
+    assert "not text" in json.loads(event.details)["sentence"]
 
 
 # --- rejected rows: quarantined with reasons, never silently dropped ----------------------------
