@@ -81,6 +81,8 @@ async def note_refusal(request: Request, error: SPEError) -> None:
     actor = await who(request)
     if actor is None:
         return
-    route = request.scope.get("route")
-    template = getattr(route, "path", None) or request.url.path
+    # The route as written (ids as {names}), so that a flood over many ids is one reason.
+    template = request.url.path
+    for name, value in request.path_params.items():
+        template = template.replace(f"/{value}", f"/{{{name}}}", 1)
     record_refusal_of(error, actor, f"{request.method} {template}", target=request.url.path)

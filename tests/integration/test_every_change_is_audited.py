@@ -306,6 +306,21 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
     ).projects.extracts.grant_dataset(
         s, u(s, "reviewer"), proj(s, "study"), "people", ["income"], {}
     ),
+    "spe.accounts.service.set_first_password": lambda s: _first_password(s),
+    "spe.accounts.sessions.start_session": lambda s: __import__(
+        "spe.accounts.sessions"
+    ).accounts.sessions.start_session(s, u(s, "researcher"), "test"),
+    "spe.accounts.sessions.end_session": lambda s: __import__(
+        "spe.accounts.sessions"
+    ).accounts.sessions.end_session(
+        s,
+        __import__("spe.accounts.sessions").accounts.sessions.start_session(
+            s, u(s, "researcher"), "test"
+        ),
+    ),
+    "spe.accounts.sessions.revoke_everything": lambda s: __import__(
+        "spe.accounts.sessions"
+    ).accounts.sessions.revoke_everything(s, u(s, "op"), u(s, "researcher"), "test"),
     "spe.accounts.tokens.create_token": lambda s: __import__(
         "spe.accounts.tokens"
     ).accounts.tokens.create_token(s, u(s, "researcher")),
@@ -365,6 +380,16 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _first_password(s):
+    """A one-time login (as the hub records it) that sets the person's own password."""
+    from spe.db.base import utcnow
+
+    user = u(s, "researcher")
+    accounts.reset_password(s, u(s, "op"), user)
+    user.one_time_used_at = utcnow()
+    accounts.set_first_password(s, user, "plum kettle orbit seventy", utcnow())
+
+
 def test_every_registered_state_change_has_a_scenario():
     assert set(SCENARIOS) == set(STATE_CHANGES)
 
@@ -386,6 +411,10 @@ def test_every_state_change_writes_its_event_in_the_same_transaction(world, peop
 
 # Functions that write but are not state changes of their own, with the reason.
 ALLOWED_UNREGISTERED = {
+    "spe.accounts.sessions.session_user": "notes a session's last visit (idle-timeout "
+    "bookkeeping, like a job's heartbeat); a session's start and end are audited",
+    "spe.audit.refusals.record_refusal": "is a recorder: writes the refusal event in its own "
+    "transaction and counts repeats (tests/integration/test_refusals_audited.py proves it)",
     "spe.audit.seal.seal_once": "writes only the audit tables (sealing is not a domain change)",
     "spe.audit.seal.seal_all": "calls seal_once",
     "spe.keys.signing.ensure_audit_signing_key": "its callers (spe.setup.ensure_keys) record",

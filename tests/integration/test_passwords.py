@@ -126,7 +126,7 @@ def test_the_first_password_is_set_only_in_the_login_that_used_the_one_time_pass
     World()
     _reset("researcher")
     # Not logged in with it yet: the page cannot skip the one-time login.
-    with pytest.raises(AccountError, match="own already|log in again"), transaction() as s:
+    with pytest.raises(AccountError, match=r"own already|log in again"), transaction() as s:
         set_first_password(s, get_user(s, "researcher"), NEW, dt.datetime.now(dt.UTC))
 
 
@@ -223,9 +223,7 @@ def test_the_api_changes_the_callers_password_and_ends_their_tokens(
         "/api/v1/me/password", json={"current": PASSWORD, "new": "password1234"}, headers=headers
     )
     assert weak.status_code == 400 and "commonly used" in weak.json()["detail"]
-    ok = client.post(
-        "/api/v1/me/password", json={"current": PASSWORD, "new": NEW}, headers=headers
-    )
+    ok = client.post("/api/v1/me/password", json={"current": PASSWORD, "new": NEW}, headers=headers)
     assert ok.status_code == 200 and ok.json()["tokens_revoked"] == 1
     after = client.get("/api/v1/exports", headers=headers)
     assert after.status_code == 401
