@@ -282,7 +282,10 @@ def run_demo(start: bool = True) -> None:
 
     seal_all()
     click.echo("")
-    click.echo("Demo logins (one-time passwords, shown only now; `make demo` makes new ones):")
+    click.echo(
+        "Demo logins (one-time passwords, shown only now; each logs in once, to set the "
+        "person's own password; `make demo` makes new ones):"
+    )
     width = max(len(u) for u, _, _ in logins)
     for username, password, what in logins:
         click.echo(f"  {username:<{width}}  {password}   {what}")
