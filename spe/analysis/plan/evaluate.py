@@ -326,23 +326,22 @@ def label_column(series: pd.Series, f: Field, *, model: bool = False) -> Any:
     if f.key == "year":
         values = series.dropna().unique()
         levels = sorted({int(v) for v in values})
-        return pd.Categorical(_plain(series), categories=levels, ordered=True)
+        return _categorical(series, levels)
     if f.categories is not None:
-        return pd.Categorical(_plain(series), categories=list(f.categories), ordered=True)
+        return _categorical(series, list(f.categories))
     return series
 
 
-def _plain(series: pd.Series) -> list[Any]:
-    """Python values (whole floats as ints) so that 3.0 finds the category 3."""
-    out: list[Any] = []
-    for v in series.tolist():
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            out.append(None)
-        elif isinstance(v, float) and v.is_integer():
-            out.append(int(v))
-        else:
-            out.append(v)
-    return out
+def _categorical(series: pd.Series, categories: list[Any]) -> pd.Categorical:
+    """``series`` as an ordered Categorical of ``categories`` (a value outside them is missing),
+    looked up in one vectorised pass: a million rows take milliseconds, not seconds."""
+    levels = pd.Index(categories)
+    values: Any = series
+    if levels.dtype.kind in "iu" and series.dtype.kind == "f":
+        whole = series.notna() & (series == np.floor(series))
+        values = series.where(whole)  # 3.0 finds the category 3; 3.5 finds none
+    codes = levels.get_indexer(pd.Index(values))
+    return pd.Categorical.from_codes(codes, categories=categories, ordered=True)
 
 
 # -- running it -----------------------------------------------------------------------------
