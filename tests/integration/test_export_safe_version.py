@@ -148,9 +148,14 @@ def test_the_accepted_safe_version_is_checked_again_and_released_with_its_cells_
     run_inline(job)  # what the worker does
 
     after = seen_by(RESEARCHER, rid)
-    assert after["status"] == "released" and after["auto_released"], after["outputs"][0]["reasons"]
+    # The safe version passes every check, but the workspace computed its evidence: a reviewer
+    # must still look at it (the server could not recompute it), and one approval suffices.
+    assert after["status"] == "in_review" and not after["auto_released"]
     assert after["round"] == 2 and after["outputs"][0]["check_status"] == "pass"
+    assert after["outputs"][0]["computed_by"] == "workspace"
     assert after["outputs"][0]["justification"] == "county_cohort.csv for the paper"
+    act(HOLDER, actions.vote, rid, "county_cohort.csv", "approve", "Safe version: fine.")
+    assert act(HOLDER, actions.decide, rid).value == "released"
 
     # The bundle holds the safe CSV: the suppressed cells are empty, the rest as previewed.
     with transaction() as s:
@@ -182,6 +187,9 @@ def test_the_accepted_safe_version_is_checked_again_and_released_with_its_cells_
         "export.queue",
         "export.accept_safe",
         "export.check",
+        "export.queue",
+        "export.vote",
+        "export.decide",
         "export.release",
         "export.download",
     ]
@@ -221,7 +229,7 @@ def test_a_describe_table_is_made_safe_by_leaving_its_failing_statistics_out(wor
     assert shown["status"] == "pass" and shown["suppressed_cells"] > 0
     run_inline(act(RESEARCHER, actions.accept_safe_version, rid, "d.csv"))
     after = seen_by(RESEARCHER, rid)
-    assert after["status"] == "released" and after["outputs"][0]["check_status"] == "pass"
+    assert after["status"] == "in_review" and after["outputs"][0]["check_status"] == "pass"
     assert round_files(rid, 2)["d.csv"][1].decode() == shown["csv"]
 
 
@@ -373,7 +381,7 @@ def test_the_api_and_the_command_accept_a_safe_version(workspace, run_spe):
     again = call(RESEARCHER, "POST", f"{rid}/outputs/county_cohort.csv/accept-safe", json={})
     assert again.status_code == 409 and "still being checked" in again.json()["detail"]
     run_inline(done.json()["check_job"])
-    assert seen_by(RESEARCHER, rid)["status"] == "released"
+    assert seen_by(RESEARCHER, rid)["status"] == "in_review"  # computed in the workspace
 
     other = file_(workspace, "county_cohort.csv")
     args = ("export", "accept-safe", other[:8], "county_cohort.csv", "--method", "round")
@@ -383,4 +391,4 @@ def test_the_api_and_the_command_accept_a_safe_version(workspace, run_spe):
     ran = run_spe("--as", RESEARCHER, *args, "--inline")
     assert ran.returncode == 0, ran.stderr
     assert "Accepted the round safe version of county_cohort.csv: checked." in ran.stdout
-    assert "is now released" in ran.stdout
+    assert "is now in review" in ran.stdout, ran.stdout
