@@ -1123,6 +1123,171 @@ def preflight(env_dir: Path) -> str | None:
     return None
 
 
+# --- the recorder: a cell's round trip with and without it ----------------------------------------
+
+
+GOAL_RECORDER_MS = 5.0  # p50 overhead of the recorder on a cell's round trip
+GOAL_RECORDER_RATIO = 1.10
+
+
+def _http_unix(path: Path, request: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(path))
+        conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _cell_round_trips(sock: Path, kernel: str, cells: int) -> list[float]:
+    """Seconds from sending an execute_request to its execute_reply, ``cells`` times."""
+    import uuid
+
+    import websocket
+
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(str(sock))
+    ws = websocket.create_connection(
+        f"ws://localhost/api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}",
+        socket=conn,
+        timeout=30,
+    )
+    times = []
+    try:
+        for i in range(cells):
+            msg_id = uuid.uuid4().hex
+            msg = {
+                "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": "b",
+                           "username": "bench", "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                "content": {"code": f"x = {i} * 2", "silent": False, "store_history": True,
+                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+            }  # fmt: skip
+            started = time.perf_counter()
+            ws.send(json.dumps(msg))
+            while True:
+                raw = ws.recv()
+                if not isinstance(raw, str):
+                    continue
+                reply = json.loads(raw)
+                if (
+                    reply.get("channel") == "shell"
+                    and (reply.get("parent_header") or {}).get("msg_id") == msg_id
+                ):
+                    break
+            times.append(time.perf_counter() - started)
+    finally:
+        ws.close()
+    return times
+
+
+def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
+    """One plain notebook server and kernel from the workspace environment on a unix socket;
+    cells alternate between the server's socket and the recorder's in front of it (the real
+    ``python -m spe.hub.recorder``, its records stored by the airlock's record handler in a real
+    SQLite audit log), same kernel, same run."""
+    from spe.db.migrate import upgrade
+    from spe.setup import ensure_keys
+    from spe.workspaces.airlock import MAX_RECORD_LINE, handle_record, serve_lines
+    from spe.workspaces.registry import RunningWorkspace
+
+    state = tmp / "recorder" / "var"
+    state.mkdir(parents=True)
+    for key in [k for k in os.environ if k.startswith("SPE_")]:
+        del os.environ[key]
+    os.environ["SPE_STATE_DIR"] = str(state)
+    reset_spe()
+    upgrade()
+    ensure_keys()
+    server_sock, recorder_sock = state / "server.sock", state / "recorder.sock"
+    record_sock = state / "record.sock"
+    ws = RunningWorkspace("bench--bench", "bench", "bench")
+    loop = asyncio.new_event_loop()
+
+    async def record_service() -> None:
+        await asyncio.start_unix_server(
+            lambda r, w: serve_lines(r, w, lambda line: handle_record(ws, line)),
+            path=str(record_sock),
+            limit=MAX_RECORD_LINE,
+        )
+
+    loop.run_until_complete(record_service())
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    home = tmp / "recorder" / "home"
+    home.mkdir()
+    server = subprocess.Popen(
+        [str(env_dir / "bin" / "jupyter-server"), f"--ServerApp.sock={server_sock}",
+         "--IdentityProvider.token=", "--ServerApp.password=",
+         "--ServerApp.disable_check_xsrf=True",
+         f"--ServerApp.root_dir={home}", "--ServerApp.allow_root=True"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=home,
+    )  # fmt: skip
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(recorder_sock))
+    listener.listen(64)
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "spe.hub.recorder", f"--fd={listener.fileno()}",
+         f"--upstream={server_sock}", f"--record-socket={record_sock}",
+         "--workspace=bench--bench"],
+        pass_fds=[listener.fileno()], env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    listener.close()
+    try:
+        deadline = time.monotonic() + 60
+        while not server_sock.exists():
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise BenchError("the notebook server for the recorder benchmark did not start")
+            time.sleep(0.1)
+        answer = _http_unix(
+            server_sock,
+            b"POST /api/kernels HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+        )
+        try:
+            kernel = json.loads(answer.split(b"\r\n\r\n", 1)[1])["id"]
+        except (ValueError, KeyError, IndexError):
+            raise BenchError(f"no kernel for the recorder benchmark: {answer[:500]!r}") from None
+        _cell_round_trips(server_sock, kernel, 20)  # warm both paths
+        _cell_round_trips(recorder_sock, kernel, 20)
+        direct: list[float] = []
+        through: list[float] = []
+        for _ in range(4):  # interleaved blocks: both see the same load
+            direct += _cell_round_trips(server_sock, kernel, cells // 4)
+            through += _cell_round_trips(recorder_sock, kernel, cells // 4)
+        p50_direct, p50_through = quantile(direct, 0.5) * 1000, quantile(through, 0.5) * 1000
+        overhead = p50_through - p50_direct
+        emit("workspaces.cell_round_trip.direct.p50", p50_direct, "ms", cells=len(direct))
+        emit("workspaces.cell_round_trip.recorder.p50", p50_through, "ms", cells=len(through))
+        emit(
+            "workspaces.recorder.overhead.p50",
+            overhead,
+            "ms",
+            ratio=round(p50_through / p50_direct, 3),
+            p90_direct_ms=round(quantile(direct, 0.9) * 1000, 2),
+            p90_recorder_ms=round(quantile(through, 0.9) * 1000, 2),
+            goal=f"<= {GOAL_RECORDER_MS} ms and <= {round((GOAL_RECORDER_RATIO - 1) * 100)} %",
+            met=overhead <= GOAL_RECORDER_MS and p50_through / p50_direct <= GOAL_RECORDER_RATIO,
+            loadavg=loadavg(),
+            note=NOTE,
+        )
+        recorder_pss = pss_kib(recorder.pid)[0]
+        workspace_pss = sum(pss_kib(pid)[0] for pid in [server.pid, *descendants(server.pid)])
+        emit(
+            "workspaces.recorder.idle_pss",
+            recorder_pss / 1024,
+            "MiB",
+            workspace_mib=round(workspace_pss / 1024, 1),
+            share=round(recorder_pss / max(workspace_pss, 1), 3),
+        )
+    finally:
+        for process in (recorder, server):
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 spawns per mode, 5 at once")
@@ -1146,6 +1311,11 @@ def main(argv: list[str] | None = None) -> int:
         help="hub-managed services to run, comma-separated (api, worker, idle-culler; "
         "default none: only the hub, its proxy and the workspaces compete for the CPU)",
     )
+    parser.add_argument(
+        "--recorder-only",
+        action="store_true",
+        help="only the recorder's figures (cell round trip with and without it, its memory)",
+    )
     args, _unknown = parser.parse_known_args(argv)  # run.py passes every benchmark's options
     spawns = args.spawns or (4 if args.quick else 10)
     concurrent = args.concurrent or (5 if args.quick else 20)
@@ -1165,7 +1335,14 @@ def main(argv: list[str] | None = None) -> int:
         f"projects); {NOTE}"
     )
 
+    if args.recorder_only:
+        with clean_run() as run:
+            recorder_phase(env_dir, run.tmp)
+        return 0
+
     with clean_run() as run:
+        log("the recorder: cell round trips with and without it")
+        recorder_phase(env_dir, run.tmp)
         for mode in ("none", "bwrap"):
             state = run.tmp / mode / "var"  # short: a socket path holds 107 bytes
             env = {

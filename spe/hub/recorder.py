@@ -3,8 +3,10 @@ server, that records in the audit log every code-carrying kernel message and eve
 write and read before it passes, and refuses what it cannot read or cannot record.
 
 One recorder per workspace, started by the spawner on a listening socket it hands over; the
-proxy reaches the workspace only through it. HTTP/1.1 one request per connection upstream;
-websockets are parsed frame by frame from the browser and copied as they are from the server.
+proxy reaches the workspace only through it. Its records go to the control plane's airlock
+service on a socket of their own that no sandbox mounts (so it holds no database credentials
+and stays small). HTTP/1.1, one request per connection upstream; websockets are parsed frame by
+frame from the browser and copied as they are from the server.
 """
 
 from __future__ import annotations
@@ -61,30 +63,24 @@ class RecordingFailed(Exception):
     """The audit log could not be written: the request or message must not pass."""
 
 
-@dataclass(frozen=True)
-class RecordedWorkspace:
-    name: str
-    project: str
-    username: str
-
-
-def audit_sink(ws: RecordedWorkspace) -> Sink:
-    """Records straight into SPE's audit log (the recorder runs with the hub's settings)."""
-    from spe.audit.log import record
-    from spe.db.session import get_engine
-
-    with contextlib.suppress(Exception):  # connected before the first cell, if it can be
-        get_engine()
+def airlock_sink(record_socket: str, timeout: float = 10.0) -> Sink:
+    """Hands each record to the airlock service on the workspace's record socket and waits for
+    it to be stored; anything else is RecordingFailed."""
 
     def write(action: str, details: dict[str, Any]) -> None:
+        line = json.dumps({"action": action, "details": details}, ensure_ascii=False)
         try:
-            with get_engine().begin() as conn:
-                record(
-                    conn, ws.username, action, f"workspace:{ws.name}", details, project=ws.project
-                )
-        except Exception as exc:
-            log.exception("recorder could not write %s for %s", action, ws.name)
-            raise RecordingFailed(str(exc)) from None
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(timeout)
+                conn.connect(record_socket)
+                conn.sendall(line.encode("utf-8", "surrogatepass") + b"\n")
+                answer = conn.makefile("rb").readline()
+            result = json.loads(answer)
+        except (OSError, ValueError) as exc:
+            raise RecordingFailed(f"the airlock is not answering ({exc})") from None
+        if not isinstance(result, dict) or not result.get("ok"):
+            error = result.get("error") if isinstance(result, dict) else None
+            raise RecordingFailed(str(error or "the airlock refused the record"))
 
     return write
 
@@ -514,16 +510,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="the listening unix socket")
     parser.add_argument("--upstream", required=True, help="the notebook server's unix socket")
-    parser.add_argument("--workspace", required=True)
-    parser.add_argument("--project", required=True)
-    parser.add_argument("--user", required=True)
+    parser.add_argument("--record-socket", required=True, help="the airlock's record socket")
+    parser.add_argument("--code-text-bytes", type=int, default=1 << 20)
+    parser.add_argument("--workspace", default="", help="for the log only")
     args = parser.parse_args(argv)
     harden_process()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s recorder %(message)s")
-    from spe.config import get_settings
-
-    ws = RecordedWorkspace(args.workspace, args.project, args.user)
-    recorder = Recorder(args.upstream, audit_sink(ws), get_settings().recorder_code_text_bytes)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s recorder {args.workspace} %(message)s"
+    )
+    recorder = Recorder(args.upstream, airlock_sink(args.record_socket), args.code_text_bytes)
 
     async def run() -> None:
         stop = asyncio.Event()

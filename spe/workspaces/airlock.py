@@ -26,6 +26,17 @@ from spe.workspaces.registry import RunningWorkspace
 log = logging.getLogger("spe.airlock")
 
 MAX_LINE = 1 << 20  # one request; a cell larger than this is refused (and so does not run)
+MAX_RECORD_LINE = 16 << 20  # one record from the recorder (a 4 MiB message, JSON-escaped)
+# What the recorder (outside the sandbox) may write, on its own socket only.
+RECORDER_ACTIONS = frozenset(
+    {
+        "workspace.cell",
+        "workspace.kernel_message",
+        "workspace.contents_write",
+        "workspace.contents_read",
+        "workspace.recorder_refused",
+    }
+)
 MAX_CODE_RECORDED = 256 << 10  # longer cells are recorded by hash and length, and their start
 SYNC_SECONDS = 1.0
 REQUEST_THREADS = 64
@@ -283,6 +294,35 @@ def dispatch(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": f"The airlock could not do {op} ({type(exc).__name__})."}
 
 
+def handle_record(
+    ws: RunningWorkspace, line: bytes, quota: AirlockQuota | None = None
+) -> dict[str, Any]:
+    """Store one record from the workspace's recorder, which runs outside the sandbox and is the
+    only one that can reach this socket: its records are the platform's own (source recorder)."""
+    from spe.audit.log import record
+    from spe.db.session import get_engine
+
+    refusal = charge(ws, len(line), quota)
+    if refusal is not None:
+        return refusal
+    try:
+        request = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return {"ok": False, "error": "The record is not one line of JSON."}
+    action = request.get("action") if isinstance(request, dict) else None
+    details = request.get("details") if isinstance(request, dict) else None
+    if action not in RECORDER_ACTIONS or not isinstance(details, dict):
+        return {"ok": False, "error": "The recorder may write only its own kinds of record."}
+    details = {**details, "source": "recorder"}
+    try:
+        with get_engine().begin() as conn:
+            record(conn, ws.username, action, f"workspace:{ws.name}", details, project=ws.project)
+    except Exception as exc:
+        log.exception("airlock could not store a record of %s's recorder", ws.name)
+        return {"ok": False, "error": f"The record could not be stored ({type(exc).__name__})."}
+    return {"ok": True}
+
+
 # --- the server ---------------------------------------------------------------------------------
 
 
@@ -320,7 +360,9 @@ class Airlock:
 
     def __init__(self, quota: AirlockQuota | None = None) -> None:
         self.servers: dict[str, tuple[RunningWorkspace, asyncio.AbstractServer]] = {}
+        self.record_servers: dict[str, asyncio.AbstractServer] = {}
         self.quota = quota or AirlockQuota()
+        self.record_quota = AirlockQuota()  # the browser's traffic, apart from the kernel's
 
     async def sync(self) -> None:
         from spe.db import readonly
@@ -351,14 +393,30 @@ class Airlock:
         # and no other sandbox has this folder mounted.
         os.chmod(sock, 0o666)  # noqa: S103
         self.servers[ws.name] = (ws, server)
+        # The recorder's socket: root-only folder, mounted nowhere.
+        record = paths.record_socket
+        record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(record.parent, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            record.unlink()
+        self.record_servers[ws.name] = await asyncio.start_unix_server(
+            partial(self._serve_record, ws), path=str(record), limit=MAX_RECORD_LINE
+        )
+        os.chmod(record, 0o600)
         log.info("airlock open for %s at %s", ws.name, sock)
 
     async def close(self, name: str) -> None:
         ws, server = self.servers.pop(name)
         server.close()
         await server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            host_paths(ws.project, ws.username).airlock_socket.unlink()
+        record = self.record_servers.pop(name, None)
+        if record is not None:
+            record.close()
+            await record.wait_closed()
+        paths = host_paths(ws.project, ws.username)
+        for sock in (paths.airlock_socket, paths.record_socket):
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
         log.info("airlock closed for %s", name)
 
     async def _serve(
@@ -368,6 +426,16 @@ class Airlock:
             if ws.name not in self.servers:  # stopped meanwhile
                 return {"ok": False, "error": "This workspace is no longer running."}
             return handle_request(ws, line, self.quota)
+
+        await serve_lines(reader, writer, answer)
+
+    async def _serve_record(
+        self, ws: RunningWorkspace, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        def answer(line: bytes) -> dict[str, Any]:
+            if ws.name not in self.servers:
+                return {"ok": False, "error": "This workspace is no longer running."}
+            return handle_record(ws, line, self.record_quota)
 
         await serve_lines(reader, writer, answer)
 

@@ -23,6 +23,7 @@ AIRLOCK = Path("/run/spe-airlock")  # read-only; the airlock socket: AIRLOCK / A
 CONFIG = Path("/etc/spe-workspace")  # read-only Jupyter/IPython configuration and extension
 SERVER_SOCKET = "server.sock"
 RECORDER_SOCKET = "recorder.sock"
+RECORD_SOCKET = "record.sock"
 AIRLOCK_SOCKET = "airlock.sock"
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -53,6 +54,12 @@ class HostPaths:
     @property
     def airlock_socket(self) -> Path:
         return self.airlock / AIRLOCK_SOCKET
+
+    @property
+    def record_socket(self) -> Path:
+        """Where the recorder hands its records to the control plane (the airlock service): a
+        root-only folder beside the airlock's, never mounted into any sandbox."""
+        return self.airlock.parent.parent / "records" / self.airlock.name / RECORD_SOCKET
 
     @property
     def recorder_socket(self) -> Path:

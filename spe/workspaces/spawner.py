@@ -405,12 +405,13 @@ def start_recorder(plan: WorkspacePlan) -> subprocess.Popen[bytes]:
                     "spe.hub.recorder",
                     f"--fd={listener.fileno()}",
                     f"--upstream={paths.server_socket}",
+                    f"--record-socket={paths.record_socket}",
+                    f"--code-text-bytes={get_settings().recorder_code_text_bytes}",
                     f"--workspace={layout.workspace_id(plan.project, plan.username)}",
-                    f"--project={plan.project}",
-                    f"--user={plan.username}",
                 ],
                 pass_fds=[listener.fileno()],
-                env=dict(os.environ),  # the hub's settings: the recorder writes the audit log
+                # Nothing of the hub's settings: the recorder holds no database credentials.
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -152,6 +152,24 @@ def test_a_cell_claimed_as_the_servers_record_is_stored_as_the_workspaces_claim(
     assert details["source"] == "workspace" and details["layer"] == "server"
 
 
+def test_the_recorders_socket_stores_its_records_as_its_own_and_only_its_kinds(workspaces):
+    """The record socket is the recorder's (outside the sandbox): root-only, beside but apart
+    from the airlock folder a sandbox mounts; what comes through it is stored as the recorder's."""
+    from spe.hub.recorder import RecordingFailed, airlock_sink
+
+    paths = workspaces["paths"]["researcher"]
+    record = paths.record_socket
+    assert record.is_socket() and (record.stat().st_mode & 0o777) == 0o600
+    assert paths.airlock not in record.parents
+    sink = airlock_sink(str(record))
+    sink("workspace.cell", {"code": "x = 1", "source": "workspace", "layer": "recorder"})
+    (event,) = events("workspace.cell")
+    assert json.loads(event.details)["source"] == "recorder"
+    assert event.actor == "researcher" and event.target == "workspace:study--researcher"
+    with pytest.raises(RecordingFailed, match="only its own kinds"):
+        sink("workspace.load", {"dataset": "people"})
+
+
 def test_a_load_of_a_dataset_the_project_was_not_granted_is_refused_with_an_alarm(workspaces):
     sock = workspaces["paths"]["researcher"].airlock_socket
     with pytest.raises(AirlockUnavailable, match="no grant for the dataset 'income'"):

@@ -677,17 +677,39 @@ def test_5_disabling_the_kernel_audit_leaves_cells_audited_and_the_airlock_fails
     # Recorded by the notebook server's layer only: the kernel's own layer is gone.
     assert _cell_sources("marker = 12345") == {"recorder", "server"}
 
-    story.airlock.stop()  # the airlock goes away ...
+    # The kernel's own airlock socket goes away: the server's hook cannot record, so the cell
+    # does not run (the recorder, on its own socket, still records what the browser sent).
     from spe.workspaces.layout import host_paths
 
-    assert not host_paths(PROJECT, USER).airlock_socket.exists()
-    refused = story.execute("after_the_airlock = 1")
-    assert refused["status"] == "error", refused  # ... and the next cell does not run
+    airlock_socket = host_paths(PROJECT, USER).airlock_socket
+    hidden = airlock_socket.with_name("hidden.sock")
+    airlock_socket.rename(hidden)
+    try:
+        refused = story.execute("after_the_airlock = 1")
+    finally:
+        hidden.rename(airlock_socket)
+    assert refused["status"] == "error", refused
     sentence = REFUSED.split(" ({reason})")[0]
     assert sentence in refused["evalue"], refused
-    # The recorder writes the log itself, outside the sandbox: it recorded what was sent; the
-    # layers inside could not reach the airlock, so the cell did not run.
     assert _cell_sources("after_the_airlock = 1") == {"recorder"}
+
+    story.airlock.stop()  # the whole airlock goes away: the recorder cannot record either ...
+    assert not airlock_socket.exists()
+    story.send("execute_request", {"code": "after_the_recorder = 1", "silent": False})
+    import websocket
+
+    story.ws.settimeout(1)
+    closed = False
+    deadline = time.monotonic() + 15
+    while not closed and time.monotonic() < deadline:
+        try:
+            story.ws.recv()  # ... so it closes the kernel's websocket, and nothing passes
+        except websocket.WebSocketConnectionClosedException:
+            closed = True
+        except websocket.WebSocketTimeoutException:
+            continue
+    assert closed, "the recorder kept the websocket open without an audit log"
+    assert _cell_sources("after_the_recorder = 1") == set()
 
 
 # --- 6. stopping the workspace -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The end-to-end routes (user_expressions, the control channel, the debugger, comms, contents)
 run through a real hub and sandbox in tests/integration/test_workspace_story.py; here the
 recorder runs in this process between a raw client and a plain unix-socket server standing in
-for the notebook server, with SPE's real audit sink pointed at a database that is not there.
+for the notebook server, with its real sink pointed at an airlock record socket that is gone.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from typing import Any
 
 import pytest
 
-from spe.config import reset_settings
-from spe.db.session import reset_engine
 from spe.hub.kernel_messages import UnreadableMessage, read_kernel_message
-from spe.hub.recorder import RecordedWorkspace, Recorder, audit_sink
+from spe.hub.recorder import Recorder, airlock_sink
 
 
 def message(msg_type: str, content: dict[str, Any], channel: str = "shell") -> dict[str, Any]:
@@ -137,8 +135,7 @@ async def _scenario(sock_dir: Path) -> dict[str, Any]:
 
     upstream = sock_dir / "server.sock"
     server = await asyncio.start_unix_server(notebook_server, path=str(upstream))
-    sink = audit_sink(RecordedWorkspace("study--alice", "study", "alice"))
-    recorder = Recorder(str(upstream), sink)
+    recorder = Recorder(str(upstream), airlock_sink(str(sock_dir / "gone" / "record.sock")))
     front = sock_dir / "recorder.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(front))
@@ -179,24 +176,11 @@ async def _scenario(sock_dir: Path) -> dict[str, Any]:
     return out
 
 
-def test_when_the_audit_log_cannot_be_written_nothing_reaches_the_notebook_server(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    with socket.socket() as closed:  # a port where no database listens
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    for key in list(os.environ):
-        if key.startswith("SPE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("SPE_DATABASE_URL", f"postgresql+psycopg://spe:x@127.0.0.1:{port}/spe")
-    reset_settings()
-    reset_engine()
+def test_when_the_audit_log_cannot_be_written_nothing_reaches_the_notebook_server() -> None:
     folder = Path(tempfile.mkdtemp(prefix="spe-rec-"))
     try:
         out = asyncio.run(_scenario(folder))
     finally:
-        reset_settings()
-        reset_engine()
         shutil.rmtree(folder, ignore_errors=True)
     handshake_upstream = out["received"][0]
     # Compression and the binary subprotocol are negotiated away before the server sees them.
