@@ -458,7 +458,8 @@ def test_a_workspace_spawns_and_answers_through_the_proxy(hub: Hub) -> None:
     status = session.get(f"{hub.url}/user/researcher/study/api/status")
     assert status.status_code == 200 and "last_activity" in status.json()
     paths = host_paths("study", "researcher")
-    assert paths.server_socket.is_socket()  # the proxy reaches the server on its unix socket
+    assert paths.server_socket.is_socket()  # the server listens on its unix socket ...
+    assert paths.recorder_socket.is_socket()  # ... and the proxy reaches it only through this
     assert (paths.root / "data" / "people" / "data.parquet").exists()
     assert paths.outbox.is_dir()
     assert [a for a, _ in _events("workspace.", "workspace:study--researcher")][-1] == (
@@ -501,6 +502,7 @@ def test_stopping_a_workspace_stops_its_server(hub: Hub) -> None:
     _wait(lambda: not (_server(session, hub) or {}).get("ready"), 30, "the stop", hub)
     _wait(lambda: _ended(pid), 30, "the server process to end", hub)
     assert not host_paths("study", "researcher").server_socket.exists()
+    assert not host_paths("study", "researcher").recorder_socket.exists()
     action, details = _events("workspace.", "workspace:study--researcher")[-1]
     assert action == "workspace.stop" and "stopped by the hub" in details["reason"]
 
