@@ -25,7 +25,7 @@ from spe.accounts.models import User
 from spe.audit.log import record, state_change
 from spe.config import get_settings
 from spe.db.base import utcnow
-from spe.errors import NotFound
+from spe.errors import NotFound, SPEError
 from spe.exports import permissions as perms
 from spe.exports.checking import (
     DP,
@@ -333,7 +333,10 @@ def _check_dp_reference(session: Session, request: ExportRequest, file: CopiedFi
         raise ExportInputError(
             f"{file.name} is not a DP answer reference; save the answer with its .save(name)."
         )
-    answer = exported_answer(session, project_of(session, request), str(data["query"]))
+    try:
+        answer = exported_answer(session, project_of(session, request), str(data["query"]))
+    except SPEError as exc:
+        raise ExportInputError(f"{file.name} cannot be exported: {exc.message}") from None
     return sorted(answer.datasets)
 
 
@@ -954,7 +957,10 @@ def _public_report(out: ExportOutput) -> dict[str, Any]:
     """What the bundle says about an output's check: verdicts, never the numbers behind them."""
     report = json.loads(out.report or "{}")
     cells = []
-    for cell in report.get("cells", []) if isinstance(report, dict) else []:
+    listed = report.get("cells", []) if isinstance(report, dict) else []
+    for cell in listed if isinstance(listed, list) else []:
+        if not isinstance(cell, dict):
+            continue
         failing = cell.get("failing") or []
         if not failing:
             continue
