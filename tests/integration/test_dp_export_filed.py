@@ -72,7 +72,7 @@ def test_a_made_up_dp_reference_is_refused_and_nothing_is_queued(health, tmp_pat
     )
     with readonly() as s:
         before = s.scalar(select(func.count()).select_from(ExportRequest))
-    with pytest.raises(ExportInputError, match="fake.dp.json"):
+    with pytest.raises(ExportInputError, match=r"fake\.dp\.json"):
         _file(tmp_path, "fake.dp.json")
     with readonly() as s:
         assert s.scalar(select(func.count()).select_from(ExportRequest)) == before
