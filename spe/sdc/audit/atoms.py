@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from spe.sdc.errors import SDCError
 
@@ -45,6 +46,33 @@ def _cell_keys(n: int) -> np.ndarray:
     return rng.integers(1, np.iinfo(np.int64).max, size=n, dtype=np.int64).astype(np.uint64)
 
 
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    # sort-based: numpy's hash-based unique is several times slower on a million 64-bit keys
+    x = np.sort(x)
+    if len(x) < 2:
+        return x
+    return x[np.concatenate([[True], x[1:] != x[:-1]])]
+
+
+def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct values, index of each element's value, count of each value), sorted."""
+    order = np.argsort(x)
+    ranked = x[order]
+    starts = np.concatenate([[True], ranked[1:] != ranked[:-1]]) if len(x) else np.zeros(0, bool)
+    ids = np.cumsum(starts) - 1
+    inverse = np.empty(len(x), dtype=np.int64)
+    inverse[order] = ids
+    first = np.flatnonzero(starts)
+    counts = np.diff(np.append(first, len(x)))
+    return ranked[first], inverse, counts
+
+
+def _factorize(x: np.ndarray) -> np.ndarray:
+    """Dense ids 0..k-1 of the distinct values of x, numbered in sorted order of the values."""
+    codes, _ = pd.factorize(x, sort=True)
+    return np.asarray(codes, dtype=np.int64)
+
+
 def refine(
     persons: np.ndarray, atom_of: np.ndarray, n_atoms: int, cells: Sequence[np.ndarray]
 ) -> Refinement:
@@ -52,25 +80,30 @@ def refine(
     cells = [np.asarray(c, dtype=np.int64) for c in cells]
     lengths = np.array([len(c) for c in cells], dtype=np.int64)
     members = np.concatenate(cells) if cells else np.zeros(0, dtype=np.int64)
-    if len(members):
-        fresh = np.setdiff1d(members, persons, assume_unique=False)
+    # searching in sorted order touches memory in order: several times faster on 1 M persons
+    order = np.argsort(members)
+    ranked = members[order]
+    if len(ranked) and len(persons):
+        at = np.minimum(np.searchsorted(persons, ranked), len(persons) - 1)
+        fresh = _sorted_unique(ranked[persons[at] != ranked])
     else:
-        fresh = np.zeros(0, dtype=np.int64)
+        fresh = _sorted_unique(ranked)
     if len(fresh):
-        merged = np.union1d(persons, fresh)
+        merged = np.sort(np.concatenate([persons, fresh]))
         old_parent = np.full(len(merged), n_atoms, dtype=np.int64)  # n_atoms: "new persons"
         old_parent[np.searchsorted(merged, persons)] = atom_of
+        at = np.searchsorted(merged, ranked)
     else:
         merged = persons
         old_parent = atom_of.astype(np.int64, copy=False)
-    index = np.searchsorted(merged, members)
+    index = np.empty(len(members), dtype=np.int64)
+    index[order] = at if len(ranked) else np.zeros(0, dtype=np.int64)
     signature = np.zeros(len(merged), dtype=np.uint64)
     if len(members):
         np.add.at(signature, index, np.repeat(_cell_keys(len(cells)), lengths))
     with np.errstate(over="ignore"):
         code = signature ^ (old_parent.astype(np.uint64) * _PARENT_MIX)
-    _, new_atom = np.unique(code, return_inverse=True)
-    new_atom = new_atom.astype(np.int64).ravel()
+    new_atom = _factorize(code)
     n_new = int(new_atom.max()) + 1 if len(new_atom) else 0
     sizes = np.bincount(new_atom, minlength=n_new).astype(np.int64)
     # Exactness: every new atom inside one earlier atom ...
@@ -81,7 +114,12 @@ def refine(
     # ... and every cell a union of whole atoms.
     cell_of = np.repeat(np.arange(len(cells), dtype=np.int64), lengths)
     pair = cell_of * max(n_new, 1) + new_atom[index]
-    pair_keys, pair_counts = np.unique(pair, return_counts=True)
+    if len(cells) * max(n_new, 1) <= 1 << 26:  # a dense count is cheaper than sorting
+        dense = np.bincount(pair, minlength=len(cells) * max(n_new, 1))
+        pair_keys = np.flatnonzero(dense)
+        pair_counts = dense[pair_keys]
+    else:
+        pair_keys, _, pair_counts = _unique_inverse(pair)
     pair_atoms = pair_keys % max(n_new, 1)
     if (lo != hi).any() or (pair_counts != sizes[pair_atoms]).any():
         raise SDCError(
