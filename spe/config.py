@@ -140,6 +140,19 @@ class Settings(BaseSettings):
         description="Bytes of airlock requests (hence of audit records) one workspace may send "
         "per UTC day (64 MiB); beyond it requests are refused and one alarm is recorded.",
     )
+    workspace_read_bytes_per_day: int = Field(
+        default=16 << 20,
+        ge=0,
+        description="Bytes of files other than notebooks one workspace may show in the browser "
+        "per UTC day (contents reads, counted by the recorder); beyond it reads are refused "
+        "and one alarm is recorded.",
+    )
+    workspace_read_alarm_bytes: int = Field(
+        default=64 << 10,
+        ge=1,
+        description="A file read through the browser at least this large that looks like "
+        "encoded data (base64, hex) is refused and raises an alarm at once.",
+    )
     recorder_code_text_bytes: int = Field(
         default=1 << 20,
         ge=0,

@@ -268,6 +268,66 @@ def contents_read(request: Request, status: int, body: bytes) -> dict[str, Any]:
     return details
 
 
+# --- the read budget ------------------------------------------------------------------------------
+
+_ENCODED_ALPHABET = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_"
+)
+READ_REFUSED_BUDGET = (
+    "This workspace has shown {limit} MiB of files in the browser today, its daily limit; look "
+    "at data in a notebook (summaries, not whole files), or ask the platform operator."
+)
+READ_REFUSED_ENCODED = (
+    "{path} looks like encoded data (base64 or hex), which SPE does not show in the browser; "
+    "this attempt is reported to the auditors."
+)
+
+
+def looks_encoded(text: str) -> bool:
+    """Base64 or hex text: nearly every character from their alphabets, no separators."""
+    sample = "".join(text[:262144].split()).encode("utf-8", "replace")
+    if not sample:
+        return False
+    inside = sum(1 for b in sample if b in _ENCODED_ALPHABET)
+    return inside / len(sample) >= 0.98
+
+
+@dataclass
+class ReadBudget:
+    """Bytes of non-notebook files one workspace may see in the browser per UTC day; this
+    recorder's memory (one per workspace: a restart begins the day afresh)."""
+
+    bytes_per_day: int
+    alarm_bytes: int
+    day: str = ""
+    used: int = 0
+    alarmed: bool = False
+
+    def check(self, path: str, text: str) -> tuple[str | None, dict[str, Any] | None]:
+        """(refusal sentence or None, alarm details or None) for showing ``text`` of ``path``."""
+        import datetime as dt
+
+        today = dt.datetime.now(dt.UTC).date().isoformat()
+        if today != self.day:
+            self.day, self.used, self.alarmed = today, 0, False
+        if path.endswith(".ipynb"):
+            return None, None
+        size = len(text.encode("utf-8", "surrogatepass"))
+        alarm: dict[str, Any] | None = None
+        if size >= self.alarm_bytes and looks_encoded(text):
+            alarm = {"reason": "encoded data", "path": path[:1024], "bytes": size}
+            return READ_REFUSED_ENCODED.format(path=path[:200]), alarm
+        if self.used + size > self.bytes_per_day:
+            if not self.alarmed:
+                self.alarmed = True
+                alarm = {"reason": "daily read budget", "path": path[:1024], "bytes": size,
+                         "used_today": self.used, "limit": self.bytes_per_day}  # fmt: skip
+            limit = round(self.bytes_per_day / (1 << 20), 2)
+            return READ_REFUSED_BUDGET.format(limit=limit), alarm
+        self.used += size
+        return None, None
+
+
 # --- websocket frames -----------------------------------------------------------------------------
 
 
@@ -309,10 +369,17 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bool, int, bytes, by
 class Recorder:
     """Serves one workspace: every connection from the proxy goes to ``upstream`` through here."""
 
-    def __init__(self, upstream: str, sink: Sink, code_text_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        sink: Sink,
+        code_text_bytes: int = 1 << 20,
+        read_budget: ReadBudget | None = None,
+    ) -> None:
         self.upstream = upstream
         self.sink = sink
         self.code_text_bytes = code_text_bytes
+        self.read_budget = read_budget or ReadBudget(16 << 20, 64 << 10)
 
     async def _record(self, action: str, details: dict[str, Any]) -> None:
         await asyncio.to_thread(self.sink, action, details)
@@ -366,8 +433,14 @@ class Recorder:
         status = int(head.split(b" ", 2)[1])
         wants_content = parse_qs(urlsplit(request.target).query).get("content", ["1"])[0] != "0"
         if is_contents and request.method == "GET" and wants_content:
+            details = contents_read(request, status, body)
             try:
-                await self._record("workspace.contents_read", contents_read(request, status, body))
+                refusal = await self._budget(details["path"], status, body)
+                if refusal is not None:
+                    writer.write(_answer(403, "Forbidden", refusal))
+                    await writer.drain()
+                    return False
+                await self._record("workspace.contents_read", details)
             except RecordingFailed:
                 writer.write(_answer(503, "Service Unavailable", NOT_RECORDED))
                 await writer.drain()
@@ -403,6 +476,25 @@ class Recorder:
                     await down
         finally:
             up_writer.close()
+
+    async def _budget(self, path: str, status: int, body: bytes) -> str | None:
+        """The refusal for showing this file, if any, with its alarm recorded first."""
+        if status != 200:
+            return None
+        try:
+            model = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(model, dict) or model.get("type") != "file":
+            return None
+        content = model.get("content")
+        if not isinstance(content, str):
+            return None
+        refusal, alarm = self.read_budget.check(path, content)
+        if alarm is not None:
+            alarm["sha256"] = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+            await self._record("workspace.read_alarm", alarm)
+        return refusal
 
     async def _browser_to_kernel(
         self, reader: asyncio.StreamReader, up: asyncio.StreamWriter
@@ -512,13 +604,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream", required=True, help="the notebook server's unix socket")
     parser.add_argument("--record-socket", required=True, help="the airlock's record socket")
     parser.add_argument("--code-text-bytes", type=int, default=1 << 20)
+    parser.add_argument("--read-bytes-per-day", type=int, default=16 << 20)
+    parser.add_argument("--read-alarm-bytes", type=int, default=64 << 10)
     parser.add_argument("--workspace", default="", help="for the log only")
     args = parser.parse_args(argv)
     harden_process()
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s recorder {args.workspace} %(message)s"
     )
-    recorder = Recorder(args.upstream, airlock_sink(args.record_socket), args.code_text_bytes)
+    recorder = Recorder(
+        args.upstream,
+        airlock_sink(args.record_socket),
+        args.code_text_bytes,
+        ReadBudget(args.read_bytes_per_day, args.read_alarm_bytes),
+    )
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -35,6 +35,7 @@ RECORDER_ACTIONS = frozenset(
         "workspace.contents_write",
         "workspace.contents_read",
         "workspace.recorder_refused",
+        "workspace.read_alarm",
     }
 )
 MAX_CODE_RECORDED = 256 << 10  # longer cells are recorded by hash and length, and their start

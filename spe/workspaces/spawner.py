@@ -407,6 +407,8 @@ def start_recorder(plan: WorkspacePlan) -> subprocess.Popen[bytes]:
                     f"--upstream={paths.server_socket}",
                     f"--record-socket={paths.record_socket}",
                     f"--code-text-bytes={get_settings().recorder_code_text_bytes}",
+                    f"--read-bytes-per-day={get_settings().workspace_read_bytes_per_day}",
+                    f"--read-alarm-bytes={get_settings().workspace_read_alarm_bytes}",
                     f"--workspace={layout.workspace_id(plan.project, plan.username)}",
                 ],
                 pass_fds=[listener.fileno()],

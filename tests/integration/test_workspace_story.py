@@ -47,6 +47,7 @@ PROJECT = "demo-income-study"
 WORKSPACE = f"{PROJECT}--{USER}"
 SERVER = f"/user/{USER}/{PROJECT}"
 PARQUET_MAGIC = b"PAR1"
+READ_BUDGET = 256 << 10  # bytes of non-notebook files the browser may see per day
 
 _HUB_MAIN = (
     "from spe.workspaces.hub import run_hub; "
@@ -267,6 +268,8 @@ def story(sqlite_template: Path) -> Iterator[Story]:
         "SPE_API_PORT": str(api_port),
         "SPE_WORKSPACE_SANDBOX": "bwrap",
         "SPE_WORKSPACE_ENV_DIR": str(WORKSPACE_ENV),
+        # Small, so that step 4c reaches it; notebooks do not count.
+        "SPE_WORKSPACE_READ_BYTES_PER_DAY": str(READ_BUDGET),
     }
     door = f"http://127.0.0.1:{door_port}"
     with pytest.MonkeyPatch.context() as mp:
@@ -659,6 +662,41 @@ def test_4b_files_made_in_the_kernel_cannot_be_read_out_through_the_browser(stor
     big = story.get(f"{contents}/big.txt", params={"type": "file", "format": "text"})
     assert big.status_code == 413, big.text[:300]
     assert "larger than" in big.text
+
+
+def test_4c_an_extract_read_out_as_base64_and_reads_past_the_budget_are_refused_with_alarms(
+    story: Story,
+) -> None:
+    """The read-out of issue 15: the extract as base64 text in a .txt, read through the contents
+    API; and plain text read until the workspace's daily budget is spent."""
+    assert story.ws is not None, "step 3 did not get a kernel"
+    made = story.execute(
+        "import base64, glob\n"
+        "raw = b''.join(open(p, 'rb').read() for p in sorted(glob.glob('/data/*/*.parquet')))\n"
+        "open('extract.txt', 'w').write(base64.b64encode(raw).decode())\n"
+        "open('table.csv', 'w').write('year,municipality,count\\n' + '2020,0301,12\\n' * 12000)\n"
+        "print(len(base64.b64encode(raw)))"
+    )
+    assert made["status"] == "ok", made
+    encoded = int(made["outputs"][0]["text"])
+    assert encoded >= 64 << 10, f"the extracts are too small for the test ({encoded} bytes)"
+    contents = f"{SERVER}/api/contents"
+    read_out = story.get(f"{contents}/extract.txt", params={"type": "file", "format": "text"})
+    assert read_out.status_code == 403 and "encoded data" in read_out.text
+    assert PARQUET_MAGIC not in read_out.content
+    alarm = _recorded("workspace.read_alarm", lambda d: d.get("path") == "extract.txt")
+    assert alarm is not None and alarm["reason"] == "encoded data" and alarm["source"] == "recorder"
+    # About 150 KiB of plain text fits once in the 256 KiB budget, not twice; one alarm a day.
+    answers = [
+        story.get(f"{contents}/table.csv", params={"type": "file", "format": "text"})
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 403, 403]
+    assert "daily limit" in answers[1].text
+    alarms = [e["details"] for e in _events("workspace.read_alarm")]
+    assert [a["reason"] for a in alarms] == ["encoded data", "daily read budget"]
+    # Notebooks do not count: the template still opens.
+    assert story.get(f"{contents}/{TEMPLATE.name}").status_code == 200
 
 
 # --- 5. the audit cannot be switched off from the kernel, and fails closed ------------------------

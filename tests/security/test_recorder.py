@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from spe.hub.kernel_messages import UnreadableMessage, read_kernel_message
-from spe.hub.recorder import Recorder, airlock_sink
+from spe.hub.recorder import ReadBudget, Recorder, airlock_sink, looks_encoded
 
 
 def message(msg_type: str, content: dict[str, Any], channel: str = "shell") -> dict[str, Any]:
@@ -190,3 +190,30 @@ def test_when_the_audit_log_cannot_be_written_nothing_reaches_the_notebook_serve
     assert all(b"unrecorded" not in chunk for chunk in out["received"])  # ... and sent nothing
     assert out["upload"].startswith(b"HTTP/1.1 503") and b"could not record" in out["upload"]
     assert len(out["received"]) == 2  # the upload never reached the server
+
+
+# --- the read budget ------------------------------------------------------------------------------
+
+
+def test_encoded_text_is_told_from_tables_and_prose() -> None:
+    raw = os.urandom(4096)
+    assert looks_encoded(base64.b64encode(raw).decode())
+    assert looks_encoded(raw.hex())
+    assert looks_encoded("\n".join(base64.encodebytes(raw).decode().split()))  # wrapped lines
+    assert not looks_encoded("year,municipality,count\n" + "2020,0301,12\n" * 500)
+    assert not looks_encoded("A screen is still a channel, so reads are counted. " * 100)
+
+
+def test_the_read_budget_refuses_encoded_reads_at_once_and_others_past_the_day_with_one_alarm() -> (
+    None
+):
+    budget = ReadBudget(bytes_per_day=1000, alarm_bytes=100)
+    refusal, alarm = budget.check("out.txt", base64.b64encode(os.urandom(300)).decode())
+    assert refusal is not None and alarm is not None and alarm["reason"] == "encoded data"
+    assert budget.check("small.txt", "x" * 60) == (None, None)  # encoded-looking but small
+    assert budget.check("notes.txt", "a, b; " * 100) == (None, None)  # 600 bytes: within
+    refusal, alarm = budget.check("notes.txt", "a, b; " * 100)
+    assert refusal is not None and "daily limit" in refusal and alarm is not None
+    refusal, alarm = budget.check("notes.txt", "a, b; " * 100)
+    assert refusal is not None and alarm is None  # one alarm a day
+    assert budget.check("analysis.ipynb", "{" + "x" * 5000 + "}") == (None, None)
