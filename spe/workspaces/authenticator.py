@@ -361,4 +361,6 @@ class SPEAuthenticator(Authenticator):
     async def pre_spawn_start(self, user: Any, spawner: Any) -> None:
         """A one-time login opens no workspace: only the page that sets a password."""
         if await self._run(must_set_password, user.name):
-            raise RuntimeError(ONE_TIME_LOGIN_ONLY)
+            from tornado import web
+
+            raise web.HTTPError(403, ONE_TIME_LOGIN_ONLY)

@@ -182,6 +182,7 @@ def hub(sqlite_template: Path) -> Iterator[Hub]:
         "SPE_API_PORT": str(_free_port()),
         "SPE_WORKSPACE_SANDBOX": "none",
         "SPE_WORKSPACE_ENV_DIR": str(server_env),
+        "SPE_HUB_AUTH_REFRESH_SECONDS": "10",  # revocations reach the hub within 10 s
     }
     with pytest.MonkeyPatch.context() as mp:
         _clear_spe_env(mp)
@@ -573,3 +574,53 @@ def test_a_sandboxed_workspace_spawns_and_answers_through_the_proxy(hub: Hub) ->
     )
     assert answer.status_code in (202, 204)
     _wait(lambda: _ended(pid), 30, "the sandbox to end", hub)
+
+
+# --- one-time passwords and revocation at the hub (issue 16) ------------------------------------
+
+
+def test_a_one_time_password_logs_in_to_the_hub_once_and_opens_no_workspace(hub: Hub) -> None:
+    from spe.accounts.service import get_user, reset_password
+    from spe.db import transaction
+
+    with transaction() as s:
+        one_time = reset_password(s, get_user(s, "op"), get_user(s, "researcher_b"))
+    session, answer = _login(hub, "researcher_b", one_time)
+    assert answer.status_code == 302, answer.text[:300]
+    spawn = session.post(
+        f"{hub.url}/hub/api/users/researcher_b/servers/other",
+        json={"project": "other"},
+        headers=_xsrf(session),
+    )
+    assert spawn.status_code >= 400 and "Set your own password first" in spawn.text
+    # Used once: the same one-time password does not log in again.
+    assert _login(hub, "researcher_b", one_time)[1].status_code == 403
+    events = _events("user.login", "user:researcher_b")
+    assert events[-1] == (
+        "user.login_failed",
+        {"source": events[-1][1]["source"]},
+    ) and events[-1][1]["source"].endswith("refused: one-time password used")
+    assert events[-2][0] == "user.login" and events[-2][1]["source"].endswith("one-time password")
+
+
+def test_a_password_reset_ends_the_hubs_login_and_the_hub_says_so(hub: Hub) -> None:
+    from spe.accounts.service import get_user, reset_password
+    from spe.db import transaction
+
+    session = _logged_in(hub, "inst_admin")
+    assert session.get(f"{hub.url}/hub/api/user", headers=_xsrf(session)).status_code == 200
+    with transaction() as s:
+        reset_password(s, get_user(s, "op"), get_user(s, "inst_admin"))
+    time.sleep(11)  # SPE_HUB_AUTH_REFRESH_SECONDS
+    home = session.get(f"{hub.url}/hub/home", allow_redirects=False)
+    assert home.status_code == 302 and "/hub/login" in home.headers["Location"]
+    # The old cookie stays dead: the hub changed the account's cookie id.
+    again = session.get(f"{hub.url}/hub/home", allow_redirects=False)
+    assert again.status_code == 302 and "/hub/login" in again.headers["Location"]
+    assert _events("session.hub_revoke", "user:inst_admin")
+
+
+def test_the_hubs_logout_button_goes_through_the_pages_logout(hub: Hub) -> None:
+    session = _logged_in(hub, "reviewer")
+    home = session.get(f"{hub.url}/hub/home")
+    assert "/services/spe/logout" in home.text
