@@ -31,6 +31,9 @@ SCHEME_VERSION = 1
 HOLDER_PSEUDONYM = "holder-pseudonym"
 PROJECT_PSEUDONYM = "project-pseudonym"
 HOLDER_QUARANTINE = "holder-quarantine"
+# The disclosure audit's holder-wide person space: never shown, never in a workspace, and kept
+# when a project's key is destroyed (released cells stay audited).
+PERSON_SPACE = "person-space"
 
 _HEX = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
 
@@ -84,6 +87,15 @@ class ProjectPseudonymiser(_AESBlock):
 
     def pseudonyms(self, holder_pseudonyms: np.ndarray) -> np.ndarray:
         return to_hex(self.permute(holder_pseudonyms))
+
+
+class PersonSpace(_AESBlock):
+    """Holder-level pseudonyms to the holder's audit person space: one 64-bit key per person,
+    the same in every project of the holder, linkable to nothing without this key."""
+
+    def keys(self, holder_pseudonyms: np.ndarray) -> np.ndarray:
+        """(N, 16) uint8 holder-level pseudonyms → (N,) int64 person-space keys."""
+        return np.ascontiguousarray(self.permute(holder_pseudonyms)[:, :8]).view("<i8").ravel()
 
 
 def to_hex(blocks: np.ndarray) -> np.ndarray:
@@ -170,6 +182,12 @@ def project_pseudonymiser(
     session: Session, project_id: str, platform: PlatformKey | None = None
 ) -> ProjectPseudonymiser:
     return ProjectPseudonymiser(_raw(session, PROJECT_PSEUDONYM, project_id, platform))
+
+
+def person_space(
+    session: Session, holder_id: str, platform: PlatformKey | None = None
+) -> PersonSpace:
+    return PersonSpace(_raw(session, PERSON_SPACE, holder_id, platform))
 
 
 def quarantine_sealer(

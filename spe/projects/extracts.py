@@ -32,9 +32,11 @@ from spe.errors import NotFound, SPEError
 from spe.ingest.pipeline import PERSON_COLUMN, generalise
 from spe.ingest.policy import Generalisation
 from spe.keys.pseudonyms import (
+    PERSON_SPACE,
     PROJECT_PSEUDONYM,
     destroy_scope_key,
     ensure_scope_key,
+    person_space,
     project_pseudonymiser,
 )
 from spe.keys.signing import checkpoint_signer
@@ -202,6 +204,16 @@ def extract(
                 project_slug, dataset_name, version.version, False, done.row_count, done.path
             )
         pseudonymiser = project_pseudonymiser(session, project_id)
+        holder_id = str(project.holder_id)
+        if ensure_scope_key(session, PERSON_SPACE, holder_id):
+            record(
+                session,
+                "system:keys",
+                "key.create",
+                f"key:{PERSON_SPACE}:{holder_id}",
+                project=project_slug,
+            )
+        space = person_space(session, holder_id)
         # What a plan may use of this extract, for the workspace's preview (the server builds
         # its own from the database and never reads this file back).
         source_json = _source_json(session, project.slug, dataset_name, version, grant)
@@ -214,8 +226,12 @@ def extract(
     source = pq.ParquetFile(storage.path(source_path))
     total = source.metadata.num_rows
     rows = 0
-    with storage.atomic_dir(relative) as tmp:
+    # The audit's person map: never mounted in a workspace (a folder of its own beside the
+    # extracts), it turns the project's pseudonyms into the holder's person space on the server.
+    map_relative = f"projects/{project_id}/person-space/{dataset_name}/{key[:24]}"
+    with storage.atomic_dir(relative) as tmp, storage.atomic_dir(map_relative) as map_tmp:
         writer = None
+        map_writer = None
         try:
             for batch in source.iter_batches(
                 batch_size=262144, columns=[PERSON_COLUMN, *variables]
@@ -224,6 +240,15 @@ def extract(
                 blocks = _blocks(person)
                 hexes = pseudonymiser.pseudonyms(blocks)
                 arrays = [_hex_strings(hexes)]
+                mapped = pa.Table.from_arrays(
+                    [arrays[0], pa.array(space.keys(blocks), type=pa.int64())],
+                    names=[PERSON_COLUMN, "space"],
+                )
+                if map_writer is None:
+                    map_writer = pq.ParquetWriter(
+                        map_tmp / "persons.parquet", mapped.schema, compression="zstd"
+                    )
+                map_writer.write_table(mapped)
                 for i, name in enumerate(variables, start=1):
                     col = batch.column(i)
                     if name in gens:
@@ -241,6 +266,8 @@ def extract(
         finally:
             if writer is not None:
                 writer.close()
+            if map_writer is not None:
+                map_writer.close()
         (tmp / "catalogue.json").write_text(
             json.dumps(source_json, sort_keys=True, ensure_ascii=False, indent=1) + "\n",
             "utf-8",
@@ -557,3 +584,29 @@ def plan_catalogue(session: Session, project: Project) -> Any:
             columns=_source_columns(session, version, grant),
         )
     return Catalogue(project=project.slug, sources=sources)
+
+
+def person_space_of(session: Session, project: Project) -> Any:
+    """A function from the project's pseudonyms to the holder's person space (int64 keys), for
+    the disclosure audit on the server; a pseudonym of no current extract maps to 0 (none)."""
+    import numpy as np
+    import pandas as pd
+
+    storage = data_storage()
+    frames = []
+    for name, row in current_extracts(session, project).items():
+        key_part = Path(row.path).parent.name
+        mapped = storage.path(f"projects/{project.id}/person-space/{name}/{key_part}")
+        if (mapped / "persons.parquet").is_file():
+            frames.append(pq.read_table(mapped / "persons.parquet").to_pandas())
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True).drop_duplicates(PERSON_COLUMN)
+    index = pd.Index(table[PERSON_COLUMN].astype(str))
+    keys = table["space"].to_numpy(dtype=np.int64)
+
+    def to_space(ids: Any) -> Any:
+        found = index.get_indexer(pd.Index(pd.Series(ids).astype(str)))
+        return np.where(found >= 0, keys[np.maximum(found, 0)], 0)
+
+    return to_space
