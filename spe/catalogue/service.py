@@ -15,6 +15,14 @@ from sqlalchemy.orm import Session
 
 from spe.catalogue.models import Dataset, DatasetVersion
 from spe.errors import NotFound
+from spe.ingest.policy import (
+    ColumnClass,
+    ColumnPolicy,
+    ColumnType,
+    Generalisation,
+    column_kind,
+    generalised_categories,
+)
 
 _ACCESS_RIGHTS = "http://publications.europa.eu/resource/authority/access-right/RESTRICTED"
 _FORMAT_PARQUET = "http://publications.europa.eu/resource/authority/file-type/PARQUET"
@@ -52,6 +60,42 @@ def variable_domains(version: DatasetVersion) -> dict[str, dict[str, Any]]:
             ),
         }
     return out
+
+
+_HELD_TYPES = {
+    "string": ColumnType.STRING,
+    "int64": ColumnType.INT,
+    "float64": ColumnType.FLOAT,
+    "date32[day]": ColumnType.DATE,
+}
+
+
+def granted_column(
+    version: DatasetVersion, name: str, how: Generalisation | None
+) -> dict[str, Any]:
+    """A held variable as a grant with generalisation ``how`` gives it: its ``kind`` (int,
+    float, string, date or year), ``categories`` and ``bins``, from what the version's ingest
+    recorded (no need for the policy file to be unchanged since)."""
+    variable = next((v for v in version.variables if v.name == name), None)
+    if variable is None:
+        raise NotFound(f"The dataset version has no variable {name!r}.")
+    domain = variable_domains(version)[name]
+    held = Generalisation(variable.generalisation) if variable.generalisation else None
+    column = ColumnPolicy(
+        name,
+        ColumnClass(variable.classification),
+        ColumnType.DATE
+        if held == Generalisation.YEAR
+        else _HELD_TYPES.get(variable.type, ColumnType.STRING),
+        generalise=held,
+        categories=tuple(domain["categories"]) if domain["categories"] is not None else None,
+    )
+    categories = generalised_categories(column, how)
+    return {
+        "kind": column_kind(column, how),
+        "categories": list(categories) if categories is not None else None,
+        "bins": domain["bins"],
+    }
 
 
 def describe(dataset: Dataset) -> dict[str, Any]:

@@ -52,6 +52,8 @@ columns:
     categories: ["0301", "4601", "4602", "5001"]
   year: {class: attribute, type: int64, categories: [2019, 2020, 2021]}
   wage: {class: attribute, type: int64, bins: [0, 100000, 500000, 1000000]}
+  born: {class: quasi_identifier, type: date, generalise: year}
+  start: {class: attribute, type: date}
 """
 
 
@@ -64,8 +66,8 @@ def coded(world, tmp_path):
     policy_path = tmp_path / "coded.yaml"
     policy_path.write_text(CODED_POLICY)
     csv = tmp_path / "coded.csv"
-    rows = [f"{n},0301,2019,1000" for n in synthetic_numbers(5)]
-    csv.write_text("fnr,municipality,year,wage\n" + "\n".join(rows) + "\n")
+    rows = [f"{n},0301,2019,1000,1970-01-02,2020-03-04" for n in synthetic_numbers(5)]
+    csv.write_text("fnr,municipality,year,wage,born,start\n" + "\n".join(rows) + "\n")
     return ingest("reviewer", csv, load_policy(policy_path))
 
 
@@ -130,3 +132,22 @@ def test_synth_cli_writes_the_registry_and_manifest(run_spe, tmp_path):
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["persons"] == 500
     assert (tmp_path / "r" / "population.csv").exists()
+
+
+def test_granted_column_gives_kind_and_code_list_after_the_grants_generalisation(coded):
+    from spe.catalogue.service import granted_column
+    from spe.ingest.policy import Generalisation
+
+    with readonly() as s:
+        version = get_dataset(s, "coded").latest
+        county = granted_column(version, "municipality", None)
+        assert county == {"kind": "string", "categories": ["03", "46", "50"], "bins": None}
+        assert granted_column(version, "municipality", Generalisation.COUNTY) == county
+        year = granted_column(version, "year", None)
+        assert year == {"kind": "int", "categories": [2019, 2020, 2021], "bins": None}
+        wage = granted_column(version, "wage", None)
+        assert wage["kind"] == "int" and wage["bins"] == [0, 100000, 500000, 1000000]
+        assert granted_column(version, "born", None)["kind"] == "year"  # a year at ingest
+        assert granted_column(version, "start", None)["kind"] == "date"
+        start_year = granted_column(version, "start", Generalisation.YEAR)
+        assert start_year == {"kind": "year", "categories": None, "bins": None}
