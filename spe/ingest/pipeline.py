@@ -677,28 +677,31 @@ class _Batcher:
 
     def _explain(self, batch: pa.RecordBatch, rows: np.ndarray, labels: list[str]) -> list[str]:
         """Quarantine reasons: a code-list or control-character rejection says which value."""
-        out = []
-        for row, label in zip(rows.tolist(), labels, strict=True):
+        out = list(labels)
+        named: dict[str, list[int]] = {}
+        for j, label in enumerate(labels):
+            if label.startswith((f"{NOT_IN_CODE_LIST}:", f"{CONTROL_CHARACTER}:")):
+                named.setdefault(label, []).append(j)
+        for label, where in named.items():
             reason, _, column = label.partition(":")
-            if reason == NOT_IN_CODE_LIST:
-                value = str(batch.column(column)[row].as_py())
-                shown = value if len(value) <= 40 else value[:40] + "..."
-                label = (
-                    f"{reason}: {column} {shown!r} is not in the code list of policy "
-                    f"{self.policy.path.name}"
-                )
-            elif reason == CONTROL_CHARACTER:
-                value = str(batch.column(column)[row].as_py())
-                found = CONTROL_CHARACTERS.search(value)
-                at = found.start() if found else 0
-                label = (
-                    f"{reason}: {column} holds the control character U+{ord(value[at]):04X} at "
-                    f"character {at + 1}"
-                    if found
-                    else f"{reason}: {column} holds a control character"
-                )
-            out.append(label)
+            picked = _arrow_indices(rows[np.array(where, dtype=np.int64)])
+            values = batch.column(column).take(picked).to_pylist()
+            for j, value in zip(where, values, strict=True):
+                out[j] = _reason_text(reason, column, str(value), self.policy.path.name)
         return out
+
+
+def _reason_text(reason: str, column: str, value: str, policy_name: str) -> str:
+    if reason == NOT_IN_CODE_LIST:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        return f"{reason}: {column} {shown!r} is not in the code list of policy {policy_name}"
+    found = CONTROL_CHARACTERS.search(value)
+    if found is None:
+        return f"{reason}: {column} holds a control character"
+    return (
+        f"{reason}: {column} holds the control character U+{ord(found.group()):04X} at "
+        f"character {found.start() + 1}"
+    )
 
 
 def _quarantine_lines(
