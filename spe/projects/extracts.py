@@ -469,75 +469,25 @@ def _source_columns(
 ) -> dict[str, Any]:
     """The granted columns of a project's extract with their kind and public categories.
 
-    Kinds come from the version's own variables (what was published); categories and bins
-    from the dataset policy the version was ingested with (matched by its SHA-256), after the
-    grant's generalisation. A column without declared categories can never be a grouping key.
+    From what the version's ingest recorded (the code lists it enforced), after the policy's
+    own and the grant's generalisations; never from today's policy file. A column without
+    declared categories can never be a grouping key.
     """
     from spe.analysis.plan import ColumnInfo
-    from spe.catalogue.models import Variable
-    from spe.ingest import policy as policies
+    from spe.catalogue.service import granted_column
 
     gens = {k: Generalisation(v) for k, v in json.loads(grant.generalisations).items()}
-    published = {
-        v.name: v
-        for v in session.scalars(select(Variable).where(Variable.version_id == version.id))
-    }
-    policy = _policy_of(version)
     columns: dict[str, Any] = {}
     for name in json.loads(grant.variables):
-        spec = None
-        if policy is not None:
-            spec = next((c for c in policy.columns if c.name == name), None)
-        how = gens.get(name)
-        if spec is not None and hasattr(policies, "column_kind"):
-            kind = policies.column_kind(spec, how)
-        else:
-            kind = _kind_of(published[name].type if name in published else "string", how)
-        categories = None
-        bins = None
-        if spec is not None:
-            if how is not None and hasattr(policies, "generalised_categories"):
-                categories = policies.generalised_categories(spec, how)
-            elif how is None:
-                categories = getattr(spec, "categories", None)
-            bins = getattr(spec, "bins", None)
+        found = granted_column(version, name, gens.get(name))
+        categories, bins = found["categories"], found["bins"]
         columns[name] = ColumnInfo(
             name=name,
-            kind=kind,
+            kind=found["kind"],
             categories=tuple(categories) if categories else None,
-            bins=tuple(bins) if bins else None,
+            bins=tuple(float(b) for b in bins) if bins else None,
         )
     return columns
-
-
-def _kind_of(column_type: str, how: Generalisation | None) -> str:
-    if how == Generalisation.YEAR:
-        return "year"
-    return {"int64": "int", "float64": "float", "date": "date", "string": "string"}.get(
-        column_type, "string"
-    )
-
-
-def _policy_of(version: DatasetVersion) -> Any:
-    """The dataset policy a version was ingested with, when the policies folder still holds it
-    unchanged (by SHA-256); None otherwise (then no column has categories)."""
-    from spe.config import get_settings
-    from spe.ingest.policy import PolicyError, load_policy
-
-    folder = Path(get_settings().policies_dir) / "datasets"
-    dataset = version.dataset.name if getattr(version, "dataset", None) is not None else None
-    candidates = [folder / f"{dataset}.yaml"] if dataset else []
-    candidates += sorted(folder.glob("*.yaml")) if folder.is_dir() else []
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            policy = load_policy(path)
-        except PolicyError:
-            continue
-        if policy.sha256 == version.policy_sha256:
-            return policy
-    return None
 
 
 def _source_json(
