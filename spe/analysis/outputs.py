@@ -47,6 +47,8 @@ COMMANDS: dict[str, str] = {
     "survival": "survival",
 }
 DESCRIBE_STATISTICS = ("count", "mean", "std", "median", "min", "max")
+# Positions the workspace leaves out of describe's file by itself when they fail.
+DESCRIBE_WITHHELD = ("median", "min", "max")
 SURVIVAL_COUNTS = ("at_risk", "events", "censored")
 SURVIVAL_COLUMNS = (*SURVIVAL_COUNTS, "survival", "std_err")
 MODEL_COLUMNS = ("estimate", "std_err", "p_value", "ci_low", "ci_high")
@@ -516,13 +518,14 @@ def _describe(
         # describe publishes no totals, so leaving any cell out hides it.
         withholdable=np.ones(severity.shape, dtype=bool),
         auto_withhold=np.broadcast_to(
-            np.isin(np.asarray(DESCRIBE_STATISTICS), ("min", "max")), severity.shape
+            np.isin(np.asarray(DESCRIBE_STATISTICS), DESCRIBE_WITHHELD), severity.shape
         ).copy(),
         parts=parts,
         table_outcomes=outcomes,
         notes=[
-            "Statistics that fail (a minimum or maximum held by few persons, for instance) are "
-            "left out of the file; the rest is checked cell by cell."
+            "Statistics that fail (a minimum or maximum held by few persons, a median with too "
+            "few persons near it, for instance) are left out of the file; the rest is checked "
+            "cell by cell."
         ],
         header={
             "agg": "describe",

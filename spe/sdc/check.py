@@ -3,7 +3,8 @@
 ``check_table`` builds the table (as ``pandas.crosstab(..., dropna=False)`` would: every
 combination of labels, the empty ones too) and, per cell, the persons behind it, the largest
 contributions and every rule's outcome; ``check_model`` checks a fitted model's residual degrees
-of freedom. Reports serialise to the JSON of the ``spe sdc`` CLI contract.
+of freedom, the persons each term rests on and the persons' leverage. Reports serialise to the
+JSON of the ``spe sdc`` CLI contract.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ _RULE_ORDER = (
     "negative_values",
     "value_holders",
     "all_same",
+    "position",
     "residual_dof",
     "differencing",
 )
@@ -358,6 +360,8 @@ class TableReport:
                     "discloses each person's value (class disclosure)."
                 )
             return [RuleOutcome(rule, sev, numbers, text)]
+        if rule == "position":
+            return [self._position(i, sev)]
         if rule == "residual_dof":
             dof = max(persons - 1, 0)
             numbers = {"df_resid": dof, "minimum": rules.residual_dof, "persons": persons}
@@ -400,6 +404,39 @@ class TableReport:
                 for p in pairs[:_MAX_PAIRS_PER_CELL]
             ]
         raise AssertionError(f"unknown rule {rule}")
+
+    def _position(self, i: int, sev: Verdict) -> RuleOutcome:
+        rules = self.rules
+        near = int(self.stats.near[i]) if self.stats.near is not None else 0
+        persons = int(self.stats.persons[i])
+        rounded = rules.position_rounding == "grid"
+        numbers: dict[str, Any] = {
+            "near": near,
+            "threshold": rules.threshold,
+            "tolerance": rules.position_tolerance,
+            "rounded_to_digits": rules.position_digits if rounded else None,
+        }
+        within = f"within {rules.position_tolerance * 100:g} % of the median"
+        if persons == 0:
+            return RuleOutcome("position", sev, numbers, "The cell is empty (see zeros).")
+        if sev == Verdict.PASS:
+            text = (
+                f"{near} persons have a value {within}, at least {rules.threshold}: it is no "
+                "one's value in particular."
+            )
+        else:
+            who = "person has" if near == 1 else "persons have"
+            text = (
+                f"Only {near} {who} a value {within}; at least {rules.threshold} are needed, or "
+                "the median is close to a single person's value. Use a larger group, or publish "
+                "counts in bands instead."
+            )
+        if rounded:
+            text += (
+                f" The median is published rounded to {rules.position_digits} significant digits "
+                "(the policy's grid)."
+            )
+        return RuleOutcome("position", sev, numbers, text)
 
     def _full_cell(self, i: int, sev: Verdict) -> RuleOutcome:
         n_cols = len(self.col_labels)
@@ -660,8 +697,19 @@ def check_table(
                 persons.hashes,
             )
     n_top = max(rules.dominance_n, 2)
-    stats = compute.cell_stats(cell, n_cells, agg, value_series, persons, n_top, table.counts)
+    stats = compute.cell_stats(
+        cell,
+        n_cells,
+        agg,
+        value_series,
+        persons,
+        n_top,
+        table.counts,
+        position_tolerance=rules.position_tolerance,
+    )
     del cell, table
+    if agg in compute.POSITION_AGGS and rules.position_rounding == "grid":
+        stats.value = compute.round_significant(stats.value, rules.position_digits)
     report = TableReport(
         agg=agg,
         values=values,
@@ -741,6 +789,11 @@ def _severities(
             (persons > 0) & (st.holders < rules.threshold), sev, np.int8(0)
         )
         out["all_same"] = np.where((persons > 0) & (st.distinct_values == 1), sev, np.int8(0))
+    elif agg in compute.POSITION_AGGS:
+        assert st.near is not None
+        # A median or quantile is one person's value (or the mean of two) unless enough
+        # persons lie near it; the threshold rule alone passes a group picked around one person.
+        out["position"] = np.where((persons > 0) & (st.near < rules.threshold), fail, np.int8(0))
     return out
 
 
@@ -795,11 +848,105 @@ def _check_differencing(report: TableReport, released: Sequence[ReleasedTable]) 
 
 # -- models ---------------------------------------------------------------------------------
 MODEL_KINDS = ("ols", "logit", "probit")
+EXACT_LEVERAGE = 1.0 - 1e-6  # a person's outcome fitted exactly (up to rounding)
+
+
+@dataclass(frozen=True)
+class TermPersons:
+    """The persons one model term rests on.
+
+    ``kind`` is "level" (a level of a categorical), "cell" (a combination of the levels of an
+    interaction of categoricals) or "regressor" (a design column with a number in it: the
+    persons whose value differs from the column's most common one). ``reference`` marks a level
+    or cell without a coefficient of its own (it lies inside the intercept or a main effect).
+    """
+
+    name: str
+    persons: int
+    kind: str = "regressor"
+    reference: bool = False
+
+
+def _plural(n: int, word: str = "person") -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _term_outcome(term: TermPersons, rules: Rules) -> RuleOutcome:
+    k = rules.threshold
+    numbers: dict[str, Any] = {
+        "term": term.name,
+        "kind": term.kind,
+        "persons": term.persons,
+        "threshold": k,
+        "reference": term.reference,
+    }
+    what = "The term " + term.name
+    if term.reference:
+        what = f"The {term.kind} {term.name} (a reference {term.kind}, inside the intercept)"
+    if term.persons >= k:
+        text = f"{what} rests on {_plural(term.persons)}, at least {k}."
+        return RuleOutcome("term_persons", Verdict.PASS, numbers, text)
+    if term.kind == "regressor":
+        fix = "drop the term, or fit it on a larger group"
+        rest = " (the others all have its most common value)"
+    else:
+        fix = "merge levels or drop the term"
+        rest = ""
+    text = f"{what} rests on {_plural(term.persons)}{rest}; at least {k} are needed: {fix}."
+    return RuleOutcome("term_persons", Verdict.FAIL, numbers, text)
+
+
+def _leverage_outcome(leverage: np.ndarray, rules: Rules) -> RuleOutcome:
+    """Persons' leverage (the share of their own fitted value their outcome makes up).
+
+    When a vector supported on m persons lies in the span of the design (a dummy of a level of
+    m persons, or any combination of terms that singles them out), the coefficients determine
+    the sum of those persons' outcomes, and some of them has leverage at least 1/m. So no person
+    at 1/(threshold - 1) or more means no group under the threshold is singled out.
+    """
+    k = rules.threshold
+    bound = 1.0 / (k - 1) if k > 2 else 1.0
+    top = float(leverage.max()) if leverage.size else 0.0
+    exact = int((leverage >= EXACT_LEVERAGE).sum())
+    high = int((leverage >= bound).sum())
+    numbers = {
+        "max_leverage": round(min(top, 1.0), 6),
+        "bound": round(bound, 6),
+        "persons_fitted_exactly": exact,
+        "persons_over_bound": high,
+    }
+    if exact:
+        return RuleOutcome(
+            "leverage",
+            Verdict.FAIL,
+            numbers,
+            f"The outcomes of {_plural(exact)} are fitted exactly: a combination of the terms "
+            "singles them out, so the coefficients give their values. Merge or drop the terms "
+            "that few persons rest on.",
+        )
+    if high:
+        return RuleOutcome(
+            "leverage",
+            rules.leverage,
+            numbers,
+            f"{_plural(high)} weigh {bound * 100:.1f} % or more of their own fitted values "
+            f"(leverage up to {top:.3f}): a combination of the terms may single out fewer than "
+            f"{k} persons, or an extreme regressor value stands out; a reviewer checks.",
+        )
+    return RuleOutcome(
+        "leverage",
+        Verdict.PASS,
+        numbers,
+        f"No person weighs {bound * 100:.1f} % or more of their own fitted value (the largest "
+        f"leverage is {top:.3f}), so no combination of the terms singles out fewer than {k} "
+        "persons.",
+    )
 
 
 @dataclass
 class ModelReport:
-    """A checked model: residual degrees of freedom (on persons when they are known)."""
+    """A checked model: residual degrees of freedom (on persons when they are known), the
+    persons every term rests on, and the persons' leverage."""
 
     kind: str
     nobs: int
@@ -854,12 +1001,18 @@ def check_model(
     persons: int | None = None,
     formula: str | None = None,
     coefficients: dict[str, dict[str, float | None]] | None = None,
+    terms: Sequence[TermPersons] = (),
+    leverage: np.ndarray | None = None,
 ) -> ModelReport:
-    """Check a fitted model: residual degrees of freedom at least ``rules.residual_dof``.
+    """Check a fitted model: residual degrees of freedom at least ``rules.residual_dof``; every
+    term in ``terms`` resting on at least ``rules.threshold`` persons; no person's ``leverage``
+    (per person, summed over their rows) at 1/(threshold - 1) or more.
 
     When the distinct ``persons`` behind the ``nobs`` rows are known and fewer, the degrees of
     freedom are counted on persons (persons minus parameters): repeated rows of one person add
-    no protection.
+    no protection. A model whose every term rests on enough persons can still have too few
+    residual degrees of freedom, and a model with 200 residual degrees of freedom can have a
+    dummy for each of 40 persons: both rules apply.
     """
     if kind not in MODEL_KINDS:
         raise SDCInputError(f"kind is {kind!r}; use one of {', '.join(MODEL_KINDS)}.")
@@ -891,7 +1044,11 @@ def check_model(
         df_resid=float(df_resid),
         rules=rules,
         persons=persons,
-        outcomes=[RuleOutcome("residual_dof", verdict, numbers, sentence)],
+        outcomes=[
+            RuleOutcome("residual_dof", verdict, numbers, sentence),
+            *(_term_outcome(term, rules) for term in terms),
+            *([_leverage_outcome(np.asarray(leverage), rules)] if leverage is not None else []),
+        ],
         formula=formula,
         coefficients=coefficients,
     )

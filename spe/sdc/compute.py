@@ -21,6 +21,7 @@ AGGS = ("count", "sum", "mean", "median", "std", "min", "max", "mode")
 # (as in the literature and ACRO), and std, whose value approaches a dominant person's own.
 MAGNITUDE_AGGS = ("sum", "mean", "std")
 ORDER_AGGS = ("min", "max", "mode")
+POSITION_AGGS = ("median",)  # positions: released only where enough persons lie near them
 
 _DENSE_LIMIT = 1 << 24  # combined codes up to this many possible values are compacted by bincount
 # A table's cells: the full product of its variables' labels. Beyond this many it is no table a
@@ -530,6 +531,7 @@ class CellStats:
     negative: np.ndarray | None = None  # bool: a negative value in the cell
     holders: np.ndarray | None = None  # persons holding the released min/max/mode value
     distinct_values: np.ndarray | None = None  # distinct non-missing values (min/max/mode)
+    near: np.ndarray | None = None  # median: persons within the position tolerance of it
     pairs: PairSource | None = None  # the persons behind each cell (None without a person id)
 
 
@@ -611,9 +613,12 @@ def cell_stats(
     persons: Persons | None,
     n_top: int,
     rows: np.ndarray | None = None,
+    *,
+    position_tolerance: float = 0.10,
 ) -> CellStats:
     """Compute the statistic and the rule inputs for every cell (``rows``: rows per cell, when
-    already counted)."""
+    already counted; ``position_tolerance``: the share of a median's size within which persons
+    count as near it)."""
     if rows is None:
         rows = np.bincount(cell, minlength=n_cells)
     if values is None:  # a plain frequency table
@@ -671,8 +676,10 @@ def cell_stats(
         # A median is a position, not a total: no contributions, only who is behind the cell.
         med = pd.Series(v).groupby(cell_v, sort=True).median()
         stats.value[med.index.to_numpy()] = med.to_numpy()
-        if persons is not None:
-            _distinct_persons(stats, cell_v, _subset(persons, present, all_present), n_cells)
+        sub = _maybe_subset(persons, present, all_present)
+        stats.near = near_position(cell_v, v, stats.value, position_tolerance, sub, n_cells)
+        if sub is not None:
+            _distinct_persons(stats, cell_v, sub, n_cells)
         return stats
     elif agg in ("min", "max"):
         low = np.full(n_cells, np.inf)
@@ -706,6 +713,44 @@ def cell_stats(
     stats.total_abs = np.bincount(pair_cell, weights=pair_contrib, minlength=n_cells)
     stats.top = top_contributions(pair_cell, pair_contrib, n_cells, n_top)
     return stats
+
+
+def near_position(
+    cell: np.ndarray,
+    values: np.ndarray,
+    position: np.ndarray,
+    tolerance: float,
+    persons: Persons | None,
+    n_cells: int,
+) -> np.ndarray:
+    """Distinct persons per cell with a value within ``tolerance`` x |position| of the cell's
+    ``position`` (a median or quantile); a position of 0 counts the persons whose value is 0.
+
+    A median of a group picked around one person is that person's value with nobody near it;
+    a median that many persons lie close to is no one's value in particular.
+    """
+    at = position[cell]
+    # The relative slack absorbs the rounding of a median that is the mean of two values.
+    near = np.abs(values - at) <= (tolerance + 1e-12) * np.abs(at)
+    return _count_distinct(
+        cell[near],
+        None if persons is None else persons.codes[near],
+        None if persons is None else persons.size,
+        n_cells,
+    )
+
+
+def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
+    """``values`` rounded to ``digits`` significant digits (52345.6 -> 52000.0 with 2); NaN and 0
+    stay as they are."""
+    v = np.asarray(values, dtype=np.float64)
+    out = v.copy()
+    finite = np.isfinite(v) & (v != 0)
+    if finite.any():
+        magnitude = np.floor(np.log10(np.abs(v[finite])))
+        scale = 10.0 ** (digits - 1 - magnitude)
+        out[finite] = np.round(v[finite] * scale) / scale
+    return out
 
 
 def _subset(persons: Persons, present: np.ndarray, all_present: bool) -> Persons:

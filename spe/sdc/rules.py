@@ -62,6 +62,11 @@ class Rules:
     full_cells: Verdict = Verdict.REVIEW  # a row/column of a count table all in one cell
     negative_values: Verdict = Verdict.REVIEW  # magnitude cells holding a negative value
     extremes: Verdict = Verdict.FAIL  # min/max/mode shared by < threshold persons, or by all
+    # A median is released only where >= threshold persons lie within this share of its size.
+    position_tolerance: float = 0.10
+    position_rounding: str = "none"  # "grid": released medians are rounded to position_digits
+    position_digits: int = 2  # significant digits of the grid
+    leverage: Verdict = Verdict.REVIEW  # models: a person weighing >= 1/(threshold-1) of the fit
     auto_release: bool = True  # outputs whose every check passes leave without a reviewer
     sources: tuple[str, ...] = ()  # the files merged, in order
     origins: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
@@ -82,6 +87,12 @@ class Rules:
             "full_cells": self.full_cells.value,
             "negative_values": self.negative_values.value,
             "extremes": self.extremes.value,
+            "positions": {
+                "tolerance": self.position_tolerance,
+                "rounding": self.position_rounding,
+                "digits": self.position_digits,
+            },
+            "leverage": self.leverage.value,
             "auto_release": self.auto_release,
             "sources": list(self.sources),
             "notes": list(self.notes),
@@ -93,16 +104,20 @@ _NUMERIC: dict[str, tuple[str, str, int]] = {
     "threshold": ("threshold", "int", +1),
     "p_percent": ("p_percent", "float", +1),
     "residual_dof": ("residual_dof", "int", +1),
+    "position_tolerance": ("position_tolerance", "float", -1),
+    "position_digits": ("position_digits", "int", -1),
 }
 _DOMINANCE: dict[str, tuple[str, str, int]] = {
     "n": ("dominance_n", "int", +1),
     "k": ("dominance_k", "float", -1),
 }
-_VERDICTS = ("zeros", "full_cells", "negative_values", "extremes")
+_VERDICTS = ("zeros", "full_cells", "negative_values", "extremes", "leverage")
+POSITION_ROUNDINGS = ("none", "grid")  # in order of strictness
 _TOP_KEYS = {
     *_NUMERIC,
     "dominance",
     *_VERDICTS,
+    "position_rounding",
     "auto_release",
     "description",
     "holder",
@@ -114,6 +129,8 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
     "residual_dof": (0, 1_000_000, "a whole number such as 10"),
     "n": (1, 100, "the number of largest contributors, a whole number such as 2"),
     "k": (0.0, 1.0, "a fraction above 0 and at most 1, such as 0.9 (not 90)"),
+    "position_tolerance": (0.0, 1.0, "a fraction above 0 and at most 1, such as 0.1 (not 10)"),
+    "position_digits": (1, 15, "a whole number of significant digits such as 2"),
 }
 
 
@@ -164,6 +181,16 @@ def _read(path: Path) -> tuple[Located, dict[str, tuple[Any, yaml.Node]]]:
             if text not in ("true", "false"):
                 raise loc.fail(node, "auto_release must be true or false.")
             values[key] = (text == "true", node)
+        elif key == "position_rounding":
+            text = str(node.value).strip().lower() if isinstance(node, yaml.ScalarNode) else ""
+            if text not in POSITION_ROUNDINGS:
+                raise loc.fail(
+                    node,
+                    f"position_rounding is {text or 'not a single word'!r}; use none (medians "
+                    "released as computed) or grid (rounded to position_digits significant "
+                    "digits).",
+                )
+            values[key] = (text, node)
         elif key == "dominance":
             for sub, sub_node, sub_value in pairs(loc, node, "dominance"):
                 if sub not in _DOMINANCE:
@@ -189,7 +216,7 @@ def _merge(rules: Rules, path: Path, *, base: bool, label: str | None = None) ->
             attr, _, direction = _NUMERIC[key]
         elif key in _DOMINANCE:
             attr, _, direction = _DOMINANCE[key]
-        elif key in _VERDICTS or key == "auto_release":
+        elif key in _VERDICTS or key in ("auto_release", "position_rounding"):
             attr, direction = key, +1
         else:
             continue
@@ -203,6 +230,9 @@ def _merge(rules: Rules, path: Path, *, base: bool, label: str | None = None) ->
             weaker = value.severity < current.severity
         elif key == "auto_release":  # False (always a reviewer) is the stricter
             stricter, weaker = current and not value, value and not current
+        elif key == "position_rounding":
+            rank = POSITION_ROUNDINGS.index
+            stricter, weaker = rank(value) > rank(current), rank(value) < rank(current)
         else:
             stricter = (value - current) * direction > 0
             weaker = (value - current) * direction < 0
@@ -314,6 +344,8 @@ def strictest(all_rules: list[Rules]) -> Rules:
             ("residual_dof", +1),
             ("dominance_n", +1),
             ("dominance_k", -1),
+            ("position_tolerance", -1),
+            ("position_digits", -1),
         ):
             mine, theirs = getattr(out, attr), getattr(other, attr)
             if (theirs - mine) * direction > 0:
@@ -321,6 +353,10 @@ def strictest(all_rules: list[Rules]) -> Rules:
         for attr in _VERDICTS:
             if getattr(other, attr).severity > getattr(out, attr).severity:
                 changes[attr] = getattr(other, attr)
+        if POSITION_ROUNDINGS.index(other.position_rounding) > POSITION_ROUNDINGS.index(
+            out.position_rounding
+        ):
+            changes["position_rounding"] = other.position_rounding
         changes["auto_release"] = out.auto_release and other.auto_release
         out = dataclasses.replace(
             out,

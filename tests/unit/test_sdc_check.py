@@ -143,12 +143,18 @@ def test_dominance_n2_k09_on_per_person_contributions(
     assert report.cell(0).persons == 10
 
 
-def test_a_median_is_a_position_so_only_threshold_and_zeros_apply() -> None:
-    df = one_cell(TEN, [500.0, 400.0] + [10.0] * 8)  # dominated, but the median is 10
+def test_a_median_is_a_position_so_dominance_does_not_apply_but_persons_near_it_do() -> None:
+    twelve = [f"p{i}" for i in range(12)]
+    df = one_cell(twelve, [500.0, 400.0] + [10.0] * 10)  # dominated, but the median is 10
     report = check_table(df, "sex", "region", values="income", agg="median", person_id="pid")
-    assert {o.rule for o in report.cell(0).outcomes} == {"zeros", "threshold"}
+    assert {o.rule for o in report.cell(0).outcomes} == {"zeros", "threshold", "position"}
     assert report.status == Verdict.PASS
     assert report.cell(0).value == 10.0
+    assert outcome(report, "position").numbers["near"] == 10
+    # Eight persons at 10 are too few to hide whose value the median is.
+    df = one_cell(TEN, [500.0, 400.0] + [10.0] * 8)
+    report = check_table(df, "sex", "region", values="income", agg="median", person_id="pid")
+    assert [o.rule for o in report.cell(0).failing] == ["position"]
 
 
 STD_CASES = [
@@ -417,7 +423,14 @@ def test_check_formula_fits_and_checks_an_ols_model() -> None:
     df["pid"] = [f"p{i}" for i in range(14)]
     report = check_formula(df, "y ~ x1 + x2", "ols", person_id="pid")
     assert report.df_resid == 11
-    assert report.status == Verdict.PASS
+    # 11 residual degrees of freedom pass; but 3 parameters over 14 persons weigh each person
+    # 3/14 of their own fit on average, above 1/9: a reviewer looks (test_sdc_model_terms).
+    assert [o.rule for o in report.failing] == ["leverage"]
+    assert report.status == Verdict.REVIEW
+    more = pd.DataFrame({"x1": rng.normal(size=300), "x2": rng.normal(size=300)})
+    more["y"] = 2 * more.x1 - more.x2 + rng.normal(scale=0.1, size=300)
+    more["pid"] = [f"p{i}" for i in range(300)]
+    assert check_formula(more, "y ~ x1 + x2", "ols", person_id="pid").status == Verdict.PASS
     assert report.coefficients is not None
     assert report.coefficients["x1"]["estimate"] == pytest.approx(2, abs=0.2)
     small = check_formula(df.iloc[:12], "y ~ x1 + x2", "ols")
