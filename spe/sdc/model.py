@@ -134,15 +134,17 @@ def _cells(
     n_persons: int,
 ) -> list[TermPersons]:
     """Persons per combination of the levels of a term's categorical factors."""
-    from patsy.categorical import categorical_to_int
-    from patsy.missing import NAAction
-
     level_codes = []
     for factor, info in zip(term.factors, infos, strict=True):
         values = factor.eval(info.state, frame)
-        level_codes.append(
-            np.asarray(categorical_to_int(values, info.categories, NAAction(), origin=factor))
-        )
+        values = getattr(values, "data", values)  # C(...) boxes its values with their levels
+        codes_of = pd.Categorical(np.asarray(values), categories=list(info.categories)).codes
+        if (codes_of < 0).any():  # a level patsy would name but pandas cannot match
+            from patsy.categorical import categorical_to_int
+            from patsy.missing import NAAction
+
+            codes_of = categorical_to_int(values, info.categories, NAAction(), origin=factor)
+        level_codes.append(np.asarray(codes_of, dtype=np.int64))
     sizes = [len(info.categories) for info in infos]
     n_cells = math.prod(sizes)
     cell = np.ravel_multi_index(level_codes, sizes) if level_codes else np.zeros(0, np.int64)
@@ -196,7 +198,10 @@ def person_leverage(exog: np.ndarray, codes: np.ndarray, n_persons: int) -> np.n
         return np.zeros(n_persons)
     norms = np.sqrt(np.einsum("ij,ij->j", exog, exog))
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    gram = (exog * scale).T @ (exog * scale)
+    gram = np.zeros((p, p))
+    for start in range(0, n, _CHUNK):  # blocks: no scaled copy of the whole design
+        block = np.ascontiguousarray(exog[start : start + _CHUNK]) * scale
+        gram += block.T @ block
     eigenvalues, vectors = np.linalg.eigh(gram)
     keep = eigenvalues > max(float(eigenvalues.max()), 0.0) * 1e-10
     if not keep.any():
