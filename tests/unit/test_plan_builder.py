@@ -208,7 +208,8 @@ OUTPUTS = [
         "columns": ["year"],
         "values": "wage",
         "agg": "median",
-        "safe": "suppress",
+        # Every cell of it fails, so its safe version is refused (tests/unit/test_sdc_safe.py).
+        "safe": None,
     },
     {
         "command": "pivot_table",
@@ -250,8 +251,16 @@ def test_every_commands_evidence_goes_through_compute(
 
 
 def test_the_safe_version_of_a_plan_output_is_the_same_plan_asking_for_it(workspace: Path) -> None:
-    frame = sa.scan("income").derive(band=sa.col("hours").bin(width=1))
-    out = frame.crosstab("county", "band", name="small-cells")
+    # Heights in 5 cm bands by sex, between 160 and 190 cm: a few cells fail, and every band
+    # has enough persons for them to be hidden (income's county 50 is empty, and a published
+    # total of 0 cannot be hidden).
+    frame = (
+        sa.scan("population")
+        .filter(sa.col("height") >= 160)
+        .filter(sa.col("height") < 190)
+        .derive(band=sa.col("height").bin(width=5))
+    )
+    out = frame.crosstab("sex", "band", name="small-cells")
     assert not out.passed
     safe = out.safe()
     assert safe.document["output"] == {**out.document["output"], "safe": "suppress"}
