@@ -315,6 +315,29 @@ class Computed:
             )
         return out
 
+    def audit_cells(
+        self, name: str, datasets: Sequence[str], withheld: np.ndarray | None = None
+    ) -> list[Any]:
+        """The published cells (and derivable margins) as linear statistics for the cumulative
+        audit (spe.sdc.audit.NewCell): a count, or a sum or mean of ``dataset.column``. A
+        statistic that is not linear (a median, a standard deviation) enters as the count of
+        its persons: more than is published, so the audit can only be stricter."""
+        from spe.sdc.audit import NewCell
+
+        source = "+".join(sorted(datasets)) or "data"
+        cells: list[Any] = []
+        parts = [p for p in self.parts if p.report.person_id is not None and p.release]
+        for part, table in zip(parts, self.released_tables(name, withheld), strict=True):
+            agg = part.report.agg
+            kind = agg if agg in ("sum", "mean") else "count"
+            variable = f"{source}.{part.report.values}" if kind != "count" else None
+            for i in range(len(table)):
+                persons = table.cell(i)
+                if len(persons):
+                    label = describe_label(table.labels[i])
+                    cells.append(NewCell(kind, persons, variable, label))
+        return cells
+
 
 def _cell_label(cell: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     names = [*cell.get("index_names", []), *cell.get("column_names", [])]

@@ -40,6 +40,7 @@ class OutputCheck:
     report: dict[str, Any]  # per cell: labels, value, persons, failing rules with numbers
     released: list[ReleasedTable] = field(default_factory=list)  # store when released
     datasets: list[str] = field(default_factory=list)
+    cells: list[Any] = field(default_factory=list)  # for the cumulative audit (spe.sdc.audit)
 
 
 def check_plain_file(name: str, path: Path) -> OutputCheck:
@@ -148,6 +149,7 @@ def check_output(
     released: Sequence[ReleasedTable] = (),
     *,
     known_persons: KnownPersons | None = None,
+    person_space: Callable[[Any], Any] | None = None,
 ) -> OutputCheck:
     """Recompute a recorded output from its evidence with ``rules`` and check the exported file.
 
@@ -184,6 +186,10 @@ def check_output(
     problems = _evidence_problems(evidence, meta, known_persons)
     if problems:
         return _fail(meta, [*reasons, *problems], replay)
+    person = meta.spec.get("person_id")
+    if person_space is not None and person:
+        # The same persons as every other release of the holder, for the cumulative audit.
+        evidence[person] = person_space(evidence[person])
     try:
         computed = compute(meta.command, evidence, meta.spec, rules, released)
         return _verdict(meta, computed, data, reasons, replay)
@@ -245,6 +251,7 @@ def _verdict(
     report["status"] = status.value
     report["replay"] = replay
     released = computed.released_tables(meta.name, withheld) if comparison is not None else []
+    cells = computed.audit_cells(meta.name, meta.datasets, withheld) if released else []
     return OutputCheck(
         name=meta.name,
         kind=meta.kind,
@@ -254,4 +261,5 @@ def _verdict(
         report=report,
         released=released,
         datasets=meta.datasets,
+        cells=cells,
     )

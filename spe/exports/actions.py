@@ -558,6 +558,7 @@ def _check_one(
     granted: set[str],
     catalogue: Any,
     persons: Any,
+    person_space: Any = None,
 ) -> Any:
     """The check of one output: computed by the server (plan, DP answer) or, for what the
     workspace computed, the replay of its own evidence as advice."""
@@ -577,6 +578,7 @@ def _check_one(
             memory_mb=settings.plan_memory_mb,
             threads=settings.plan_threads,
             temp_dir=temp,
+            person_space=person_space,
         )
     if work.computed_by == DP:
         return dp_check(work.name, work.dp_answer)
@@ -593,7 +595,9 @@ def _check_one(
     from spe.analysis.replay import check_output
 
     sidecar = json.loads(data_storage().path(sidecar_file.path).read_text("utf-8"))
-    return check_output(sidecar, work.files, rules, released, known_persons=persons)
+    return check_output(
+        sidecar, work.files, rules, released, known_persons=persons, person_space=person_space
+    )
 
 
 def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, Any]:
@@ -604,7 +608,8 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
     reviewers. Idempotent: a request no longer being checked in that round is left alone.
     """
     from spe.db import readonly, transaction
-    from spe.projects.extracts import granted_datasets, plan_catalogue
+    from spe.exports import auditing
+    from spe.projects.extracts import granted_datasets, person_space_of, plan_catalogue
 
     storage = data_storage()
     with readonly() as session:
@@ -613,9 +618,15 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
             return {"request": request_id, "skipped": f"request is {request.status.value}"}
         project = project_of(session, request)
         granted = set(granted_datasets(session, project))
-        released = released_tables(session, project.id)
+        # Pairwise differencing within the project is replaced by the cumulative audit over
+        # every release of the holder (spe.sdc.audit): its reasons name earlier releases, never
+        # a count of persons the researcher does not know.
+        released: list[Any] = []
         rules = rules_for(session, project)
         persons = partial(persons_among, extract_files(session, project))
+        person_space = person_space_of(session, project)
+        holder = str(project.holder_id)
+        title, project_slug = request.title, project.slug
         catalogue = None
         work: list[_Work] = []
         for out in _current(request):
@@ -636,14 +647,21 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
                 item.dp_answer = _dp_answer(session, project, item)
             work.append(item)
     results: dict[uuid.UUID, tuple[Any, Any, ExportFile | None]] = {}
+    earlier: list[auditing.Earlier] = []
     for i, item in enumerate(work):
         if progress is not None:
             progress(i, len(work))
         check: Any
         try:
-            check = _check_one(item, rules, released, granted, catalogue, persons)
-            # Earlier outputs of this request count as released for the later ones.
-            released = [*released, *check.released]
+            check = _check_one(item, rules, released, granted, catalogue, persons, person_space)
+            cells = list(getattr(check, "cells", []) or [])
+            if cells and person_space is not None:
+                # Earlier outputs of this request count as released for the later ones.
+                found = auditing.audit(
+                    holder, request_id, project_slug, title, cells, earlier, rules
+                )
+                check = auditing.with_audit(check, found)
+                earlier.append(auditing.Earlier(item.name, cells))
         except Exception as exc:  # a damaged output is the researcher's to fix, not a crash
             message = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"
             check = _refused(item.name, f"it could not be checked: {message}")
@@ -881,11 +899,24 @@ def _release(
         (tmp / "release.zip").write_bytes(bundle)
     request.bundle_path = f"{relative}/release.zip"
     request.bundle_sha256 = _sha(bundle)
+    from spe.exports import auditing
+
     for out in approved:
-        tables = (
-            checks[out.id].released
-            if checks and out.id in checks
-            else _recheck_released(session, request, out)
+        if checks and out.id in checks:
+            tables = checks[out.id].released
+            cells = list(getattr(checks[out.id], "cells", []) or [])
+        else:
+            tables, cells = _recheck_released(session, request, out)
+        # The holder's history: every later output of any project is audited against it.
+        auditing.record(
+            session,
+            str(project.holder_id),
+            str(request.id),
+            project.slug,
+            request.title,
+            now,
+            out.name,
+            cells,
         )
         for i, table in enumerate(tables):
             session.add(
@@ -911,17 +942,22 @@ def _release(
     )
 
 
-def _recheck_released(session: Session, request: ExportRequest, out: ExportOutput) -> list[Any]:
+def _recheck_released(
+    session: Session, request: ExportRequest, out: ExportOutput
+) -> tuple[list[Any], list[Any]]:
     """The persons behind a reviewed output's cells: a plan evaluated again on the extract,
     a workspace output recomputed from its frozen evidence, none for a DP answer."""
+    from spe.projects.extracts import person_space_of
+
     if out.computed_by == DP:
-        return []
+        return [], []
+    space = person_space_of(session, project_of(session, request))
     if out.computed_by == SERVER:
         from spe.projects.extracts import plan_catalogue
 
         plan_file = next((f for f in out.files if f.role == "plan"), None)
         if plan_file is None:
-            return []
+            return [], []
         project = project_of(session, request)
         settings = get_settings()
         from spe.exports.checking import evaluate_plan
@@ -935,11 +971,12 @@ def _recheck_released(session: Session, request: ExportRequest, out: ExportOutpu
             [],
             memory_mb=settings.plan_memory_mb,
             threads=settings.plan_threads,
+            person_space=space,
         )
-        return list(planned.released)
+        return list(planned.released), list(planned.cells)
     sidecar_file = next((f for f in out.files if f.role == "sidecar"), None)
     if sidecar_file is None:
-        return []
+        return [], []
     from spe.analysis.replay import check_output
 
     storage = data_storage()
@@ -947,10 +984,10 @@ def _recheck_released(session: Session, request: ExportRequest, out: ExportOutpu
     sidecar = json.loads(storage.path(sidecar_file.path).read_text("utf-8"))
     project = project_of(session, request)
     try:
-        check = check_output(sidecar, files, rules_for(session, project))
+        check = check_output(sidecar, files, rules_for(session, project), person_space=space)
     except Exception:  # the reviewers released it regardless; nothing to remember then
-        return []
-    return list(check.released)
+        return [], []
+    return list(check.released), list(check.cells)
 
 
 def _public_report(out: ExportOutput) -> dict[str, Any]:

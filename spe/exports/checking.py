@@ -46,6 +46,7 @@ class ServerCheck:
     computed_by: str = SERVER
     plan_sha256: str | None = None
     auto_release: bool = True  # a DP answer: whether its dataset's policy lets it leave alone
+    cells: list[Any] = field(default_factory=list)  # for the cumulative audit (spe.sdc.audit)
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,6 +95,7 @@ def evaluate_plan(
     memory_mb: int,
     threads: int,
     temp_dir: Path | None = None,
+    person_space: Any = None,
 ) -> ServerCheck:
     """Evaluate ``document`` on the project's extract, check every cell, write the CSV."""
     from spe.analysis.csvtable import table_csv
@@ -112,6 +114,11 @@ def evaluate_plan(
             threads=threads,
             temp_directory=temp_dir,
         )
+        person = evidence.spec.get("person_id")
+        if person_space is not None and person:
+            # The holder's person space: the same numbers for a person in every project, so
+            # that the cumulative audit sees releases of other projects on the same persons.
+            evidence.frame[person] = person_space(evidence.frame[person])
         computed = compute(evidence.command, evidence.frame, evidence.spec, rules, released)
     except ExportInputError as exc:
         return _refused(name, exc.message, sha)
@@ -145,6 +152,7 @@ def evaluate_plan(
         report=report,
         released=computed.released_tables(name, withheld),
         datasets=list(evidence.datasets),
+        cells=computed.audit_cells(name, evidence.datasets, withheld),
         file_name=released_name(name),
         data=table_csv(table).encode("utf-8"),
         plan_sha256=sha,

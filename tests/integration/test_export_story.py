@@ -158,15 +158,19 @@ def test_from_a_generated_output_to_a_signed_bundle_verified_offline(workspace, 
     refused = seen_by(RESEARCHER, second)
     assert refused["review"]["votes"][0]["comment"] == "Single-year cells of 1-5 persons."
 
-    # 3. Differencing: county by sex passes on its own, but set against the released cohort
-    # table it gives away a small group: the server refuses it and names the pair, although the
-    # workspace's preview passed.
+    # 3. The cumulative audit: county by sex passes on its own, but together with the released
+    # cohort table it determines a small group: the server refuses it, naming the earlier
+    # release by title and date and never a count of persons, although the preview passed.
     third = file_(workspace, "county_by_sex")
     third_view = seen_by(RESEARCHER, third)
     assert third_view["status"] == "in_review"
     assert third_view["outputs"][0]["check_status"] == "fail"
-    pairs = third_view["outputs"][0]["report"]["differencing"]
-    assert pairs and all("county_cohort" in json.dumps(p) for p in pairs)
+    audit = third_view["outputs"][0]["report"]["cumulative_audit"]
+    assert audit["status"] == "fail" and audit["findings"]
+    for finding in audit["findings"]:
+        assert finding["releases"] and all(r["title"] == "Tables" for r in finding["releases"])
+        assert "'Tables' (released " in finding["sentence"]
+        assert "persons)" not in finding["sentence"] and "(1 " not in finding["sentence"]
 
     # 4. Overriding a failed check needs two distinct reviewers (four eyes).
     fourth = file_(workspace, "county_sex_year")  # the failing table once more
