@@ -27,6 +27,7 @@ from spe.sdc.rules import Verdict
 MAX_GROUP_CANDIDATES = 3000
 MAX_CUTS = 5  # groups already determined before this output, skipped per component
 MAX_NAMED = 3  # earlier releases named in a sentence
+MAX_CERTIFIED_GROUPS = 25  # groups whose releases an LP certificate names exactly
 MAX_CERTIFICATE_CELLS = 4000
 
 Contributions = Callable[[str, np.ndarray], np.ndarray]
@@ -168,8 +169,13 @@ def audit(
         return result
     groups = _determined_atoms(history, merge, threshold, p, contributions)
     groups += _determined_unions(history, merge, nulls.vectors, threshold)
-    for group in groups:
-        cells, releases, more = _involved(history, merge, group.atoms)
+    for n, group in enumerate(groups):
+        # A certificate (an LP per group) names the releases exactly; past the first few
+        # groups the output fails anyway, and the releases touching the group are named.
+        if n < MAX_CERTIFIED_GROUPS:
+            cells, releases, more = _involved(history, merge, group.atoms)
+        else:
+            cells, releases, more = _touching(history, merge, group.atoms)
         if not len(cells):
             cells = np.arange(len(chosen))
         if group.rule == "review":
@@ -416,6 +422,24 @@ def _certificate(
     y = res.x[: k_old + k_new] - res.x[k_old + k_new :]
     nz = np.abs(y) > 1e-7
     return old_cells[np.flatnonzero(nz[:k_old])], np.flatnonzero(nz[k_old:])
+
+
+def _touching(
+    history: History, merge: Merge, atoms: np.ndarray
+) -> tuple[np.ndarray, list[ReleaseInfo], bool]:
+    """(new cells implicated, earlier releases touching the group, more?) without an LP."""
+    parent = merge.refinement.parent
+    heuristic = _implicated(merge, atoms)
+    cells = heuristic if len(heuristic) else np.arange(merge.new_rows.shape[0])
+    olds = np.unique(parent[atoms][parent[atoms] >= 0])
+    named: list[int] = []
+    if history.n_cells and len(olds):
+        rows = np.unique(history.incidence().tocsc()[:, olds].tocoo().row)
+        named = sorted(
+            {int(history.cell_release[r]) for r in rows},
+            key=lambda i: history.releases[i].released_at,
+        )
+    return cells, [history.releases[i] for i in named[:MAX_NAMED]], len(named) > MAX_NAMED
 
 
 def _involved(
