@@ -13,6 +13,7 @@ each run), reported whole and as the extra over the loaded data. ACRO runs in ``
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import gc
 import json
 import resource
@@ -339,6 +340,110 @@ def safe_version_figure(cells_per_side: int = 50, seed: int = 11) -> None:
     )
 
 
+def _history_world(persons: int, seed: int) -> dict[str, Any]:
+    """Persons with public categories: region (10), age 20-69, sex (2), education (4)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = np.unique(rng.integers(-(2**63), 2**63 - 1, size=persons + persons // 10, dtype=np.int64))
+    ids = ids[:persons]  # sorted, so every subset taken in order is sorted too
+    return {
+        "id": ids,
+        "region": rng.integers(0, 10, persons),
+        "age": rng.integers(20, 70, persons),
+        "sex": rng.integers(0, 2, persons),
+        "edu": rng.choice(4, persons, p=[0.1, 0.3, 0.4, 0.2]),
+    }
+
+
+def _history_table(world: dict[str, Any], rng: Any, which: int | None = None) -> list[Any]:
+    """A 100-cell table: region x 5-year age band, over all persons or a public subgroup."""
+    import numpy as np
+
+    which = int(rng.integers(0, 4)) if which is None else which
+    if which == 0:
+        mask = np.ones(len(world["id"]), dtype=bool)
+    elif which == 1:
+        mask = world["sex"] == rng.integers(0, 2)
+    elif which == 2:
+        mask = world["edu"] == rng.integers(0, 4)
+    else:
+        mask = world["age"] <= rng.integers(25, 69)
+    cell = world["region"] * 10 + (world["age"] - 20) // 5
+    keys = cell[mask]
+    ids = world["id"][mask]
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(101))
+    return [ids[order][bounds[c] : bounds[c + 1]] for c in range(100)]
+
+
+def history_figures(counts: tuple[int, ...] = (10, 100, 1000), persons: int = 1_000_000) -> None:
+    """The cumulative audit against a holder's history of 100-cell tables over 1 M persons.
+
+    The history is built release by release as record_release builds it (History.extended),
+    kept as the stored compact form in a SQLite table, and for each size a new 100-cell table
+    is checked: load (read the row, decode) plus audit. Goal: <= 2 s at 1,000 tables.
+    """
+    import sqlite3
+
+    import numpy as np
+
+    from spe.sdc.audit import History, NewCell, ReleaseInfo, audit
+
+    world = _history_world(persons, seed=21)
+    rng = np.random.default_rng(22)
+    history = History.empty("bench-holder")
+    built = 0
+    build_seconds = 0.0
+    previous = None
+    with tempfile.TemporaryDirectory(prefix="spe-bench-history-") as tmp:
+        db = sqlite3.connect(str(Path(tmp) / "history.db"))
+        db.execute("CREATE TABLE snap (n INTEGER, data BLOB)")
+        for target in counts:
+            while built < target:
+                cells = [NewCell("count", c) for c in _history_table(world, rng) if len(c)]
+                when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=built)
+                info = ReleaseInfo(f"r{built}", f"p{built % 7}", f"T{built}", when, "t.csv")
+                started = time.perf_counter()
+                history = history.extended(info, cells)
+                build_seconds += time.perf_counter() - started
+                built += 1
+            blob = history.to_bytes()
+            db.execute("DELETE FROM snap")
+            db.execute("INSERT INTO snap VALUES (?, ?)", (target, blob))
+            db.commit()
+            # the audited table covers every person: the most work for the audit
+            new = [NewCell("count", c) for c in _history_table(world, rng, 0) if len(c)]
+            runs = []
+            for _ in range(2):
+                started = time.perf_counter()
+                (data,) = db.execute("SELECT data FROM snap").fetchone()
+                loaded = History.from_bytes(data)
+                load_s = time.perf_counter() - started
+                result = audit(loaded, new, 10)
+                runs.append((time.perf_counter() - started, load_s))
+            total, load_s = min(runs)
+            emit(
+                "sdc.history.audit",
+                total,
+                "s",
+                tables=target,
+                cells=history.n_cells,
+                persons=len(history.persons),
+                atoms=history.n_atoms,
+                rank=history.basis.rank,
+                stored_mib=round(len(blob) / 2**20, 1),
+                load_s=round(load_s, 3),
+                audit_s=round(total - load_s, 3),
+                findings=len(result.findings),
+                growth=None if previous is None else round(total / previous, 2),
+                goal="<= 2 s at 1,000 tables",
+                record_s_per_table=round(build_seconds / built, 3),
+            )
+            previous = total
+        db.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 k and 1 M rows")
@@ -361,6 +466,15 @@ def main(argv: list[str] | None = None) -> int:
         help="person ids: int64 numbers (default) or 32-character hex pseudonyms as in SPE's "
         "extracts",
     )
+    parser.add_argument(
+        "--history-only", action="store_true", help="only the cumulative audit's history figures"
+    )
+    parser.add_argument(
+        "--history-tables",
+        type=int,
+        action="append",
+        help="history sizes in released tables (default 10, 100, 1000)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     # run.py hands every benchmark the same arguments: ignore the other benchmarks' ones.
@@ -370,15 +484,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = args.rows or ([100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000])
     failed: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="spe-bench-sdc-") as tmp:
-        for rows in sorted(sizes):
-            for dims in args.dims or DIMS:
-                failed += crosstabs(rows, dims, Path(tmp), args)
+    if not args.history_only:
+        with tempfile.TemporaryDirectory(prefix="spe-bench-sdc-") as tmp:
+            for rows in sorted(sizes):
+                for dims in args.dims or DIMS:
+                    failed += crosstabs(rows, dims, Path(tmp), args)
+        try:
+            safe_version_figure()
+        except Exception as exc:
+            emit("sdc.safe_version.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
+            failed.append("safe_version")
     try:
-        safe_version_figure()
+        history_figures(tuple(sorted(args.history_tables or [10, 100, 1000])))
     except Exception as exc:
-        emit("sdc.safe_version.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
-        failed.append("safe_version")
+        emit("sdc.history.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
+        failed.append("history")
     if failed:
         progress(f"failed: {', '.join(failed)}")
     return 1 if failed else 0
