@@ -223,8 +223,13 @@ async def catalogue_entry(request: Request, dataset: str) -> Response:
     name = await who(request)
     with reading_as(name) as (session, user):
         entry = describe(get_dataset(session, dataset))
+        budget = None
+        if entry.get("access") == "aggregate_only":
+            from spe.dp.service import dataset_budget
+
+            budget = dataset_budget(session, entry["name"])  # epsilon only, nothing of the data
         viewer = viewer_of(user) if user else None
-    return page(request, "dataset.html", viewer, d=entry)
+    return page(request, "dataset.html", viewer, d=entry, budget=budget)
 
 
 # --- researchers ------------------------------------------------------------------------------

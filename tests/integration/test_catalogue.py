@@ -151,3 +151,24 @@ def test_granted_column_gives_kind_and_code_list_after_the_grants_generalisation
         assert granted_column(version, "start", None)["kind"] == "date"
         start_year = granted_column(version, "start", Generalisation.YEAR)
         assert start_year == {"kind": "year", "categories": None, "bins": None}
+
+
+def test_the_public_page_of_an_aggregate_only_dataset_shows_its_shared_privacy_budget(
+    world, tmp_path, monkeypatch
+):
+    """Issue 14: the budget belongs to the dataset, and the catalogue shows what remains of it
+    (epsilon only; nothing about the data)."""
+    from fastapi.testclient import TestClient
+
+    from spe.api import create_app
+    from spe.web import PREFIX
+    from tests.integration.dp_world import make_health
+    from tests.integration.test_dp_budget import ask_inline
+
+    make_health(tmp_path, monkeypatch, total=1.0)
+    ask_inline({"kind": "count", "dataset": "health", "epsilon": 0.25})
+    with TestClient(create_app()) as client:
+        page = client.get(f"{PREFIX}/catalogue/health")
+    assert page.status_code == 200, page.text
+    assert "Privacy budget (epsilon)" in page.text
+    assert "0.25 spent" in page.text and "remaining" in page.text
