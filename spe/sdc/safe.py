@@ -408,7 +408,8 @@ class Protection:
     """A suppression pattern and what the LP intruder can learn of each primary cell.
 
     ``low`` and ``high`` are the intruder's smallest and largest values of each primary cell
-    (by ``scipy.optimize.linprog``, two LPs per primary cell; NaN elsewhere); ``width`` is a
+    (by ``scipy.optimize.linprog``, two LPs per primary cell, or in large tables the bounds a
+    rectangle proves; NaN elsewhere); ``width`` is a
     proven lower bound of every hidden cell's interval; ``short`` marks primary cells whose
     protection levels could not be met.
     """
@@ -425,10 +426,6 @@ class Protection:
 _MAX_REPAIRS = 6  # further partner cells tried per primary cell before giving up
 _LP_CHUNK = 5000  # LP variables solved in one block-diagonal LP
 _LP_BUDGET = 30_000  # LP variables up to which every primary cell is checked by LP
-
-
-def _at(low: np.ndarray, high: np.ndarray, flat: int) -> tuple[float, float]:
-    return float(low.ravel()[flat]), float(high.ravel()[flat])
 
 
 class _Table:
@@ -672,6 +669,11 @@ def protect(
     pattern is protected when ``high >= x + upper`` and ``low <= x - lower``. Partners are
     added a rectangle at a time (the cheapest that the intruder's knowledge leaves movable),
     and again wherever the LPs show a shortfall.
+
+    Every primary cell gets its LPs while they total at most ``_LP_BUDGET`` variables (tables
+    of a few hundred cells); in larger tables a cell whose own rectangles already reach both
+    levels is not solved again: a rectangle the intruder cannot rule out is a feasible point
+    of his LP, so it proves the bound (and ``low``/``high`` are then those proven bounds).
     """
     x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)
     shape = x.shape
@@ -719,8 +721,9 @@ def protect(
     # Every primary cell is checked by its two LPs while that stays cheap (tables of a few
     # hundred cells); beyond, only those its moves do not already prove protected.
     lp_all = bool(flats) and table.lp_size(hidden, flats) <= _LP_BUDGET
-    if not lp_all:
-        flats = [f for f in flats if not meets(np.unravel_index(f, shape), *_at(low, high, f))]
+    if flats and not lp_all:
+        proven = meets(np.unravel_index(flats, shape), low.ravel()[flats], high.ravel()[flats])
+        flats = [f for f, done in zip(flats, proven, strict=True) if not done]
     if flats:
         lo_all, hi_all = table.intervals(hidden, flats)
         low.ravel()[flats], high.ravel()[flats] = lo_all, hi_all
