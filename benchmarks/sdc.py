@@ -306,19 +306,22 @@ def crosstabs(rows: int, dims: str, work: Path, args: argparse.Namespace) -> lis
     return failed
 
 
-def safe_version_figure(cells_per_side: int = 50, seed: int = 11) -> None:
-    """Secondary suppression on a 50 x 50 count table with some small cells."""
+def safe_version_figure(
+    cells_per_side: int = 50, seed: int = 11, columns: int | None = None
+) -> None:
+    """Secondary suppression on a 50 x 50 (or rows x ``columns``) count table with some small
+    cells, each failing cell's protection levels checked by LP (issue 14)."""
     import numpy as np
     import pandas as pd
 
     from spe.sdc import check_table, safe_version
 
     rng = np.random.default_rng(seed)
-    k = cells_per_side
-    counts = rng.integers(15, 200, (k, k))
-    small = rng.random((k, k)) < 0.05
+    k, m = cells_per_side, columns or cells_per_side
+    counts = rng.integers(15, 200, (k, m))
+    small = rng.random((k, m)) < 0.05
     counts[small] = rng.integers(1, 10, int(small.sum()))
-    r, c = np.divmod(np.repeat(np.arange(k * k), counts.ravel()), k)
+    r, c = np.divmod(np.repeat(np.arange(k * m), counts.ravel()), m)
     df = pd.DataFrame({"r": r, "c": c, "pid": np.arange(len(r))})
     report = check_table(df, "r", "c", person_id="pid")
     seconds = []
@@ -331,7 +334,7 @@ def safe_version_figure(cells_per_side: int = 50, seed: int = 11) -> None:
         "sdc.safe_version.suppress",
         min(seconds),
         "s",
-        shape=[k, k],
+        shape=[k, m],
         rows=len(df),
         primary=kinds.count("primary"),
         secondary=kinds.count("secondary"),
@@ -491,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                     failed += crosstabs(rows, dims, Path(tmp), args)
         try:
             safe_version_figure()
+            safe_version_figure(20, columns=10)
         except Exception as exc:
             emit("sdc.safe_version.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
             failed.append("safe_version")
