@@ -173,6 +173,11 @@ def safe_version(
     if report.n_cells == 0:
         raise SafeVersionError("The table has no cells; there is nothing to make safe.")
     if method == "round":
+        if linked:
+            raise SafeVersionError(
+                "Rounding is not protected against tables released earlier on the same persons "
+                "(their exact totals narrow the rounded cells); use method='suppress'."
+            )
         return _round(report)
     return _suppress(report, linked)
 

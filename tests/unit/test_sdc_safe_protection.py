@@ -275,6 +275,13 @@ def test_linked_sums_name_the_cells_of_the_earlier_table() -> None:
         linked_sums(report, ["a", "d"], {}, "A x D")
 
 
+def test_rounding_is_not_offered_against_earlier_releases() -> None:
+    report, earlier = linked_tables(0)
+    sums = linked_sums(report, ["a", "c"], earlier, "A x C")
+    with pytest.raises(SafeVersionError, match="use method='suppress'"):
+        safe_version(report, "round", linked=sums)
+
+
 def test_an_earlier_release_on_other_persons_is_refused_not_linked() -> None:
     report, earlier = linked_tables(0)
     earlier[("x", "k")] += 3
