@@ -13,6 +13,7 @@ from pathlib import Path
 from spe.workspaces.layout import CONFIG
 
 KERNEL = "spe"
+MIGRATED_MARKER = "migrated"  # jupyter_core.application.JupyterApp.migrate_config's marker
 
 
 def workspace_environment(env_python: str) -> dict[str, str]:
@@ -90,6 +91,10 @@ def write_config_dir(target: Path, env_python: str) -> Path:
         "c.InteractiveShellApp.extensions = ['spe.workspaces.cell_audit']\n"
         "c.HistoryManager.enabled = False\n"
     )
+    # jupyter_core migrates IPython 3 settings once and records it in this marker; without it
+    # every Jupyter application (the notebook server too) tries to write the marker into the
+    # config folder at start, and dies on a read-only one (Errno 30, the pod's read-only root).
+    (jupyter / MIGRATED_MARKER).write_text("written by SPE: nothing to migrate\n")
     for path in target.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     target.chmod(0o755)

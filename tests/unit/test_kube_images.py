@@ -5,7 +5,11 @@ no compiler, package manager or network tool."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,3 +114,72 @@ def test_the_workspace_user_is_the_one_the_pod_runs_as() -> None:
     from spe.workspaces.kube_objects import WORKSPACE_UID
 
     assert f"USER {WORKSPACE_UID}:{WORKSPACE_UID}" in (DOCKER / "Dockerfile.workspace").read_text()
+
+
+# --- the workspace server on a read-only configuration folder (the pod's read-only root) -------
+
+PROBE_SERVER_START = """
+import json
+from jupyter_server.serverapp import ServerApp
+
+app = ServerApp()
+# The first two steps of JupyterApp.initialize, where the server died on the read-only root.
+app.migrate_config()
+app.load_config_file()
+print(json.dumps({"connection": app.config.ServerApp.kernel_websocket_connection_class}))
+"""
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _server_start_against(config: Path, *wrapper: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(config.parent / "home"),
+        "JUPYTER_CONFIG_DIR": str(config / "jupyter"),
+        "JUPYTER_CONFIG_PATH": str(config / "jupyter"),
+        "JUPYTER_DATA_DIR": str(config / "data"),
+        "JUPYTER_PATH": str(config / "data"),
+        "JUPYTER_RUNTIME_DIR": str(config.parent / "runtime"),
+        "IPYTHONDIR": str(config / "ipython"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
+    return subprocess.run(
+        [*wrapper, sys.executable, "-c", PROBE_SERVER_START],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_workspace_server_starts_on_a_read_only_config_folder_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The folder is mounted read-only with bwrap (as the pod's read-only root and the one-machine
+    sandbox mount it; chmod would not stop root, who runs the tests here)."""
+    from spe.workspaces.workspace_config import write_config_dir
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bwrap is not installed: the read-only mount needs it (make setup)")
+    config = write_config_dir(tmp_path / "spe-workspace", sys.executable)
+    (tmp_path / "home").mkdir()
+    before = _tree(config)
+    read_only = [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(config), str(config), "--"]
+    done = _server_start_against(config, *read_only)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Read-only file system" not in done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "connection": "spe.workspaces.cell_audit.AuditedConnection"
+    }
+    # And where it could write (a writable folder), the migration path writes nothing either.
+    done = _server_start_against(config)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _tree(config) == before
