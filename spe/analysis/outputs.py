@@ -324,6 +324,10 @@ class Computed:
         its persons: more than is published, so the audit can only be stricter."""
         from spe.sdc.audit import NewCell
 
+        if self.safe is not None and self.safe.method == "round":
+            # A reader of a rounded table knows each count only to within the rounding base
+            # (even a count that is a multiple of it): no cell is an exact linear statistic.
+            return []
         source = "+".join(sorted(datasets)) or "data"
         cells: list[Any] = []
         parts = [p for p in self.parts if p.report.person_id is not None and p.release]
