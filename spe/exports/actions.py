@@ -559,6 +559,7 @@ def _check_one(
     catalogue: Any,
     persons: Any,
     person_space: Any = None,
+    person_maps: Sequence[Path] = (),
 ) -> Any:
     """The check of one output: computed by the server (plan, DP answer) or, for what the
     workspace computed, the replay of its own evidence as advice."""
@@ -578,7 +579,7 @@ def _check_one(
             memory_mb=settings.plan_memory_mb,
             threads=settings.plan_threads,
             temp_dir=temp,
-            person_space=person_space,
+            person_maps=person_maps,
         )
     if work.computed_by == DP:
         return dp_check(work.name, work.dp_answer)
@@ -609,7 +610,12 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
     """
     from spe.db import readonly, transaction
     from spe.exports import auditing
-    from spe.projects.extracts import granted_datasets, person_space_of, plan_catalogue
+    from spe.projects.extracts import (
+        granted_datasets,
+        person_space_files,
+        person_space_of,
+        plan_catalogue,
+    )
 
     storage = data_storage()
     with readonly() as session:
@@ -625,6 +631,7 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
         rules = rules_for(session, project)
         persons = partial(persons_among, extract_files(session, project))
         person_space = person_space_of(session, project)
+        person_maps = person_space_files(session, project)
         holder = str(project.holder_id)
         title, project_slug = request.title, project.slug
         catalogue = None
@@ -653,7 +660,9 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
             progress(i, len(work))
         check: Any
         try:
-            check = _check_one(item, rules, released, granted, catalogue, persons, person_space)
+            check = _check_one(
+                item, rules, released, granted, catalogue, persons, person_space, person_maps
+            )
             cells = list(getattr(check, "cells", []) or [])
             if cells and person_space is not None:
                 # Earlier outputs of this request count as released for the later ones.
@@ -947,7 +956,7 @@ def _recheck_released(
 ) -> tuple[list[Any], list[Any]]:
     """The persons behind a reviewed output's cells: a plan evaluated again on the extract,
     a workspace output recomputed from its frozen evidence, none for a DP answer."""
-    from spe.projects.extracts import person_space_of
+    from spe.projects.extracts import person_space_files, person_space_of
 
     if out.computed_by == DP:
         return [], []
@@ -971,7 +980,7 @@ def _recheck_released(
             [],
             memory_mb=settings.plan_memory_mb,
             threads=settings.plan_threads,
-            person_space=space,
+            person_maps=person_space_files(session, project),
         )
         return list(planned.released), list(planned.cells)
     sidecar_file = next((f for f in out.files if f.role == "sidecar"), None)

@@ -96,6 +96,7 @@ def evaluate_plan(
     threads: int,
     temp_dir: Path | None = None,
     person_space: Any = None,
+    person_maps: Sequence[Path] = (),
 ) -> ServerCheck:
     """Evaluate ``document`` on the project's extract, check every cell, write the CSV."""
     from spe.analysis.csvtable import table_csv
@@ -113,9 +114,10 @@ def evaluate_plan(
             memory_limit=f"{memory_mb}MB",
             threads=threads,
             temp_directory=temp_dir,
+            person_maps=person_maps,
         )
         person = evidence.spec.get("person_id")
-        if person_space is not None and person:
+        if person_space is not None and person and not person_maps:
             # The holder's person space: the same numbers for a person in every project, so
             # that the cumulative audit sees releases of other projects on the same persons.
             evidence.frame[person] = person_space(evidence.frame[person])

@@ -536,6 +536,19 @@ def plan_catalogue(session: Session, project: Project) -> Any:
     return Catalogue(project=project.slug, sources=sources)
 
 
+def person_space_files(session: Session, project: Project) -> list[Path]:
+    """The server's maps from the project's pseudonyms to the holder's person space (one per
+    current extract; Parquet files of person_id and space)."""
+    storage = data_storage()
+    files = []
+    for name, row in sorted(current_extracts(session, project).items()):
+        key_part = Path(row.path).parent.name
+        path = storage.path(f"projects/{project.id}/person-space/{name}/{key_part}/persons.parquet")
+        if path.is_file():
+            files.append(path)
+    return files
+
+
 def person_space_of(session: Session, project: Project) -> Any:
     """A function from the project's pseudonyms to the holder's person space (int64 keys), for
     the disclosure audit on the server; a pseudonym of no current extract maps to 0 (none)."""

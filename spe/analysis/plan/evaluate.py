@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -448,8 +449,14 @@ def _bools(frame: pd.DataFrame, schema: Schema) -> None:
             frame[name] = frame[name].astype("boolean")
 
 
-def compile_plan(plan: Plan, paths: dict[str, Path]) -> tuple[str, dict[str, Any]]:
-    """The SQL text and its parameters for ``plan`` (paths: each dataset's extract file)."""
+def compile_plan(
+    plan: Plan, paths: dict[str, Path], person_maps: Sequence[Path] = ()
+) -> tuple[str, dict[str, Any]]:
+    """The SQL text and its parameters for ``plan`` (paths: each dataset's extract file).
+
+    With ``person_maps`` (the server's maps from the project's pseudonyms to the holder's
+    person space: Parquet files of ``person_id`` and ``space``) the person column of the result
+    is the person-space key, joined in the engine rather than looked up row by row after."""
     compiler = _Compiler(paths)
     last = compiler.frame(plan.frame)
     output = plan.output
@@ -467,6 +474,15 @@ def compile_plan(plan: Plan, paths: dict[str, Path]) -> tuple[str, dict[str, Any
         else:
             items.append(quote(name))
     sql = f"WITH {', '.join(compiler.ctes)} SELECT {', '.join(items)} FROM {last}"
+    if person_maps:
+        person = quote(schema.person)
+        maps = compiler.param([str(p) for p in person_maps])
+        outer = [f"m.space AS {person}", *(f"e.{quote(n)}" for n in output.used)]
+        sql = (
+            f"WITH {', '.join(compiler.ctes)}, e AS (SELECT {', '.join(items)} FROM {last}), "
+            f"m AS (SELECT DISTINCT person_id, space FROM read_parquet({maps})) "
+            f"SELECT {', '.join(outer)} FROM e JOIN m ON e.{person} = m.person_id"
+        )
     return sql, compiler.params
 
 
@@ -477,11 +493,16 @@ def evaluate(
     memory_limit: str = "2GB",
     threads: int = 2,
     temp_directory: Path | None = None,
+    person_maps: Sequence[Path] = (),
 ) -> Evidence:
-    """The evidence rows of ``plan`` read from the catalogue's extracts, ready for compute()."""
+    """The evidence rows of ``plan`` read from the catalogue's extracts, ready for compute().
+
+    ``person_maps`` (server only): the person column comes back as the holder's person-space
+    key (int64), see ``compile_plan``."""
     paths = _resolve(_sources(plan.frame), catalogue)
-    sql, params = compile_plan(plan, paths)
-    with _connection(list(paths.values()), memory_limit, threads, temp_directory) as con:
+    sql, params = compile_plan(plan, paths, person_maps)
+    readable = [*paths.values(), *(Path(p).resolve() for p in person_maps)]
+    with _connection(readable, memory_limit, threads, temp_directory) as con:
         frame = _run(con, sql, params, memory_limit)
     schema = plan.frame.schema
     output = plan.output
