@@ -1,10 +1,13 @@
-"""On a real cluster (only where KUBECONFIG is set, with helm, the fetched jupyterhub
-dependency and SPE's images pushed where the cluster pulls from): install the chart in a fresh
+"""On a real cluster (only where KUBECONFIG is set, with helm and kubectl, and SPE's images
+pushed where the cluster pulls from): install the chart in a fresh
 namespace, provision a project, start a workspace pod from SPE's objects, prove from inside that
 nothing but the airlock answers and that the airlock knows the pod by its token, then uninstall.
 
 Environment: KUBECONFIG; SPE_LIVE_POSTGRES_URL (a database the cluster reaches);
-SPE_LIVE_IMAGE_REGISTRY (prefix of spe-controlplane:0.1.0 and spe-workspace:0.1.0).
+SPE_LIVE_IMAGE_REGISTRY (prefix of spe-controlplane:0.1.0 and spe-workspace:0.1.0). helm is
+the one on PATH or the project's (.venv/bin/helm, from `make setup`); the jupyterhub dependency
+is the fetched one (`helm dependency build helm/spe`) or else the vendored z2jh beside the clone
+(shared/vendor/), copied into a scratch copy of the chart. The one test that needs a cluster.
 """
 
 from __future__ import annotations
@@ -19,13 +22,26 @@ from pathlib import Path
 
 import pytest
 
-CHART = Path(__file__).resolve().parents[2] / "helm" / "spe"
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "spe"
+
+
+def find_helm(repo: Path = REPO) -> str | None:
+    """helm on PATH, else the project's own (`make setup` puts it into .venv/bin)."""
+    local = repo / ".venv" / "bin" / "helm"
+    return shutil.which("helm") or (str(local) if os.access(local, os.X_OK) else None)
+
+
+HELM = find_helm() or "helm"
 pytestmark = [
     pytest.mark.skipif(
         not os.environ.get("KUBECONFIG"),
         reason="no cluster: KUBECONFIG is not set (the objects are tested as objects instead)",
     ),
-    pytest.mark.skipif(shutil.which("helm") is None, reason="helm is not on PATH"),
+    pytest.mark.skipif(
+        find_helm() is None, reason="helm is neither on PATH nor in .venv/bin (make setup)"
+    ),
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on PATH"),
     pytest.mark.skipif(
         not os.environ.get("SPE_LIVE_POSTGRES_URL"),
         reason="SPE_LIVE_POSTGRES_URL (a PostgreSQL the cluster reaches) is not set",
@@ -82,25 +98,48 @@ def run(*args: str, input: str | None = None) -> str:
     return done.stdout
 
 
+def chart_with_dependency(scratch: Path) -> Path:
+    """helm/spe as `helm dependency build` left it, else a copy with the vendored z2jh."""
+    if list((CHART / "charts").glob("jupyterhub*")):
+        return CHART
+    import yaml
+
+    (version,) = [
+        d["version"]
+        for d in yaml.safe_load((CHART / "Chart.yaml").read_text())["dependencies"]
+        if d["name"] == "jupyterhub"
+    ]
+    for folder in REPO.parents:
+        z2jh = folder / "shared" / "vendor" / f"z2jh-{version}" / "jupyterhub"
+        if (z2jh / "Chart.yaml").exists():
+            copy = scratch / "spe"
+            shutil.copytree(CHART, copy, ignore=shutil.ignore_patterns("charts"))
+            shutil.copytree(z2jh, copy / "charts" / "jupyterhub")
+            return copy
+    pytest.skip(f"no jupyterhub {version} chart: run `helm dependency build helm/spe`")
+
+
 @pytest.fixture
-def release() -> Iterator[str]:
+def release(tmp_path: Path) -> Iterator[str]:
+    chart = chart_with_dependency(tmp_path)
     namespace = f"spe-live-{uuid.uuid4().hex[:8]}"
     registry = os.environ.get("SPE_LIVE_IMAGE_REGISTRY", "")
     prefix = f"{registry.rstrip('/')}/" if registry else ""
     run("kubectl", "create", "namespace", namespace)
     try:
         run(
-            "helm", "install", "spe", str(CHART), "--namespace", namespace, "--wait",
+            HELM, "install", "spe", str(chart), "--namespace", namespace, "--wait",
             "--timeout", "10m",
             "--set", f"postgresql.url={os.environ['SPE_LIVE_POSTGRES_URL']}",
             "--set", f"image.controlplane.name={prefix}spe-controlplane",
             "--set", f"image.workspace.name={prefix}spe-workspace",
             "--set", f"jupyterhub.hub.image.name={prefix}spe-controlplane",
+            "--set", f"jupyterhub.proxy.chp.image.name={prefix}spe-controlplane",
             "--set", f"jupyterhub.singleuser.image.name={prefix}spe-workspace",
         )  # fmt: skip
         yield namespace
     finally:
-        subprocess.run(["helm", "uninstall", "spe", "--namespace", namespace], check=False)
+        subprocess.run([HELM, "uninstall", "spe", "--namespace", namespace], check=False)
         subprocess.run(["kubectl", "delete", "namespace", namespace, "--wait=false"], check=False)
 
 
