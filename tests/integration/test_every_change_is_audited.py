@@ -111,11 +111,13 @@ def _record_small_table(folder: Path, name: str) -> None:
     from spe.analysis.sidecar import utc_now
     from spe.sdc import Rules
 
+    # Two small cells whose safe version exists (South and East hide each other's cells; a
+    # region of fewer than 10 persons in all would have no safe version at all).
     rows = pd.DataFrame(
         {
-            "person": [f"p{i:03d}" for i in range(40)],
-            "region": ["North"] * 34 + ["South"] * 6,
-            "sex": ["F", "M"] * 20,
+            "person": [f"p{i:03d}" for i in range(64)],
+            "region": ["North"] * 34 + ["South"] * 15 + ["East"] * 15,
+            "sex": ["F", "M"] * 17 + ["F"] * 12 + ["M"] * 3 + ["F"] * 3 + ["M"] * 12,
         }
     )
     spec = {
