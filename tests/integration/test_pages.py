@@ -34,7 +34,7 @@ USERS = (
 )
 
 
-def set_own_passwords(usernames: Any, password: str = "plum kettle orbit seventy") -> None:
+def set_own_passwords(usernames: Any, password: str = "plum kettle orbit seventy") -> None:  # noqa: S107
     """The demo's people have set their own passwords (a one-time one opens nothing but the
     page that sets one, and gets no API token): an operator's reset, then the person's change."""
     from spe.accounts.service import reset_password
