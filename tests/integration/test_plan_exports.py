@@ -38,6 +38,14 @@ from spe.tasks import run_inline
 RESEARCHER, HOLDER, SECOND = "demo-researcher", "demo-holder", "demo-reviewer2"
 
 
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """SQLite only: plans are evaluated by DuckDB on the extract files, and the database holds
+    only the requests; the export check on PostgreSQL is test_export_story.py's and
+    test_dp_export_filed.py's (this module would double the suite's longest minutes)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def ws(spe_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The demo platform on 3,000 generated persons; settings as inside the workspace."""
