@@ -148,6 +148,10 @@ def _with_total(labels: list[tuple[Any, ...]], names: list[str]) -> pd.Index:
     return pd.MultiIndex.from_tuples([*labels, total], names=names)
 
 
+# The most failing cells a suppression protects (each costs two LPs and grows the others).
+MAX_PRIMARY_CELLS = 200
+
+
 def safe_version(
     report: TableReport, method: str = "suppress", *, linked: Sequence[PublishedSum] = ()
 ) -> SafeTable:
@@ -830,6 +834,15 @@ def _suppress(report: TableReport, linked: Sequence[PublishedSum]) -> SafeTable:
             )
     severity = report.cell_severity.reshape(shape)
     primary = severity == Verdict.FAIL.severity
+    n_primary = int(primary.sum())
+    if n_primary > MAX_PRIMARY_CELLS:
+        # Two LPs per failing cell: past a few hundred, a researcher waits minutes for a table
+        # that would be mostly hidden anyway. Say so at once.
+        raise SafeVersionError(
+            f"{n_primary} of the table's {report.n_cells} cells fail, more than the "
+            f"{MAX_PRIMARY_CELLS} a safe version by suppression protects; merge categories, "
+            "choose a coarser table, or round counts (method 'round')."
+        )
     upper, lower = protection_levels(report)
     intruder = intruder_of(report)
     n_rows, n_cols = shape
