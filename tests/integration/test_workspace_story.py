@@ -450,7 +450,8 @@ def test_3_the_template_runs_and_everything_is_audited(story: Story) -> None:
         pytest.fail(f"the kernel's websocket was refused: {exc}\n{story.logs()}")
 
     cells = _template_cells()
-    # The template loads population; this loads the project's other dataset too.
+    # The template's plans read population and income on their own; the template loads
+    # population's rows (sa.load), and this loads the project's other dataset's rows too.
     extra = 'income = sa.load("income")\nlen(income)'
     replies = [story.execute(code, timeout=90) for code in [*cells, extra]]
     failed = [
@@ -476,7 +477,8 @@ def test_3_the_template_runs_and_everything_is_audited(story: Story) -> None:
 
     with readonly() as s:
         filed = list_requests(s, get_user(s, USER), get_project(s, PROJECT))
-    assert [(r["title"], r["outputs"]) for r in filed] == [("Table 1", ["county_by_sex.csv"])]
+    # The template files a plan: the server computes the table itself.
+    assert [(r["title"], r["outputs"]) for r in filed] == [("Table 1", ["county_by_sex.plan.json"])]
     # The export cell's answer came back through the airlock, from inside the sandbox.
     export_reply = replies[cells.index(next(c for c in cells if "export(" in c))]
     shown = json.dumps(export_reply["outputs"])
