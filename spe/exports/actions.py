@@ -630,8 +630,14 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
         released: list[Any] = []
         rules = rules_for(session, project)
         persons = partial(persons_among, extract_files(session, project))
-        person_space = person_space_of(session, project)
         person_maps = person_space_files(session, project)
+        # The pandas form of the maps only for outputs the workspace computed (a plan joins
+        # the maps in the engine).
+        replayed = any(
+            o.computed_by == WORKSPACE and any(f.role == "sidecar" for f in o.files)
+            for o in _current(request)
+        )
+        person_space = person_space_of(session, project) if replayed else None
         holder = str(project.holder_id)
         title, project_slug = request.title, project.slug
         catalogue = None
@@ -664,7 +670,7 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
                 item, rules, released, granted, catalogue, persons, person_space, person_maps
             )
             cells = list(getattr(check, "cells", []) or [])
-            if cells and person_space is not None:
+            if cells and person_maps:
                 # Earlier outputs of this request count as released for the later ones.
                 found = auditing.audit(
                     holder, request_id, project_slug, title, cells, earlier, rules
