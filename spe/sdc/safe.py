@@ -148,8 +148,8 @@ def _with_total(labels: list[tuple[Any, ...]], names: list[str]) -> pd.Index:
     return pd.MultiIndex.from_tuples([*labels, total], names=names)
 
 
-# The most failing cells a suppression protects (each costs two LPs and grows the others; a worst case
-# 50 x 50 table with 874 takes under a second, a 3,000-cell table with 2,938 took 150 s).
+# The most failing cells a suppression protects (each costs two LPs and grows the others): a
+# worst-case 50 x 50 table with 874 takes under a second, a 3,000-cell one with 2,938 took 150 s.
 MAX_PRIMARY_CELLS = 1000
 
 
