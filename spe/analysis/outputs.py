@@ -158,6 +158,14 @@ class Computed:
             worst = max(worst, outcome.verdict.severity)
         return Verdict.from_severity(worst)
 
+    def withheld_of_plan(self) -> np.ndarray | None:
+        """Cells a plan's output leaves out, in the preview and in the server's file alike:
+        describe's failing extremes, and for describe's safe version (it publishes no totals)
+        every failing statistic."""
+        if self.command == "describe" and self.spec.get("safe") == "suppress":
+            return np.asarray(self.severity >= Verdict.FAIL.severity)
+        return self.withheld_in_workspace() if self.auto_withhold is not None else None
+
     def withheld_in_workspace(self) -> np.ndarray:
         """Cells the workspace leaves out by itself (describe's failing minima and maxima)."""
         if self.auto_withhold is None:

@@ -95,12 +95,11 @@ def evaluate_plan(
     memory_mb: int,
     threads: int,
     temp_dir: Path | None = None,
-    person_space: Any = None,
     person_maps: Sequence[Path] = (),
 ) -> ServerCheck:
     """Evaluate ``document`` on the project's extract, check every cell, write the CSV."""
-    from spe.analysis.csvtable import table_csv
     from spe.analysis.errors import AnalysisError
+    from spe.analysis.output import Output
     from spe.analysis.outputs import compute
     from spe.analysis.plan import evaluate, plan_hash
     from spe.sdc import Verdict
@@ -116,29 +115,13 @@ def evaluate_plan(
             temp_directory=temp_dir,
             person_maps=person_maps,
         )
-        person = evidence.spec.get("person_id")
-        if person_space is not None and person and not person_maps:
-            # The holder's person space: the same numbers for a person in every project, so
-            # that the cumulative audit sees releases of other projects on the same persons.
-            evidence.frame[person] = person_space(evidence.frame[person])
         computed = compute(evidence.command, evidence.frame, evidence.spec, rules, released)
     except ExportInputError as exc:
         return _refused(name, exc.message, sha)
     except AnalysisError as exc:
         return _refused(name, f"{name} cannot be evaluated: {exc.message}", sha)
-    withheld = computed.withheld_in_workspace() if computed.auto_withhold is not None else None
-    if evidence.command == "describe" and evidence.spec.get("safe") == "suppress":
-        # describe publishes no totals: leaving out every failing statistic is its safe
-        # version (as the workspace's preview does).
-        withheld = computed.severity >= Verdict.FAIL.severity
-    table = computed.table
-    if withheld is not None and withheld.any():
-        import numpy as np
-        import pandas as pd
-
-        values = table.to_numpy(dtype=object, copy=True)
-        values[withheld] = np.nan
-        table = pd.DataFrame(values, index=table.index, columns=table.columns).infer_objects()
+    withheld = computed.withheld_of_plan()  # as the workspace's preview leaves them out
+    file = Output(computed, None, list(evidence.datasets), [], withheld)
     status = computed.status(withheld)
     report = computed.report(withheld)
     report["name"] = name
@@ -156,7 +139,7 @@ def evaluate_plan(
         datasets=list(evidence.datasets),
         cells=computed.audit_cells(name, evidence.datasets, withheld),
         file_name=released_name(name),
-        data=table_csv(table).encode("utf-8"),
+        data=file.to_spe_csv().encode("utf-8"),
         plan_sha256=sha,
     )
 

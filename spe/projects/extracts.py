@@ -555,13 +555,7 @@ def person_space_of(session: Session, project: Project) -> Any:
     import numpy as np
     import pandas as pd
 
-    storage = data_storage()
-    frames = []
-    for name, row in current_extracts(session, project).items():
-        key_part = Path(row.path).parent.name
-        mapped = storage.path(f"projects/{project.id}/person-space/{name}/{key_part}")
-        if (mapped / "persons.parquet").is_file():
-            frames.append(pq.read_table(mapped / "persons.parquet").to_pandas())
+    frames = [pq.read_table(path).to_pandas() for path in person_space_files(session, project)]
     if not frames:
         return None
     table = pd.concat(frames, ignore_index=True).drop_duplicates(PERSON_COLUMN)

@@ -23,7 +23,6 @@ from spe.analysis.plan.document import PLAN_VERSION, validate, validate_frame
 from spe.analysis.plan.errors import PlanError
 from spe.analysis.plan.evaluate import evaluate, evaluate_frame
 from spe.analysis.plan.record import PLAN_SUFFIX, record_plan
-from spe.sdc import Verdict
 
 PLAN_NOTE = "computed by the plan evaluator; the server recomputes it on export"
 Columns = str | Sequence[str]
@@ -572,10 +571,7 @@ def run_plan(document: dict[str, Any], catalogue: Catalogue) -> PlanOutput:
     computed = compute(
         evidence.command, evidence.frame, evidence.spec, workspace_rules(evidence.datasets)
     )
-    withheld = computed.withheld_in_workspace() if computed.auto_withhold is not None else None
-    if evidence.command == "describe" and evidence.spec.get("safe") == "suppress":
-        # describe publishes no totals: leaving out every failing statistic is its safe version.
-        withheld = computed.severity >= Verdict.FAIL.severity
+    withheld = computed.withheld_of_plan()
     table = pa.Table.from_pandas(evidence.frame, preserve_index=False)
     return PlanOutput(
         computed,
