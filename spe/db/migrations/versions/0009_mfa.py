@@ -1,0 +1,21 @@
+"""multi-factor authentication: TOTP secrets and recovery codes (placeholder kept in the chain; filled in by the work that needs it)
+
+Revision ID: 0009
+Revises: 0006
+Create Date: 2026-12-07 21:00:00.000000
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0009"
+down_revision: str | None = "0006"
+branch_labels: Sequence[str] | None = None
+depends_on: Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

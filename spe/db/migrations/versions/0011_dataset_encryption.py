@@ -1,0 +1,21 @@
+"""encryption at rest: a data key per dataset version (placeholder kept in the chain; filled in by the work that needs it)
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-07 21:00:00.000000
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0011"
+down_revision: str | None = "0010"
+branch_labels: Sequence[str] | None = None
+depends_on: Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
