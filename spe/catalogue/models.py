@@ -31,7 +31,9 @@ class Dataset(Base):
 
     @property
     def latest(self) -> DatasetVersion | None:
-        return self.versions[-1] if self.versions else None
+        """The newest version that was not withdrawn."""
+        readable = [v for v in self.versions if v.withdrawn_at is None]
+        return readable[-1] if readable else None
 
 
 class DatasetVersion(Base):
@@ -62,6 +64,13 @@ class DatasetVersion(Base):
     temporal_coverage: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(64))
+    # How the files rest: spe.keys.datasets.ENCRYPTION, or None for a plain version written
+    # before encryption at rest (readers refuse it). The data key's scope is the ingest key.
+    encryption: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Withdrawal destroys the data key (crypto-shredding) and the files; the row stays.
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    withdrawn_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    withdraw_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
     dataset: Mapped[Dataset] = relationship(back_populates="versions")
     variables: Mapped[list[Variable]] = relationship(
