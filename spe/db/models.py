@@ -15,7 +15,13 @@ from spe.exports.models import (
 )
 from spe.jobs.models import Job
 from spe.keys.models import WrappedKey
-from spe.projects.models import Project, ProjectExtract, ProjectGrant, ProjectMember
+from spe.projects.models import (
+    Project,
+    ProjectExtract,
+    ProjectGrant,
+    ProjectMember,
+    ProjectMemberRequest,
+)
 from spe.sdc.audit.models import SDCHistorySnapshot, SDCRelease, SDCReleaseCells
 from spe.workspaces.models import Workspace
 
@@ -37,6 +43,7 @@ __all__ = [
     "ProjectExtract",
     "ProjectGrant",
     "ProjectMember",
+    "ProjectMemberRequest",
     "ReleasedCells",
     "ReviewComment",
     "ReviewVote",

@@ -104,3 +104,38 @@ class ProjectExtract(Base):
     current: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class MemberRequestStatus(enum.StrEnum):
+    PENDING = "pending"  # the data holder must decide; the person gets nothing yet
+    APPROVED = "approved"  # the person became a member (a ProjectMember row)
+    REFUSED = "refused"  # the data holder refused, with a reason the lead sees
+    WITHDRAWN = "withdrawn"  # removed before the holder decided
+
+
+class ProjectMemberRequest(Base):
+    """A person added to an approved project, waiting for the data holder's decision.
+
+    Kept apart from ``project_members`` on purpose: every check of membership (workspaces, the
+    airlock, DP, exports, pages) reads ``project_members``, so a pending person is simply not a
+    member anywhere until the holder approves, whatever code path asks.
+    """
+
+    __tablename__ = "project_member_requests"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    role: Mapped[MemberRole] = mapped_column(Enum(MemberRole, native_enum=False, length=16))
+    status: Mapped[MemberRequestStatus] = mapped_column(
+        Enum(MemberRequestStatus, native_enum=False, length=16),
+        default=MemberRequestStatus.PENDING,
+    )
+    requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    decided_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+    project: Mapped[Project] = relationship()
+    user: Mapped[User] = relationship(lazy="joined")
