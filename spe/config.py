@@ -357,6 +357,34 @@ class Settings(BaseSettings):
         description="Most accounts one source address may lock within its window; later "
         "failures from it count against the address only (a bounded lock-out).",
     )
+    mfa_required_roles: str = Field(
+        default="holder_reviewer,auditor,institution_admin,operator",
+        description="Roles whose holders must log in with a second factor (TOTP), "
+        "comma-separated; they are led to set it up after their password.",
+    )
+    mfa_researchers: bool = Field(
+        default=False, description="Researchers, too, must log in with a second factor (TOTP)."
+    )
+    mfa_recovery_codes: int = Field(
+        default=10, ge=1, le=20, description="Single-use recovery codes made at MFA enrolment."
+    )
+    mfa_issuer: str = Field(
+        default="SPE", description="The platform's name as authenticator apps show it."
+    )
+    oidc_require_mfa: bool = Field(
+        default=False,
+        description="An OIDC login must show MFA in the provider's amr or acr claim "
+        "(SPE_OIDC_MFA_AMR, SPE_OIDC_MFA_ACR); one that does not is refused.",
+    )
+    oidc_mfa_amr: str = Field(
+        default="mfa,otp,hwk,swk,sms",
+        description="amr values (RFC 8176) that count as MFA, comma-separated.",
+    )
+    oidc_mfa_acr: str = Field(
+        default="",
+        description="acr values that count as MFA, comma-separated (e.g. ID-porten's "
+        "idporten-loa-substantial,idporten-loa-high).",
+    )
     hub_auth_refresh_seconds: int = Field(
         default=60,
         ge=10,
