@@ -516,11 +516,20 @@ def project_close(ctx: click.Context, slug: str, reason: str) -> None:
 def project_add_member(ctx: click.Context, slug: str, username: str) -> None:
     """Add a researcher to a project."""
     from spe.accounts.service import get_user
+    from spe.projects.models import ProjectMemberRequest
     from spe.projects.service import add_member, get_project
 
     with _acting(ctx) as (session, actor):
-        add_member(session, actor, get_project(session, slug), get_user(session, username))
-    click.echo(f"Added {username} to {slug}.")
+        row = get_project(session, slug)
+        added = add_member(session, actor, row, get_user(session, username))
+        holder = row.holder.name
+    if isinstance(added, ProjectMemberRequest):
+        click.echo(
+            f"Added {username} to {slug}, pending approval by {holder}: no workspace and no data "
+            f"until a reviewer of {holder} approves (`spe project member list {slug}`)."
+        )
+    else:
+        click.echo(f"Added {username} to {slug}.")
 
 
 @project.command("remove-member")
@@ -969,6 +978,24 @@ def dataset_quarantine(ctx: click.Context, name: str, number: int | None, out: P
     click.echo(f"Wrote {text.count(chr(10)):,} rejected rows to {out} (mode 0600).")
 
 
+@dataset.command("withdraw")
+@click.argument("name")
+@click.argument("number", metavar="VERSION", type=int)
+@click.option("--reason", required=True, help="Why; kept in the certificate and the audit log.")
+@click.pass_context
+def dataset_withdraw(ctx: click.Context, name: str, number: int, reason: str) -> None:
+    """Withdraw a dataset version: its key is destroyed and its files deleted (data holders)."""
+    from spe.catalogue.service import withdraw_version
+
+    with _acting(ctx) as (session, actor):
+        cert = withdraw_version(session, actor, name, number, reason)
+    click.echo(
+        f"Withdrew version {number} of {name}: its data key is destroyed and "
+        f"{len(cert['files'])} files deleted; the signed certificate is in the audit log "
+        f"(key {cert['key_id']})."
+    )
+
+
 @cli.group()
 def catalogue() -> None:
     """The public catalogue of datasets: the DGA Article 8 information point."""
@@ -1104,6 +1131,10 @@ def task_status(job_id: str) -> None:
 from spe.exports.commands import export  # noqa: E402 - the group lives with its capability
 
 cli.add_command(export)
+
+from spe.projects.commands import member  # noqa: E402 - the group lives with its capability
+
+project.add_command(member)
 
 from spe.dp.commands import dp  # noqa: E402 - the group lives with its capability
 
