@@ -278,6 +278,24 @@ def user_password(ctx: click.Context) -> None:
     )
 
 
+@user.command("mfa-reset")
+@click.argument("username")
+@click.option("--reason", default="", help="Why (e.g. a lost phone); kept in the audit log.")
+@click.pass_context
+def user_mfa_reset(ctx: click.Context, username: str, reason: str) -> None:
+    """Reset a person's two-step login (operators; institution admins for their people). Every
+    login and API token of theirs ends; they set it up again at their next login."""
+    from spe.accounts.mfa import reset_mfa
+    from spe.accounts.service import get_user
+
+    with _acting(ctx) as (session, actor):
+        ended = reset_mfa(session, actor, get_user(session, username), reason)
+    click.echo(
+        f"Reset the two-step login of {username}; {ended['sessions']} login(s) and "
+        f"{ended['tokens']} API token(s) of theirs have ended."
+    )
+
+
 @user.command("deactivate-inactive")
 def user_deactivate_inactive() -> None:
     """Deactivate accounts inactive for longer than SPE_INACTIVITY_DAYS."""
@@ -1306,12 +1324,34 @@ def token() -> None:
 @token.command("create")
 @click.option("--name", default="api", help="What the token is for.")
 @click.option("--days", default=30, show_default=True, help="How long it lives.")
+@click.option(
+    "--code",
+    default=None,
+    help="With two-step login: the current code of your authenticator app (asked if missing).",
+)
 @click.pass_context
-def token_create(ctx: click.Context, name: str, days: int) -> None:
-    """Create an API token for yourself; it is shown once."""
+def token_create(ctx: click.Context, name: str, days: int, code: str | None) -> None:
+    """Create an API token for yourself; it is shown once. An account with two-step login
+    proves it with a current code; one whose role needs it and has none gets no token."""
+    from spe.accounts import mfa
     from spe.accounts.tokens import create_token
 
     with _acting(ctx) as (session, actor):
+        if mfa.must_enrol(session, actor):
+            raise mfa.MfaError(
+                "Your role needs two-step login: set it up on the pages (/services/spe/mfa) "
+                "before you create an API token."
+            )
+        if mfa.enrolled(session, actor):
+            if code is None:
+                code = click.prompt("Code from your authenticator app", hide_input=True)
+            try:
+                mfa.check_code(session, actor, code)
+            except mfa.MfaError:
+                raise mfa.MfaError(
+                    "That code is not a current, unused code of your authenticator app; "
+                    "type the one it shows now."
+                ) from None
         value = create_token(session, actor, name, days)
     click.echo(value)
 
