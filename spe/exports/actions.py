@@ -551,6 +551,29 @@ def _frozen_document(work: _Work, role: str) -> bytes:
     return data
 
 
+def linked_of(
+    holder: str,
+    request_id: str,
+    project: str,
+    title: str,
+    earlier: Sequence[Any] = (),
+    session: Session | None = None,
+) -> Any:
+    """What a plan's safe version is protected against besides its own totals: the holder's
+    earlier released numbers (from any project) and this request's earlier outputs that are
+    sums of its cells, as a callable for spe.exports.checking (linked tables)."""
+    from spe.exports import auditing
+    from spe.sdc.safe import sums_of_cells
+
+    def linked(report: Any, datasets: Sequence[str]) -> list[Any]:
+        groups = auditing.linked_groups(
+            holder, request_id, project, title, report, datasets, earlier, session=session
+        )
+        return sums_of_cells(report, groups)
+
+    return linked
+
+
 def _check_one(
     work: _Work,
     rules: Any,
@@ -560,6 +583,7 @@ def _check_one(
     persons: Any,
     person_space: Any = None,
     person_maps: Sequence[Path] = (),
+    linked: Any = None,
 ) -> Any:
     """The check of one output: computed by the server (plan, DP answer) or, for what the
     workspace computed, the replay of its own evidence as advice."""
@@ -580,6 +604,7 @@ def _check_one(
             threads=settings.plan_threads,
             temp_dir=temp,
             person_maps=person_maps,
+            linked=linked,
         )
     if work.computed_by == DP:
         return dp_check(work.name, work.dp_answer)
@@ -661,13 +686,23 @@ def run_checks(request_id: str, round_: int, progress: Any = None) -> dict[str, 
             work.append(item)
     results: dict[uuid.UUID, tuple[Any, Any, ExportFile | None]] = {}
     earlier: list[auditing.Earlier] = []
+    # Safe versions are protected with the same history the audit reads (the person space).
+    linked = linked_of(holder, request_id, project_slug, title, earlier) if person_maps else None
     for i, item in enumerate(work):
         if progress is not None:
             progress(i, len(work))
         check: Any
         try:
             check = _check_one(
-                item, rules, released, granted, catalogue, persons, person_space, person_maps
+                item,
+                rules,
+                released,
+                granted,
+                catalogue,
+                persons,
+                person_space,
+                person_maps,
+                linked,
             )
             cells = list(getattr(check, "cells", []) or [])
             if cells and person_maps:
@@ -978,6 +1013,18 @@ def _recheck_released(
         from spe.exports.checking import evaluate_plan
 
         document = read_plan(data_storage().path(plan_file.path).read_bytes(), out.name)
+        maps = person_space_files(session, project)
+        linked = (
+            linked_of(
+                str(project.holder_id),
+                str(request.id),
+                project.slug,
+                request.title,
+                session=session,
+            )
+            if maps
+            else None
+        )
         planned = evaluate_plan(
             out.name,
             document,
@@ -986,8 +1033,23 @@ def _recheck_released(
             [],
             memory_mb=settings.plan_memory_mb,
             threads=settings.plan_threads,
-            person_maps=person_space_files(session, project),
+            person_maps=maps,
+            linked=linked,
         )
+        main = next((f for f in out.files if f.role == "output"), None)
+        if main is not None and planned.data and _sha(planned.data) != main.sha256:
+            # Releases since the check changed the safe version's pattern: remember every
+            # cell of the table as released (more than was published: the audit is stricter).
+            planned = evaluate_plan(
+                out.name,
+                {**document, "output": {**document["output"], "safe": None}},
+                plan_catalogue(session, project),
+                rules_for(session, project),
+                [],
+                memory_mb=settings.plan_memory_mb,
+                threads=settings.plan_threads,
+                person_maps=maps,
+            )
         return list(planned.released), list(planned.cells)
     sidecar_file = next((f for f in out.files if f.role == "sidecar"), None)
     if sidecar_file is None:
@@ -1348,10 +1410,13 @@ class _SafeVersion:
     rounded: Any  # numpy bool mask over ``table``: counts rounded
     changes: list[dict[str, Any]]
     csv: bytes
-    sidecar: bytes
-    evidence: Path
+    sidecar: bytes  # a workspace output's new record (b"" for a plan)
+    evidence: Path | None  # a workspace output's frozen evidence (None for a plan)
     released: list[Any]
     rules: Any
+    plan: bytes = b""  # a plan output's new document: the same plan asking for the safe version
+    plan_sha256: str | None = None
+    check: Any = None  # a plan's: the server's check of the safe version (with the audit)
 
 
 def _check_can_accept(
@@ -1458,12 +1523,13 @@ def _make_safe(
 
     out = _output(request, output_name)
     name = out.name
-    if out.computed_by in (SERVER, DP):
-        what = "a plan" if out.computed_by == SERVER else "a DP answer"
+    if out.computed_by == DP:
         raise ExportInputError(
-            f"{name} is {what} the server computes itself; ask for its safe version where you "
-            "made it (in the notebook: safe='suppress' or safe='round') and file that."
+            f"{name} is a DP answer, which is noisy already and has no safe version; reviewers "
+            "decide on it as it is."
         )
+    if out.computed_by == SERVER:
+        return _make_safe_plan(session, request, project, out, method)
     if out.kind == "file":
         raise ExportInputError(
             f"{name} is not a table recorded by spe.analysis, so the server cannot make a safe "
@@ -1493,28 +1559,8 @@ def _make_safe(
         raise ExportInputError(
             f"The record of {name} cannot be read ({why}); record the output again and resubmit it."
         ) from None
-    allowed = SAFE_METHODS_OF.get(meta.command)
-    if allowed is None:
-        raise ExportInputError(f"{name} is a {meta.command} output, which has no safe version.")
-    if method not in allowed:
-        if method in SAFE_METHODS_OF["crosstab"]:
-            raise ExportInputError(
-                f"{name} is a describe table, whose only safe version leaves failing statistics "
-                "out; use method 'suppress'."
-            )
-        raise ExportInputError(
-            f"{method!r} is not a safe version; use 'suppress' (failing cells left out, with "
-            "cells that protect them) or 'round' (counts rounded to multiples of 5)."
-        )
-    if method == "round" and meta.spec.get("agg", "count") != "count":
-        raise ExportInputError(
-            f"Rounding protects counts, and {name} is a table of {meta.spec['agg']}; use method "
-            "'suppress'."
-        )
-    if meta.spec.get("safe") == method:
-        raise ExportInputError(
-            f"{name} is already the {method} safe version; the reviewers decide on it now."
-        )
+    agg = str(meta.spec.get("agg") or "count")
+    _check_safe_method(name, meta.command, agg, method, meta.spec.get("safe"))
     evidence = data_storage().path(roles["evidence"].path)
     _verify_frozen(roles["evidence"], name)
     if roles["evidence"].sha256 != meta.evidence_sha256:
@@ -1610,6 +1656,154 @@ def _make_safe(
     )
 
 
+def _check_safe_method(name: str, command: str, agg: str, method: str, current: Any) -> None:
+    """Raise, with a sentence, unless ``method`` is a safe version a ``command`` table of
+    ``agg`` has, and not the one it is already (``current``)."""
+    allowed = SAFE_METHODS_OF.get(command)
+    if allowed is None:
+        raise ExportInputError(f"{name} is a {command} output, which has no safe version.")
+    if method not in allowed:
+        if method in SAFE_METHODS_OF["crosstab"]:
+            raise ExportInputError(
+                f"{name} is a describe table, whose only safe version leaves failing statistics "
+                "out; use method 'suppress'."
+            )
+        raise ExportInputError(
+            f"{method!r} is not a safe version; use 'suppress' (failing cells left out, with "
+            "cells that protect them) or 'round' (counts rounded to multiples of 5)."
+        )
+    if method == "round" and agg != "count":
+        raise ExportInputError(
+            f"Rounding protects counts, and {name} is a table of {agg}; use method 'suppress'."
+        )
+    if current == method:
+        raise ExportInputError(
+            f"{name} is already the {method} safe version; the reviewers decide on it now."
+        )
+
+
+def _make_safe_plan(
+    session: Session, request: ExportRequest, project: Project, out: ExportOutput, method: str
+) -> _SafeVersion:
+    """A plan output's safe version: the same frozen plan asking for it, evaluated by the server
+    on the extract and checked (audit included) as the check will; nothing the workspace
+    computed is used, and the plan document is the only thing that changes."""
+    import numpy as np
+
+    from spe.analysis.errors import AnalysisError
+    from spe.analysis.plan import plan_hash
+    from spe.exports import auditing
+    from spe.exports.checking import compute_plan, server_check
+    from spe.projects.extracts import person_space_files, plan_catalogue
+
+    name = out.name
+    if out.kind != "table":
+        what = "a model" if out.kind == "model" else "a life table"
+        raise ExportInputError(
+            f"{name} is {what}; only tables (crosstab, pivot_table, hist, describe) have a safe "
+            "version. Change the plan in the workspace and resubmit it."
+        )
+    if out.check_status == "pass":
+        raise ExportInputError(f"{name} passes every check already; there is nothing to make safe.")
+    if out.check_status not in ("fail", "review"):
+        raise ExportStateError(f"{name} has not been checked yet; wait for its check.")
+    plan_file = next((f for f in out.files if f.role == "plan"), None)
+    if plan_file is None:
+        raise ExportInputError(f"{name} has no frozen plan; file the plan again.")
+    document = read_plan(_frozen_bytes(plan_file, name), name)
+    output = document.get("output") if isinstance(document, dict) else None
+    if not isinstance(output, dict):
+        raise ExportInputError(f"{name} is not a plan with an output; file the plan again.")
+    command = str(output.get("command"))
+    _check_safe_method(name, command, str(output.get("agg") or "count"), method, output.get("safe"))
+    safe_document = {**document, "output": {**output, "safe": method}}
+    sha = plan_hash(safe_document)
+    same = _same_plan(session, request, sha)
+    if same is not None:
+        raise ExportInputError(
+            f"The {method} safe version of {name} is already filed as {same.name} in request "
+            f"{short_id(same.request)} ({describe_status(same.request)}); use that request."
+        )
+    rules = rules_for(session, project)
+    settings = get_settings()
+    maps = person_space_files(session, project)
+    holder, title = str(project.holder_id), request.title
+    linked = (
+        linked_of(holder, str(request.id), project.slug, title, session=session) if maps else None
+    )
+    try:
+        result = compute_plan(
+            name,
+            safe_document,
+            plan_catalogue(session, project),
+            rules,
+            [],
+            memory_mb=settings.plan_memory_mb,
+            threads=settings.plan_threads,
+            person_maps=maps,
+            linked=linked,
+        )
+    except AnalysisError as exc:
+        raise ExportInputError(f"No safe version of {name} can be made: {exc.message}") from None
+    check = server_check(name, result)
+    if check.cells and maps:
+        found = auditing.audit(holder, str(request.id), project.slug, title, check.cells, [], rules)
+        check = auditing.with_audit(check, found)
+    computed = result.computed
+    table = computed.table
+    hidden = np.zeros(table.shape, dtype=bool)
+    rounded = np.zeros(table.shape, dtype=bool)
+    changes: list[dict[str, Any]] = []
+    withheld = computed.withheld_of_plan()
+    if computed.safe is None and withheld is not None:  # describe: failing statistics left out
+        hidden = np.asarray(withheld, dtype=bool).copy()
+        values = table.to_numpy(dtype=object, copy=True)
+        values[hidden] = np.nan
+        table = type(table)(values, index=table.index, columns=table.columns).infer_objects()
+        changes = [
+            {
+                "index": cell["index"],
+                "columns": cell["columns"],
+                "action": "suppressed",
+                "kind": "primary",
+                "reason": "; ".join(o["sentence"] for o in cell.get("failing", [])),
+            }
+            for cell in computed.report(withheld)["cells"]
+            if not cell["published"]
+        ]
+    elif computed.safe is not None:
+        safe = computed.safe
+        n_rows, n_cols = safe.shape
+        hidden[:n_rows, :n_cols] = np.asarray(safe.suppressed, dtype=bool)
+        rows_at = {label: i for i, label in enumerate(safe.row_labels)}
+        cols_at = {label: i for i, label in enumerate(safe.col_labels)}
+        for change in safe.changes:
+            if change.action == "rounded":
+                rounded[rows_at[change.index], cols_at[change.columns]] = True
+        changes = [
+            {k: v for k, v in c.to_dict().items() if k not in ("original", "published")}
+            for c in safe.changes
+        ]
+    text = json.dumps(safe_document, ensure_ascii=False, indent=1, allow_nan=False)
+    return _SafeVersion(
+        output=out,
+        method=method,
+        command=command,
+        table=table,
+        hidden=hidden,
+        rounded=rounded,
+        changes=changes,
+        csv=check.data,
+        sidecar=b"",
+        evidence=None,
+        released=[],
+        rules=rules,
+        plan=text.encode("utf-8"),
+        plan_sha256=sha,
+        check=check,
+    )
+
+
 @state_change("export.accept_safe")
 def accept_safe_version(
     session: Session,
@@ -1618,12 +1812,14 @@ def accept_safe_version(
     output_name: str,
     method: str = "suppress",
 ) -> str:
-    """Replace a failing table by its safe version, computed here from the frozen evidence.
+    """Replace a failing table by its safe version, computed here by the server: from the frozen
+    evidence for a workspace output, from its own evaluation of the plan for a plan output.
 
     A new round starts with every output of the current one carried over (their frozen files
-    copied) and the chosen one replaced; returns the id of the check job, which the caller sends
-    once committed. The check then replays the safe version like any output: its verdict, and
-    the release, stay the server's.
+    copied) and the chosen one replaced (a plan by the same plan asking for the safe version);
+    returns the id of the check job, which the caller sends once committed. The check then
+    computes the safe version again like any output: its verdict, and the release, stay the
+    server's.
     """
     project = project_of(session, request)
     # One acceptance at a time per request (SQLite's writers are serial already).
@@ -1645,7 +1841,11 @@ def accept_safe_version(
             for f in out.files:
                 if f.role == "output" and out.computed_by in (SERVER, DP):
                     continue  # the server computes its file again in the new round's check
-                new = {"output": safe.csv, "sidecar": safe.sidecar}.get(f.role)
+                new = (
+                    {"plan": safe.plan}
+                    if out.computed_by == SERVER
+                    else {"output": safe.csv, "sidecar": safe.sidecar}
+                ).get(f.role)
                 if out.id == safe.output.id and new is not None:
                     (tmp / f.name).write_bytes(new)
                     files.append((f, len(new), _sha(new)))
@@ -1664,7 +1864,7 @@ def accept_safe_version(
             kind=out.kind,
             datasets=out.datasets,
             computed_by=out.computed_by,
-            plan_sha256=out.plan_sha256,
+            plan_sha256=safe.plan_sha256 if out.id == safe.output.id else out.plan_sha256,
         )
         session.add(row)
         session.flush()
@@ -1701,9 +1901,16 @@ def accept_safe_version(
             "previous_status": before.value,
             "output": safe.output.name,
             "method": method,
+            "computed_by": safe.output.computed_by,
             "file_sha256": _sha(safe.csv),
-            "sidecar_sha256": _sha(safe.sidecar),
-            "replaced_file_sha256": next(f.sha256 for f in safe.output.files if f.role == "output"),
+            **(
+                {"plan_sha256": safe.plan_sha256, "replaced_plan_sha256": safe.output.plan_sha256}
+                if safe.plan_sha256
+                else {"sidecar_sha256": _sha(safe.sidecar)}
+            ),
+            "replaced_file_sha256": next(
+                (f.sha256 for f in safe.output.files if f.role == "output"), None
+            ),
             "outputs": summary,
         },
         project=project.slug,
@@ -1730,17 +1937,20 @@ def safe_preview(
     project = project_of(session, request)
     perms.check_user_can_view(session, actor, request, project)
     safe = _make_safe(session, request, project, output_name, method)
-    sidecar = json.loads(safe.sidecar)
-    with tempfile.TemporaryDirectory(prefix="spe-safe-") as folder:
-        csv_path = Path(folder) / sidecar["file"]
-        csv_path.write_bytes(safe.csv)
-        check = check_output(
-            sidecar,
-            {sidecar["file"]: csv_path, sidecar["evidence"]: safe.evidence},
-            safe.rules,
-            safe.released,
-            known_persons=partial(persons_among, extract_files(session, project)),
-        )
+    if safe.check is not None:  # a plan: the server's own check of its safe version
+        check = safe.check
+    else:
+        sidecar = json.loads(safe.sidecar)
+        with tempfile.TemporaryDirectory(prefix="spe-safe-") as folder:
+            csv_path = Path(folder) / sidecar["file"]
+            csv_path.write_bytes(safe.csv)
+            check = check_output(
+                sidecar,
+                {sidecar["file"]: csv_path, sidecar["evidence"]: safe.evidence},
+                safe.rules,
+                safe.released,
+                known_persons=partial(persons_among, extract_files(session, project)),
+            )
     try:
         _check_can_accept(session, actor, request, project)
         refusal = None
@@ -1768,6 +1978,7 @@ def safe_preview(
         "request": str(request.id),
         "round": request.round,
         "output": safe.output.name,
+        "computed_by": safe.output.computed_by,
         "command": safe.command,
         "method": safe.method,
         "index_names": [str(n) for n in safe.table.index.names],

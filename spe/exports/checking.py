@@ -8,7 +8,7 @@ and writes the released file itself. Workspace-computed outputs are checked only
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,85 @@ def validate_plan(document: Any, catalogue: Any, name: str) -> Any:
         raise ExportInputError(f"{name} cannot be exported: {exc.message}") from None
 
 
+# Given a checked table and the datasets it reads, the earlier released numbers that are sums
+# of its cells (spe.sdc.safe.PublishedSum), for its safe version.
+Linked = Callable[[Any, Sequence[str]], list[Any]]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A plan evaluated and checked by the server: its hash, evidence and computed output."""
+
+    sha256: str
+    evidence: Any  # spe.analysis.plan.evaluate.Evidence
+    computed: Any  # spe.analysis.outputs.Computed
+
+
+def compute_plan(
+    name: str,
+    document: Any,
+    catalogue: Any,
+    rules: Any,
+    released: Sequence[Any],
+    *,
+    memory_mb: int,
+    threads: int,
+    temp_dir: Path | None = None,
+    person_maps: Sequence[Path] = (),
+    linked: Linked | None = None,
+) -> PlanResult:
+    """Validate and evaluate ``document`` on the project's extract and compute its output;
+    raises ExportInputError (the plan) or AnalysisError (the data, or no safe version).
+
+    A safe version by suppression is protected together with the earlier released numbers that
+    ``linked`` finds for its table (linked tables): never with anything the workspace sent."""
+    from spe.analysis.outputs import compute
+    from spe.analysis.plan import evaluate, plan_hash
+
+    sha = plan_hash(document)
+    plan = validate_plan(document, catalogue, name)
+    evidence = evaluate(
+        plan,
+        catalogue,
+        memory_limit=f"{memory_mb}MB",
+        threads=threads,
+        temp_directory=temp_dir,
+        person_maps=person_maps,
+    )
+    computed = compute(evidence.command, evidence.frame, evidence.spec, rules, released)
+    if linked is not None:
+        computed = _linked_safe_version(computed, evidence.datasets, linked)
+    return PlanResult(sha, evidence, computed)
+
+
+def _linked_safe_version(computed: Any, datasets: Sequence[str], linked: Linked) -> Any:
+    """``computed`` with its suppression safe version made again against the earlier releases
+    that are sums of its cells (unchanged when there are none). Only one-table outputs of
+    counts or sums have such a safe version; a safe version that cannot be made is refused."""
+    import dataclasses
+
+    from spe.analysis.errors import AnalysisError
+    from spe.sdc.errors import SDCError
+    from spe.sdc.safe import safe_version
+
+    safe = computed.safe
+    if safe is None or safe.method != "suppress" or len(computed.parts) != 1:
+        return computed
+    report = computed.parts[0].report
+    if report.agg not in ("count", "sum") or report.person_id is None:
+        return computed
+    try:
+        sums = linked(report, datasets)
+        if not sums:
+            return computed
+        protected = safe_version(report, "suppress", linked=sums)
+    except SDCError as exc:
+        raise AnalysisError(exc.message) from None
+    table = protected.table
+    table.columns.name = computed.table.columns.name  # as compute() publishes it
+    return dataclasses.replace(computed, safe=protected, table=table)
+
+
 def evaluate_plan(
     name: str,
     document: Any,
@@ -96,30 +175,38 @@ def evaluate_plan(
     threads: int,
     temp_dir: Path | None = None,
     person_maps: Sequence[Path] = (),
+    linked: Linked | None = None,
 ) -> ServerCheck:
     """Evaluate ``document`` on the project's extract, check every cell, write the CSV."""
     from spe.analysis.errors import AnalysisError
+    from spe.analysis.plan import plan_hash
+
+    try:
+        result = compute_plan(
+            name,
+            document,
+            catalogue,
+            rules,
+            released,
+            memory_mb=memory_mb,
+            threads=threads,
+            temp_dir=temp_dir,
+            person_maps=person_maps,
+            linked=linked,
+        )
+    except ExportInputError as exc:
+        return _refused(name, exc.message, plan_hash(document))
+    except AnalysisError as exc:
+        return _refused(name, f"{name} cannot be evaluated: {exc.message}", plan_hash(document))
+    return server_check(name, result)
+
+
+def server_check(name: str, result: PlanResult) -> ServerCheck:
+    """The check of an evaluated plan: verdict, report, released cells and the server's CSV."""
     from spe.analysis.output import Output
-    from spe.analysis.outputs import compute
-    from spe.analysis.plan import evaluate, plan_hash
     from spe.sdc import Verdict
 
-    sha = plan_hash(document)
-    try:
-        plan = validate_plan(document, catalogue, name)
-        evidence = evaluate(
-            plan,
-            catalogue,
-            memory_limit=f"{memory_mb}MB",
-            threads=threads,
-            temp_directory=temp_dir,
-            person_maps=person_maps,
-        )
-        computed = compute(evidence.command, evidence.frame, evidence.spec, rules, released)
-    except ExportInputError as exc:
-        return _refused(name, exc.message, sha)
-    except AnalysisError as exc:
-        return _refused(name, f"{name} cannot be evaluated: {exc.message}", sha)
+    computed, evidence, sha = result.computed, result.evidence, result.sha256
     withheld = computed.withheld_of_plan()  # as the workspace's preview leaves them out
     file = Output(computed, None, list(evidence.datasets), [], withheld)
     status = computed.status(withheld)

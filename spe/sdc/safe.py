@@ -309,6 +309,54 @@ def linked_sums(
     return out
 
 
+# The most linked sums a safe version takes (each is one more row in both LPs of every failing
+# cell, and one more mask every candidate rectangle is tested against): at this many a
+# 1,000-cell table is still protected in seconds. Past it the safe version is refused, never
+# made against only some of them (that would be optimistic).
+MAX_LINKED_SUMS = 400
+
+
+def sums_of_cells(
+    report: TableReport, groups: Sequence[tuple[Sequence[int], str]]
+) -> list[PublishedSum]:
+    """Earlier released numbers that are sums of whole cells of this table, as linked sums.
+
+    ``groups`` gives, per earlier cell, the flat indices of this table's cells (row-major in
+    its 2-D layout) whose persons make up exactly that earlier cell's persons, and the earlier
+    release it came from. The intruder is taken to know the sum of those cells exactly (the
+    earlier cell on the same persons): at worst a constraint he lacks, which only hides more.
+    Duplicates and the grand total (published anyway) are left out; past ``MAX_LINKED_SUMS``
+    the safe version is refused. Tables whose statistic has no additive margins take none.
+    """
+    if report.agg not in ("count", "sum") or not groups:
+        return []
+    shape = report.shape
+    x = np.nan_to_num(report.grid(report.stats.value).astype(np.float64), nan=0.0).ravel()
+    seen: dict[tuple[int, ...], str] = {}
+    for cells, source in groups:
+        key = tuple(sorted({int(i) for i in cells}))
+        if not key or (len(key) == x.size and x.size > 1):
+            continue
+        if any(i < 0 or i >= x.size for i in key):
+            raise SafeVersionError(
+                f"The earlier release {source!r} names cells this table does not have; it "
+                "cannot be protected with it."
+            )
+        seen.setdefault(key, source)
+    if len(seen) > MAX_LINKED_SUMS:
+        raise SafeVersionError(
+            f"The table shares {len(seen):,} sums of its cells with tables released earlier on "
+            f"the same persons, more than the {MAX_LINKED_SUMS} a safe version is protected "
+            "against here; choose a coarser table or another population, or ask a reviewer."
+        )
+    out = []
+    for key, source in seen.items():
+        mask = np.zeros(x.size, dtype=bool)
+        mask[list(key)] = True
+        out.append(PublishedSum(mask.reshape(shape), float(x[mask].sum()), source))
+    return out
+
+
 def protection_levels(report: TableReport) -> tuple[np.ndarray, np.ndarray]:
     """The upper and lower protection levels of each failing cell (0 elsewhere), table shape.
 

@@ -456,3 +456,51 @@ def test_a_declared_level_no_row_has_is_an_empty_cell(ws):
     assert {"03", "46"} < counties and len(counties) > 2
     assert out["check_status"] == "fail"
     assert any(r["rule"] == "zeros" for c in out["report"]["cells"] for r in c["failing"])
+
+
+def test_a_failing_plan_takes_its_safe_version_computed_by_the_server(ws, tmp_path):
+    """Accept-safe on a plan output: the server evaluates the frozen plan asking for its safe
+    version, a new round carries the outputs, the normal check decides, and the event is
+    audited. What the workspace writes after filing (a made-up CSV, another plan under the same
+    name) is never read."""
+    document = plan(ws, scan(ws, "population"), crosstab(["municipality"], ["sex"]))
+    name = put(ws, "county_sex", document)
+    rid = file_(ws, name)
+    first = seen_by(RESEARCHER, rid)
+    assert first["status"] == "in_review"
+    assert first["outputs"][0]["check_status"] == "fail"
+    failing = [c for c in first["outputs"][0]["report"]["cells"] if c["failing"]]
+    assert failing
+    # The attacker's workspace rewrites its outbox after filing.
+    (ws["outbox"] / "county_sex.csv").write_text("municipality,F,M\n03,1,1\n", "utf-8")
+    put(ws, "county_sex", plan(ws, scan(ws, "population"), crosstab(["sex"], ["municipality"])))
+
+    preview = act(RESEARCHER, actions.safe_preview, rid, name, "suppress")
+    assert preview["computed_by"] == "server" and preview["can_accept"], preview["cannot_accept"]
+    assert preview["suppressed_cells"] >= len(failing) and preview["status"] == "pass"
+    with pytest.raises(ExportInputError, match="not a safe version"):
+        act(RESEARCHER, actions.safe_preview, rid, name, "jitter")
+    job = act(RESEARCHER, actions.accept_safe_version, rid, name, "suppress")
+    run_inline(job)
+    view = seen_by(RESEARCHER, rid)
+    (out,) = view["outputs"]
+    assert view["round"] == 2 and out["computed_by"] == "server"
+    assert out["check_status"] == "pass" and view["status"] == "released", out["reasons"]
+    with bundle_of(rid, tmp_path) as z:
+        released = z.read("outputs/county_sex.csv").decode()
+    assert released == preview["csv"] and "03,1,1" not in released
+    for cell in failing:  # every failing cell is left out of what leaves
+        row = next(
+            line for line in released.splitlines() if line.startswith(f"{cell['index'][0]},")
+        )
+        assert str(cell["value"]) not in row.split(",")[1:] or cell["value"] == 0
+    (accepted,) = events("export.accept_safe", rid)
+    assert accepted["computed_by"] == "server" and accepted["method"] == "suppress"
+    assert (
+        accepted["plan_sha256"] == out["report"]["plan_sha256"] != accepted["replaced_plan_sha256"]
+    )
+    plan_file = next(f for f in out["files"] if f["role"] == "plan")
+    assert accepted["outputs"][0]["files"][0]["sha256"] == plan_file["sha256"]
+    # A second acceptance of a released request is refused with a sentence.
+    with pytest.raises(Exception, match="cannot take a safe version now"):
+        act(RESEARCHER, actions.accept_safe_version, rid, name, "suppress")
