@@ -25,6 +25,7 @@ from spe.dp.models import MICRO, DPBudget, DPDatasetBudget, DPQuery
 from spe.errors import NotFound, PermissionDenied
 from spe.ingest.policy import DatasetPolicy, PolicyError, load_policy
 from spe.projects.models import Project, ProjectGrant
+from spe.projects.service import check_can_access_data
 
 AGGREGATE_ONLY = "aggregate_only"
 WAIT_SECONDS = 240.0  # the notebook's client waits 300 s
@@ -468,7 +469,7 @@ def _checked_query(session: Session, user: User, project: Project, request: dict
     """The query, validated against the grant, the access path and the policy's bounds."""
     from spe.dp.compute import Query, check_against_policy
 
-    check_can(session, user, Action.PROJECT_DATA_ACCESS, Target(project=project))
+    check_can_access_data(session, user, project)  # a member waiting for the holder too
     query = Query.from_request(request)
     dataset, grant = _grant(session, project, query.dataset)
     if dataset.access != AGGREGATE_ONLY:
@@ -486,7 +487,7 @@ def variables(session: Session, user: User, project: Project | str, dataset: str
     """What a researcher may query in an aggregate-only dataset: each granted variable with its
     public bounds or categories (as the policy declares them), and the budget's caps."""
     project = _project(session, project)
-    check_can(session, user, Action.PROJECT_DATA_ACCESS, Target(project=project))
+    check_can_access_data(session, user, project)  # a member waiting for the holder too
     found, grant = _grant(session, project, dataset)
     if found.access != AGGREGATE_ONLY:
         raise WrongAccessPath(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from spe.accounts.models import Role, User
-from spe.accounts.permissions import Action, Target, holds, refusal
+from spe.accounts.permissions import holds
 from spe.errors import PermissionDenied
 from spe.exports.models import ExportRequest
 from spe.projects.models import Project
@@ -27,8 +27,11 @@ def _active(user: User) -> Reason:
 
 
 def file_refusal(session: Session, user: User, project: Project) -> Reason:
-    """Filing needs the right to use the project's data (member, approved, terms accepted)."""
-    return refusal(session, user, Action.PROJECT_DATA_ACCESS, Target(project=project))
+    """Filing needs the right to use the project's data (member, approved, terms accepted); a
+    member still waiting for the data holder's approval is told so."""
+    from spe.projects.service import data_access_refusal
+
+    return data_access_refusal(session, user, project)
 
 
 def _is_reviewer(user: User, project: Project) -> bool:

@@ -278,6 +278,16 @@ def charge(
     return {"ok": False, "error": verdict.refusal}
 
 
+def _membership_refusal(ws: RunningWorkspace) -> str | None:
+    """Why ``ws``'s user is not (or no longer, or not yet) a member of its project: a person
+    waiting for the data holder, or removed, gets nothing through the airlock."""
+    from spe.db import readonly
+    from spe.projects.service import membership_refusal
+
+    with readonly() as session:
+        return membership_refusal(session, ws.username, ws.project)
+
+
 def dispatch(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
     """Run one parsed request for ``ws``; both transports (unix socket, TCP with a pod-bound
     token in spe.workspaces.airlock_tcp) identify the workspace and charge its quota first,
@@ -287,6 +297,12 @@ def dispatch(ws: RunningWorkspace, request: dict[str, Any]) -> dict[str, Any]:
     if handler is None:
         return {"ok": False, "error": f"Unknown operation; use one of {', '.join(OPERATIONS)}."}
     try:
+        refused = _membership_refusal(ws)
+        if refused is not None:
+            from spe.audit.refusals import record_refusal
+
+            record_refusal(ws.username, f"airlock.{op}", f"workspace:{ws.name}", refused)
+            return {"ok": False, "error": refused}
         return handler(ws, request)
     except SPEError as exc:
         return {"ok": False, "error": exc.message}

@@ -81,8 +81,9 @@ def open_projects(session: Session, user: User) -> list[Project]:
 
 
 def workspace_refusal(session: Session, username: str, project_slug: str) -> str | None:
-    """Why ``username`` may not work in ``project_slug`` now (None when they may)."""
-    from spe.accounts.permissions import Action, Target, refusal
+    """Why ``username`` may not work in ``project_slug`` now (None when they may); a person
+    still waiting for the data holder's approval is told so."""
+    from spe.projects.service import data_access_refusal
     from spe.projects.states import is_open_for_work
 
     user = session.scalar(select(User).where(User.username == username))
@@ -91,7 +92,7 @@ def workspace_refusal(session: Session, username: str, project_slug: str) -> str
     project = session.scalar(select(Project).where(Project.slug == project_slug))
     if project is None:
         return f"There is no project {project_slug!r}; choose one of yours from the list."
-    reason = refusal(session, user, Action.PROJECT_DATA_ACCESS, Target(project=project))
+    reason = data_access_refusal(session, user, project)
     if reason is not None:
         return reason
     if not is_open_for_work(project):
@@ -100,6 +101,13 @@ def workspace_refusal(session: Session, username: str, project_slug: str) -> str
             f"{project.end_date}, not today."
         )
     return None
+
+
+def record_spawn_refusal(username: str, project_slug: str, reason: str) -> None:
+    """The refusal event of a workspace that may not start (its own transaction)."""
+    from spe.audit.refusals import record_refusal
+
+    record_refusal(username, "workspace.start", f"project:{project_slug}", reason)
 
 
 def _refusal_now(username: str, project_slug: str) -> str | None:
@@ -137,16 +145,18 @@ def admit_workspace(username: str, project_slug: str) -> WorkspacePlan:
 
     with transaction() as session:
         reason = workspace_refusal(session, username, project_slug)
-        if reason is not None:
-            raise WorkspaceRefused(reason)
-        user = session.scalar(select(User).where(User.username == username))
-        project = session.scalar(select(Project).where(Project.slug == project_slug))
-        assert user is not None and project is not None
-        from spe.dp.service import row_mounts
+        if reason is None:
+            user = session.scalar(select(User).where(User.username == username))
+            project = session.scalar(select(Project).where(Project.slug == project_slug))
+            assert user is not None and project is not None
+            from spe.dp.service import row_mounts
 
-        # Aggregate-only datasets get no mount: they are queried through spe.dp only.
-        mounts = row_mounts(session, project, workspace_mounts(session, project))
-        workspace_started(session, user, project)
+            # Aggregate-only datasets get no mount: they are queried through spe.dp only.
+            mounts = row_mounts(session, project, workspace_mounts(session, project))
+            workspace_started(session, user, project)
+    if reason is not None:  # recorded once the refused transaction has ended
+        record_spawn_refusal(username, project_slug, reason)
+        raise WorkspaceRefused(reason)
     return WorkspacePlan(project_slug, username, layout.host_paths(project_slug, username), mounts)
 
 
@@ -564,6 +574,7 @@ class WorkspaceSpawner(LocalProcessSpawner):
             )
         reason = await _in_thread(_refusal_now, self.user.name, chosen)
         if reason is not None:
+            await _in_thread(record_spawn_refusal, self.user.name, chosen, reason)
             raise WorkspaceRefused(reason)
         return {"project": chosen}
 

@@ -85,6 +85,9 @@ def test_cli_project_flow(world, run_spe):
     assert run_spe("--as", "reviewer", "project", "approve", "study").returncode == 0
     out = run_spe("--as", "researcher", "project", "add-member", "study", "researcher2")
     assert out.returncode == 0, out.stderr
+    # Added after approval: a member only once the data holder approves (issue 16, point 6).
+    out = run_spe("--as", "reviewer", "project", "member", "approve", "study", "researcher2")
+    assert out.returncode == 0, out.stderr
     listing = run_spe("project", "list").stdout
     assert "study\tapproved" in listing and "researcher2" in listing
     out = run_spe("--as", "researcher2", "terms", "accept")

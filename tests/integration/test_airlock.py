@@ -76,9 +76,10 @@ def workspaces(world: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     )
     with transaction() as s:
         study = get_project(s, "study")
+        # Added at application time: the holder approves the project with its members.
+        add_member(s, get_user(s, "researcher"), study, get_user(s, "researcher2"))
         approve_project(s, get_user(s, "reviewer"), study)
         grant_dataset(s, get_user(s, "reviewer"), study, "people", ["income"])
-        add_member(s, get_user(s, "researcher"), study, get_user(s, "researcher2"))
         for name in ("researcher", "researcher2"):
             accept_terms(s, get_user(s, name))
             workspace_started(s, get_user(s, name), study)

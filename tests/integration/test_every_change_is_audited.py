@@ -329,6 +329,11 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
     "spe.accounts.tokens.revoke_tokens": lambda s: __import__(
         "spe.accounts.tokens"
     ).accounts.tokens.revoke_tokens(s, u(s, "researcher")),
+    "spe.accounts.mfa.start_enrolment": lambda s: _mfa_enrolled(s, confirm=False),
+    "spe.accounts.mfa.confirm_enrolment": lambda s: _mfa_enrolled(s),
+    "spe.accounts.mfa.reset_mfa": lambda s: __import__("spe.accounts.mfa").accounts.mfa.reset_mfa(
+        s, u(s, "op"), _mfa_enrolled(s), "lost phone"
+    ),
     "spe.workspaces.registry.workspace_started": lambda s: __import__(
         "spe.workspaces.registry"
     ).workspaces.registry.workspace_started(s, u(s, "researcher"), proj(s, "study")),
@@ -375,11 +380,34 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
         projects.close_project(s, u(s, "reviewer"), proj(s, "study"), "done"),
         _k8s().delete_project(s, u(s, "op"), proj(s, "study"), _cluster()),
     ),
+    "spe.projects.service.approve_member": lambda s: (
+        projects.approve_project(s, u(s, "reviewer"), proj(s, "study")),
+        projects.add_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),
+        projects.approve_member(s, u(s, "reviewer"), proj(s, "study"), u(s, "researcher2")),
+    ),
+    "spe.projects.service.refuse_member": lambda s: (
+        projects.approve_project(s, u(s, "reviewer"), proj(s, "study")),
+        projects.add_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),
+        projects.refuse_member(s, u(s, "reviewer"), proj(s, "study"), u(s, "researcher2"), "no"),
+    ),
     "spe.projects.service.remove_member": lambda s: (
         projects.add_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),
         projects.remove_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),
     ),
 }
+
+
+def _mfa_enrolled(s: Any, confirm: bool = True) -> Any:
+    """The reviewer starts setting up TOTP and (``confirm``) confirms it with a current code."""
+    import pyotp
+
+    from spe.accounts import mfa
+
+    user = u(s, "reviewer")
+    enrolment = mfa.start_enrolment(s, user)
+    if confirm:
+        mfa.confirm_enrolment(s, user, pyotp.TOTP(enrolment.secret).now())
+    return user
 
 
 def _first_password(s):

@@ -73,8 +73,9 @@ class AirlockThread:
 def cluster(world: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     with transaction() as s:
         study = get_project(s, "study")
-        approve_project(s, get_user(s, "reviewer"), study)
+        # Added at application time: the holder approves the project with its members.
         add_member(s, get_user(s, "researcher"), study, get_user(s, "researcher2"))
+        approve_project(s, get_user(s, "reviewer"), study)
         for name in ("researcher", "researcher2"):
             accept_terms(s, get_user(s, name))
             workspace_started(s, get_user(s, name), study)

@@ -19,7 +19,13 @@ from spe.accounts.service import accept_terms, get_user
 from spe.audit.models import AuditEvent
 from spe.db import readonly, transaction
 from spe.keys.workspace_tokens import verify_token
-from spe.projects.service import add_member, approve_project, get_project, remove_member
+from spe.projects.service import (
+    add_member,
+    approve_member,
+    approve_project,
+    get_project,
+    remove_member,
+)
 from spe.workspaces import kube_objects as ko
 from spe.workspaces.spawner import WorkspaceRefused
 
@@ -165,6 +171,7 @@ def test_a_running_workspace_stops_when_its_user_loses_access(open_study: None) 
     with transaction() as s:
         study = get_project(s, "study")
         add_member(s, get_user(s, "researcher"), study, get_user(s, "researcher2"))
+        approve_member(s, get_user(s, "reviewer"), study, get_user(s, "researcher2"))
         accept_terms(s, get_user(s, "researcher2"))
     spawner = make_spawner("researcher2", "study", {"profile": "study"})
     asyncio.run(spawner.load_user_options())
