@@ -1,4 +1,5 @@
-"""The catalogue as people and machines read it: list, show, and DCAT-AP JSON-LD.
+"""The catalogue as people and machines read it: list, show, and DCAT-AP JSON-LD; and the
+withdrawal of a dataset version by its data holder (crypto-shredding, a signed certificate).
 
 It shows what a dataset is (variables with their declared code lists and bins, size, format,
 coverage, conditions, versions), never what is in it: no minimum, maximum, observed category or
@@ -13,8 +14,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from spe.accounts.models import User
+from spe.accounts.permissions import Action, Target, check_can
+from spe.audit import record, state_change
+from spe.audit.canonical import canonical_json
 from spe.catalogue.models import Dataset, DatasetVersion
-from spe.errors import NotFound
+from spe.db.base import utcnow
+from spe.errors import NotFound, SPEError
 from spe.ingest.policy import (
     ColumnClass,
     ColumnPolicy,
@@ -239,6 +245,82 @@ def ingest_reports(dataset: Dataset) -> list[dict[str, Any]]:
                 "rejected_by_column": report.get("rejected_by_column") or {},
                 "size_bytes": v.size_bytes,
                 "quarantine": v.quarantine_path is not None,
+                "encryption": v.encryption,
+                "withdrawn_at": v.withdrawn_at,
+                "withdraw_reason": v.withdraw_reason,
             }
         )
     return out
+
+
+# --- withdrawal ------------------------------------------------------------------------------
+
+CERTIFICATE_PREFIX = b"SPE dataset withdrawal certificate v1\n"
+
+
+class CatalogueError(SPEError):
+    """A catalogue change is refused; the message says why and what to do."""
+
+
+@state_change("dataset.withdraw")
+def withdraw_version(
+    session: Session, actor: User, dataset_name: str, number: int, reason: str
+) -> dict[str, Any]:
+    """Withdraw version ``number`` of a dataset: destroy its data key (crypto-shredding), delete
+    its files, and record a signed certificate in the audit log. Extracts already made for
+    projects are the projects' own copies and stay until re-extracted or the project closes."""
+    from spe.keys.datasets import destroy_dataset_key
+    from spe.keys.signing import checkpoint_signer
+    from spe.storage import data_storage
+
+    dataset = get_dataset(session, dataset_name)
+    check_can(session, actor, Action.DATASET_INGEST, Target(organisation=dataset.holder))
+    version = next((v for v in dataset.versions if v.version == number), None)
+    if version is None:
+        raise NotFound(f"The dataset {dataset_name!r} has no version {number}.")
+    if version.withdrawn_at is not None:
+        raise CatalogueError(
+            f"Version {number} of {dataset_name!r} was already withdrawn on "
+            f"{version.withdrawn_at:%Y-%m-%d} by {version.withdrawn_by}."
+        )
+    reason = " ".join((reason or "").split())
+    if not reason:
+        raise CatalogueError(
+            f"Say why version {number} of {dataset_name!r} is withdrawn (--reason): the "
+            "certificate and the audit log keep it."
+        )
+    key_destroyed = destroy_dataset_key(session, version.ingest_key)
+    folder = version.path.rsplit("/", 1)[0]
+    removed = data_storage().remove_tree(folder)
+    now = utcnow()
+    version.withdrawn_at, version.withdrawn_by = now, actor.username
+    version.withdraw_reason = reason[:2000]
+    certificate = {
+        "kind": "spe-dataset-withdrawal-certificate/v1",
+        "dataset": dataset.name,
+        "version": number,
+        "ingest_key": version.ingest_key,
+        "data_sha256": version.data_sha256,
+        "encryption": version.encryption,
+        "withdrawn_at": now.isoformat(),
+        "withdrawn_by": actor.username,
+        "reason": version.withdraw_reason,
+        "data_key_destroyed": key_destroyed,
+        "files": [{"path": p, "bytes": b, "sha256": h} for p, b, h in removed],
+    }
+    signer = checkpoint_signer(session)
+    message = CERTIFICATE_PREFIX + canonical_json(certificate).encode()
+    signed = {**certificate, "key_id": signer.key_id, "signature": signer.sign(message)}
+    record(
+        session, actor, "dataset.withdraw", f"dataset:{dataset.name}", signed, dataset=dataset.name
+    )
+    return signed
+
+
+def verify_withdrawal_certificate(certificate: dict[str, Any], public_hex: str) -> bool:
+    """True when ``certificate`` (as recorded) is signed by the audit key ``public_hex``."""
+    from spe.keys.signing import verify_signature
+
+    body = {k: v for k, v in certificate.items() if k not in ("signature", "key_id")}
+    message = CERTIFICATE_PREFIX + canonical_json(body).encode()
+    return verify_signature(public_hex, message, str(certificate.get("signature", "")))

@@ -2,10 +2,11 @@
 
 Streamed in batches with pyarrow (memory stays flat in file size). Person identifiers are
 validated and replaced at once by the holder-level pseudonym; raw identifiers are never stored.
-Rejected rows, each with its reason, go to a quarantine file sealed for the data holder. The
-output is written under a temporary name and renamed into place, and only then entered in the
-catalogue with its audit event: a killed ingest leaves no visible dataset, and the same input
-always gives the same version, byte for byte.
+Rejected rows, each with its reason, go to a quarantine file for the data holder. Both files
+are sealed as they are written (AES-256-GCM, the version's own data key, spe.keys.datasets):
+nothing plain ever reaches the disk. The output is written under a temporary name and renamed
+into place, and only then entered in the catalogue with its audit event: a killed ingest leaves
+no visible dataset, and the same input always gives the same version (the same plaintext hash).
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ from spe.ingest.policy import (
     Generalisation,
     generalised_categories,
 )
-from spe.keys.pseudonyms import (
-    HOLDER_PSEUDONYM,
-    HOLDER_QUARANTINE,
-    ensure_scope_key,
-    holder_pseudonymiser,
-    quarantine_sealer,
+from spe.ingest.store import DATA_FILE, QUARANTINE_FILE, file_context, read_quarantine_bytes
+from spe.keys.datasets import (
+    DATASET_VERSION,
+    ENCRYPTION,
+    dataset_cipher,
+    ensure_dataset_key,
+    seal_dataset_stream,
 )
+from spe.keys.pseudonyms import HOLDER_PSEUDONYM, ensure_scope_key, holder_pseudonymiser
 from spe.storage import data_storage, sha256_file
 
 PERSON_COLUMN = "person_id"
@@ -766,9 +769,8 @@ def ingest(
         holder = _holder(session, policy)
         check_can(session, actor, Action.DATASET_INGEST, Target(organisation=holder))
         holder_id = str(holder.id)
-        for purpose in (HOLDER_PSEUDONYM, HOLDER_QUARANTINE):
-            if ensure_scope_key(session, purpose, holder_id):
-                record(session, "system:keys", "key.create", f"key:{purpose}:{holder_id}")
+        if ensure_scope_key(session, HOLDER_PSEUDONYM, holder_id):
+            record(session, "system:keys", "key.create", f"key:{HOLDER_PSEUDONYM}:{holder_id}")
     try:
         if not source.exists():
             raise IngestError(f"There is no file {source}.")
@@ -837,6 +839,13 @@ def _ingest(
             .join(Dataset)
             .where(Dataset.name == policy.dataset, DatasetVersion.ingest_key == key)
         )
+        if existing is not None and existing.withdrawn_at is not None:
+            raise IngestError(
+                f"This extract under this policy is version {existing.version} of "
+                f"{policy.dataset!r}, which was withdrawn on {existing.withdrawn_at:%Y-%m-%d}; "
+                "a withdrawn version does not come back. Change the extract or the policy to "
+                "publish a new version."
+            )
         if existing is not None:
             report = json.loads(existing.report)
             return IngestResult(
@@ -849,7 +858,18 @@ def _ingest(
                 report,
             )
         pseudonymiser = holder_pseudonymiser(session, holder_id)
-        sealer = quarantine_sealer(session, holder_id)
+        # The version's data key is named by the ingest key (known before anything is
+        # written): a rerun of a killed ingest finds it and seals with it again.
+        if ensure_dataset_key(session, key):
+            record(
+                session,
+                "system:keys",
+                "key.create",
+                f"key:{DATASET_VERSION}:{key}",
+                {"dataset": policy.dataset},
+                dataset=policy.dataset,
+            )
+        cipher = dataset_cipher(session, key)
 
     storage = data_storage()
     relative = f"holders/{holder_id}/datasets/{policy.dataset}/{key[:24]}"
@@ -864,10 +884,17 @@ def _ingest(
         _Dedup(ids.fnr_slot_count(rules)) if policy.one_row_per_person else None,
         schema,
     )
-    q_context = f"quarantine:{policy.dataset}:{key}"
     with storage.atomic_dir(relative) as tmp:
+        data_sink = open(tmp / DATA_FILE, "wb")  # noqa: SIM115 - closed below
+        sealed_data = seal_dataset_stream(
+            cipher, data_sink, file_context(policy.dataset, key, "data")
+        )
+        quarantine_sink = open(tmp / QUARANTINE_FILE, "wb")  # noqa: SIM115 - closed below
+        quarantine = seal_dataset_stream(
+            cipher, quarantine_sink, file_context(policy.dataset, key, "quarantine")
+        )
         writer = pq.ParquetWriter(
-            tmp / "data.parquet",
+            sealed_data,
             schema,
             # Pseudonyms are random: compression, dictionaries and statistics would only cost
             # time (zstd even makes them a little larger). Minimum and maximum of a string
@@ -879,8 +906,6 @@ def _ingest(
                 f.name for f in schema if f.name != PERSON_COLUMN and not pa.types.is_string(f.type)
             ],
         )
-        quarantine = open(tmp / "quarantine.sealed", "wb")  # noqa: SIM115 - closed below
-        frame = 0
         tables: list[pa.Table] = []
         q_lines: list[str] = []
         rows = 0
@@ -894,21 +919,22 @@ def _ingest(
                 q_lines += rejected_lines
                 rows += batch.num_rows
                 if rows >= ROWS_PER_GROUP:
-                    frame = _write_group(
-                        writer, tables, quarantine, sealer, q_context, frame, q_lines
-                    )
+                    _write_group(writer, tables, quarantine, q_lines)
                     rows = 0
                 if progress:
                     progress(batcher.rows, total)
-            frame = _write_group(writer, tables, quarantine, sealer, q_context, frame, q_lines)
-            _write_frame(quarantine, sealer, q_context, frame, b"", final=True)
+            _write_group(writer, tables, quarantine, q_lines)
         finally:
             writer.close()
-            quarantine.close()
+            for sealed, sink in ((sealed_data, data_sink), (quarantine, quarantine_sink)):
+                try:
+                    sealed.close()
+                finally:
+                    sink.close()
         if not batcher.accepted:  # leaving the block by an error removes what was written
             raise _nothing_accepted(source.name, batcher)
-        data_sha = sha256_file(tmp / "data.parquet")
-        size = (tmp / "data.parquet").stat().st_size
+        # The plaintext's hash and size, as before encryption: the same input, the same hash.
+        data_sha, size = sealed_data.sha256, sealed_data.size
     rejected = dict(sorted(batcher.counts.items()))
     report = {
         "rows_read": batcher.rows,
@@ -951,31 +977,15 @@ def _nothing_accepted(name: str, batcher: _Batcher) -> NothingAccepted:
 
 
 def _write_group(
-    writer: pq.ParquetWriter,
-    tables: list[pa.Table],
-    quarantine: Any,
-    sealer: Any,
-    context: str,
-    frame: int,
-    q_lines: list[str],
-) -> int:
-    """Write and forget the tables (one row group) and quarantine lines (one frame) so far;
-    returns the number of the next frame."""
+    writer: pq.ParquetWriter, tables: list[pa.Table], quarantine: Any, q_lines: list[str]
+) -> None:
+    """Write and forget the tables (one row group) and quarantine lines so far."""
     if tables:
         writer.write_table(pa.concat_tables(tables))
         tables.clear()
     if q_lines:
-        _write_frame(quarantine, sealer, context, frame, "".join(q_lines).encode())
+        quarantine.write("".join(q_lines).encode())
         q_lines.clear()
-        frame += 1
-    return frame
-
-
-def _write_frame(
-    fh: Any, sealer: Any, context: str, index: int, data: bytes, final: bool = False
-) -> None:
-    sealed = sealer.seal(data, f"{context}:{index}:{'final' if final else 'more'}")
-    fh.write(len(sealed).to_bytes(8, "big") + (b"F" if final else b"M") + sealed)
 
 
 def _batches(source: Path, fmt: str, policy: DatasetPolicy, encoding: str, scan: ScanResult | None):
@@ -1118,15 +1128,16 @@ def _register(
             source_format=fmt,
             source_encoding=encoding,
             policy_sha256=policy.sha256,
-            path=f"{relative}/data.parquet",
+            path=f"{relative}/{DATA_FILE}",
             data_sha256=data_sha,
             size_bytes=size,
             row_count=report["accepted"],
             rejected_count=report["rejected_total"],
             report=json.dumps(report, sort_keys=True),
-            quarantine_path=f"{relative}/quarantine.sealed",
+            quarantine_path=f"{relative}/{QUARANTINE_FILE}",
             temporal_coverage=policy.temporal_coverage,
             created_by=actor_name,
+            encryption=ENCRYPTION,
         )
         session.add(version)
         session.flush()
@@ -1187,24 +1198,5 @@ def _register(
 
 
 def read_quarantine(session: Any, version: DatasetVersion) -> str:
-    """The quarantine file of a version, opened for the data holder (CSV text)."""
-    storage = data_storage()
-    if not version.quarantine_path:
-        return ""
-    sealer = quarantine_sealer(session, str(version.dataset.holder_id))
-    context = f"quarantine:{version.dataset.name}:{version.ingest_key}"
-    blob = storage.path(version.quarantine_path).read_bytes()
-    out, offset, index = [], 0, 0
-    while offset < len(blob):
-        length = int.from_bytes(blob[offset : offset + 8], "big")
-        kind = blob[offset + 8 : offset + 9]
-        sealed = blob[offset + 9 : offset + 9 + length]
-        final = kind == b"F"
-        out.append(sealer.open(sealed, f"{context}:{index}:{'final' if final else 'more'}"))
-        offset += 9 + length
-        index += 1
-        if final:
-            if offset != len(blob):
-                raise IngestError("The quarantine file has data after its end; it was altered.")
-            return b"".join(out).decode()
-    raise IngestError("The quarantine file is truncated; it was altered or cut short.")
+    """The quarantine file of a version, opened in memory for the data holder (CSV text)."""
+    return read_quarantine_bytes(session, version).decode()

@@ -238,7 +238,7 @@ def seal_dataset_stream(
 
 def open_dataset_stream(cipher: DatasetCipher, path: Path, context: str) -> OpeningReader:
     """The plaintext of a sealed file as a seekable file object; refuses a tampered file."""
-    return OpeningReader(cipher, open(path, "rb"), context, path.name)  # noqa: SIM115
+    return OpeningReader(cipher, open(path, "rb"), context, path.name)
 
 
 def is_sealed(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""Pseudonyms and per-scope data keys: holder keys, project keys, quarantine sealing.
+"""Pseudonyms and per-scope keys: holder keys, project keys, the holder's person space.
 
 A pseudonym is AES-256 applied to one 16-byte block (a keyed pseudorandom permutation):
 - holder level: block = scheme version | identifier kind | zeros | identifier (8 bytes, big
@@ -17,9 +17,7 @@ import os
 from typing import NoReturn
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,7 +28,6 @@ from spe.keys.platform import KeyStoreError, PlatformKey, load_platform_key
 SCHEME_VERSION = 1
 HOLDER_PSEUDONYM = "holder-pseudonym"
 PROJECT_PSEUDONYM = "project-pseudonym"
-HOLDER_QUARANTINE = "holder-quarantine"
 # The disclosure audit's holder-wide person space: never shown, never in a workspace, and kept
 # when a project's key is destroyed (released cells stay audited).
 PERSON_SPACE = "person-space"
@@ -103,35 +100,6 @@ def to_hex(blocks: np.ndarray) -> np.ndarray:
     return _HEX[blocks].view("S32").ravel()
 
 
-class QuarantineSealer:
-    """Seals a data holder's quarantine files (AES-256-GCM) for the holder's reviewers."""
-
-    __slots__ = ("__aead",)
-
-    def __init__(self, raw: bytes) -> None:
-        self.__aead = AESGCM(raw)
-
-    def __repr__(self) -> str:
-        return "QuarantineSealer()"
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("keys cannot be pickled")
-
-    def seal(self, data: bytes, context: str) -> bytes:
-        nonce = os.urandom(12)
-        return b"SPEQ1" + nonce + self.__aead.encrypt(nonce, data, context.encode())
-
-    def open(self, blob: bytes, context: str) -> bytes:
-        if blob[:5] != b"SPEQ1":
-            raise KeyStoreError("This is not a sealed quarantine file.")
-        try:
-            return self.__aead.decrypt(blob[5:17], blob[17:], context.encode())
-        except InvalidTag:
-            raise KeyStoreError(
-                "The quarantine file does not open: it was altered or belongs elsewhere."
-            ) from None
-
-
 def _row(session: Session, purpose: str, scope: str) -> WrappedKey | None:
     return session.scalar(
         select(WrappedKey).where(WrappedKey.purpose == purpose, WrappedKey.scope == scope)
@@ -188,12 +156,6 @@ def person_space(
     session: Session, holder_id: str, platform: PlatformKey | None = None
 ) -> PersonSpace:
     return PersonSpace(_raw(session, PERSON_SPACE, holder_id, platform))
-
-
-def quarantine_sealer(
-    session: Session, holder_id: str, platform: PlatformKey | None = None
-) -> QuarantineSealer:
-    return QuarantineSealer(_raw(session, HOLDER_QUARANTINE, holder_id, platform))
 
 
 def destroy_scope_key(session: Session, purpose: str, scope: str) -> bool:

@@ -31,6 +31,7 @@ from spe.db.base import utcnow
 from spe.errors import NotFound, SPEError
 from spe.ingest.pipeline import PERSON_COLUMN, generalise
 from spe.ingest.policy import Generalisation
+from spe.ingest.store import open_data
 from spe.keys.pseudonyms import (
     PERSON_SPACE,
     PROJECT_PSEUDONYM,
@@ -83,6 +84,11 @@ def grant_dataset(
     if project.status == ProjectStatus.CLOSED:
         raise ExtractError(f"Project {project.slug} is closed.")
     latest = dataset.latest
+    if latest is None and dataset.versions:
+        raise ExtractError(
+            f"Every version of {dataset_name!r} was withdrawn; there is nothing to grant until "
+            "the data holder publishes a new one."
+        )
     if latest is None:
         raise ExtractError(f"The dataset {dataset_name!r} has no version yet.")
     types = {v.name: v.type for v in latest.variables}
@@ -183,7 +189,13 @@ def extract(
         if grant is None:
             raise ExtractError(f"Project {project_slug} has no grant for {dataset_name!r}.")
         version = dataset.latest
-        assert version is not None
+        if version is None:
+            raise ExtractError(
+                f"Every version of {dataset_name!r} was withdrawn; there is nothing to extract "
+                "until the data holder publishes a new one."
+            )
+        # Opened here, decrypted chunk by chunk in memory as it is read (never a plain copy).
+        source_file = open_data(session, version)
         project_id = str(project.id)
         if ensure_scope_key(session, PROJECT_PSEUDONYM, project_id):
             record(
@@ -219,11 +231,11 @@ def extract(
         source_json = _source_json(session, project.slug, dataset_name, version, grant)
         variables = json.loads(grant.variables)
         gens = {k: Generalisation(v) for k, v in json.loads(grant.generalisations).items()}
-        source_path, number, version_id = version.path, version.version, version.id
+        number, version_id = version.version, version.id
     storage = data_storage()
     relative = f"projects/{project_id}/extracts/{dataset_name}/{key[:24]}"
     storage.clean_stale_temporaries(f"projects/{project_id}/extracts/{dataset_name}")
-    source = pq.ParquetFile(storage.path(source_path))
+    source = pq.ParquetFile(source_file)
     total = source.metadata.num_rows
     rows = 0
     # The audit's person map: never mounted in a workspace (a folder of its own beside the
@@ -268,6 +280,7 @@ def extract(
                 writer.close()
             if map_writer is not None:
                 map_writer.close()
+            source_file.close()
         (tmp / "catalogue.json").write_text(
             json.dumps(source_json, sort_keys=True, ensure_ascii=False, indent=1) + "\n",
             "utf-8",

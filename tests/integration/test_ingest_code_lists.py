@@ -18,6 +18,7 @@ from spe.catalogue.models import Dataset, DatasetVersion
 from spe.db import transaction
 from spe.ingest.pipeline import IngestError, ingest, read_quarantine
 from spe.ingest.policy import load_policy
+from spe.ingest.store import read_version_at
 from spe.storage import data_storage
 from tests.conftest import synthetic_numbers
 
@@ -76,7 +77,7 @@ def test_value_outside_its_code_list_is_quarantined_with_its_line_and_reason(wor
     assert lines[0].startswith("3,")  # the header is line 1: row b is line 3
     assert "municipality '9999' is not in the code list of policy coded.yaml" in lines[0]
     assert lines[1].startswith("5,") and "municipality ' 0301' is not in" in lines[1]
-    kept = pq.read_table(data_storage().path(result.path))
+    kept = read_version_at(result.path)
     assert sorted(v for v in kept["municipality"].to_pylist() if v) == ["0301", "4601"]
 
 
@@ -89,7 +90,7 @@ def test_int_categories_compare_as_numbers(world, tmp_path):
     lines = _quarantine("coded")
     assert "year '2018' is not in the code list" in lines[0]
     assert "year '20190' is not in the code list" in lines[1]
-    years = pq.read_table(data_storage().path(result.path))["year"].to_pylist()
+    years = read_version_at(result.path)["year"].to_pylist()
     assert years == [2019, 2020, 2019]
 
 
@@ -111,7 +112,7 @@ def test_control_characters_in_kept_text_are_quarantined_tab_is_kept(world, tmp_
     assert [line.split(",")[0] for line in lines] == ["3", "4", "5", "6"]
     assert "note holds the control character U+0000 at character 4" in lines[0]
     assert "U+001B" in lines[1] and "U+009B" in lines[2] and "U+007F" in lines[3]
-    notes = pq.read_table(data_storage().path(result.path))["note"].to_pylist()
+    notes = read_version_at(result.path)["note"].to_pylist()
     assert notes == ["plain", "tab\tinside", "degree 40°", "ok"]
 
 

@@ -237,7 +237,7 @@ def large_people_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ingest_sent_by_the_cli_is_run_by_the_worker_and_status_shows_the_counts(
     world, worker, spe_cli, tmp_path
 ):
-    from spe.storage import data_storage
+    from spe.ingest.store import read_version_at
 
     csv_path = write_people_csv(tmp_path / "people.csv", [*synthetic_numbers(60), "12345"])
     policy = write_policy(tmp_path)
@@ -259,7 +259,7 @@ def test_ingest_sent_by_the_cli_is_run_by_the_worker_and_status_shows_the_counts
     assert result["accepted"] == 60 and result["rejected"] == {"not_11_digits": 1}
 
     (version,) = dataset_versions("people")
-    assert pq.read_metadata(data_storage().path(version.path)).num_rows == 60
+    assert read_version_at(version.path).num_rows == 60
     assert len(audit_events("dataset.ingest", "people")) == 1
 
 
