@@ -11,7 +11,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
-from spe.api import account, researcher, reviewer
+from spe.api import account, projects, researcher, reviewer
 from spe.api.deps import Unauthenticated, spe_error_handler
 from spe.errors import PermissionDenied, SPEError
 
@@ -52,6 +52,7 @@ def create_app() -> FastAPI:
     app.include_router(researcher.router, prefix=API)
     app.include_router(reviewer.router, prefix=API)
     app.include_router(account.router, prefix=API)
+    app.include_router(projects.router, prefix=API)
     app.include_router(web_router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="static")
 

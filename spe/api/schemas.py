@@ -108,3 +108,26 @@ class SafePreview(BaseModel):
     csv: str
     can_accept: bool
     cannot_accept: str | None = None
+
+
+class MemberIn(BaseModel):
+    username: str = Field(description="The researcher to add to the project.")
+
+
+class MemberDecisionIn(BaseModel):
+    note: str = Field(default="", description="A note on the approval (kept in the audit log).")
+
+
+class MemberRefusalIn(BaseModel):
+    reason: str = Field(description="Why the person is refused; the project's lead sees it.")
+
+
+class MemberRow(BaseModel):
+    username: str
+    role: str
+    status: Literal["member", "pending", "refused", "withdrawn"] = Field(
+        description="'pending': waiting for the data holder's reviewers, no workspace or data yet."
+    )
+    by: str | None = Field(default=None, description="Who asked (pending) or decided.")
+    reason: str | None = Field(default=None, description="The holder's reason or note.")
+    holder: str | None = Field(default=None, description="The data holder who decides.")
