@@ -1,5 +1,6 @@
 """Tables of people and organisations: organisations, users, role grants, terms acceptances,
-API tokens, the pages' login sessions and failed-login counts per source address."""
+API tokens, the pages' login sessions, failed-login counts per source address, and MFA (TOTP
+secrets sealed, recovery codes hashed)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import datetime as dt
 import enum
 import uuid
 
-from sqlalchemy import Enum, ForeignKey, String, UniqueConstraint
+from sqlalchemy import BigInteger, Enum, ForeignKey, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from spe.db.base import Base, new_id, utcnow
@@ -148,3 +149,32 @@ class LoginSource(Base):
     failures: Mapped[int] = mapped_column(default=0)
     locks: Mapped[int] = mapped_column(default=0)
     throttled_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class MfaCredential(Base):
+    """A person's TOTP secret (RFC 6238), sealed by the platform key; active once confirmed with
+    a code. ``last_step`` is the time step of the last code accepted (a code is used once)."""
+
+    __tablename__ = "mfa_credentials"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), unique=True)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+    def __repr__(self) -> str:  # never the secret
+        return f"MfaCredential(user={self.user_id}, confirmed={self.confirmed_at is not None})"
+
+
+class MfaRecoveryCode(Base):
+    """A single-use recovery code; only its scrypt hash is kept (the code is shown once)."""
+
+    __tablename__ = "mfa_recovery_codes"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[dt.datetime | None] = mapped_column(default=None)

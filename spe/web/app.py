@@ -10,6 +10,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,12 +130,20 @@ def viewer_of(user: User) -> Viewer:
     )
 
 
+# Whether the caller of this request came with the pages' login cookie (not an API token):
+# such a login of an account that must have MFA and has none opens only the enrolment page.
+_BY_LOGIN: ContextVar[bool] = ContextVar("spe_pages_by_login", default=False)
+
+
 async def who(request: Request) -> str | None:
     """The caller's username (API token or hub login), or None for a visitor."""
+    _BY_LOGIN.set(False)
     try:
-        return await auth.username_from_request(request)
+        name = await auth.username_from_request(request)
     except SPEError:
         return None
+    _BY_LOGIN.set(name is not None and not request.headers.get("authorization"))
+    return name
 
 
 @contextmanager
@@ -148,6 +157,7 @@ def reading_as(username: str | None) -> Iterator[tuple[Session, User | None]]:
         if user is not None and not user.active:
             user = None  # a deactivated account sees what a visitor sees
         _password_set(user)
+        _mfa_set(session, user)
         yield session, user
 
 
@@ -156,6 +166,17 @@ def _password_set(user: User | None) -> None:
     if user is not None and user.must_change_password:
         raise auth.PasswordRequired(
             "You logged in with a one-time password; set your own password first."
+        )
+
+
+def _mfa_set(session: Session, user: User | None) -> None:
+    """A login of an account that must have MFA and has none opens only the enrolment page."""
+    from spe.accounts.mfa import must_enrol
+
+    if user is not None and _BY_LOGIN.get() and must_enrol(session, user):
+        raise auth.MfaRequired(
+            "Your role needs two-step login: set it up first (a code from an authenticator app "
+            "at every login)."
         )
 
 
@@ -176,6 +197,7 @@ def acting_as(username: str) -> Iterator[tuple[Session, User]]:
     with transaction() as session:
         user = get_user(session, username)
         _password_set(user)
+        _mfa_set(session, user)
         yield session, user
 
 
@@ -249,9 +271,11 @@ def refusal_page(request: Request, error: SPEError, viewer: Viewer | None) -> Re
         return RedirectResponse(url(f"/login?next={quote(str(request.url.path))}"), 302)
     if isinstance(error, auth.PasswordRequired) and request.method == "GET":
         return RedirectResponse(url("/password"), 303)
+    if isinstance(error, auth.MfaRequired) and request.method == "GET":
+        return RedirectResponse(url("/mfa"), 303)
     if isinstance(error, auth.LoginRequired | auth.LoginFailed):
         code = 401
-    elif isinstance(error, auth.FormRefused | auth.PasswordRequired):
+    elif isinstance(error, auth.FormRefused | auth.PasswordRequired | auth.MfaRequired):
         code = 403
     else:
         code = status_of(error)

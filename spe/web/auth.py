@@ -51,6 +51,12 @@ class PasswordRequired(SPEError):
     exit_code = 3
 
 
+class MfaRequired(SPEError):
+    """The person's role needs MFA and they have none yet: only the enrolment page is open."""
+
+    exit_code = 3
+
+
 @functools.cache
 def hub_oauth() -> Any | None:
     """JupyterHub's OAuth client for this service, or None when not running under the hub.

@@ -139,6 +139,59 @@ async def password_set(
     return response
 
 
+# --- own second factor (MFA) -----------------------------------------------------------------
+
+
+@web_router.get("/mfa")
+async def mfa_page(request: Request) -> Response:
+    """Set up two-step login (a QR code and the secret, confirmed with a current code), or see
+    that it is on. Open to a login that must set it up before anything else."""
+    from spe.accounts import mfa
+    from spe.accounts.service import get_user
+    from spe.db import transaction
+
+    name = require_name(await who(request))
+    with transaction() as session:
+        user = get_user(session, name)
+        if user.must_change_password:
+            raise auth.PasswordRequired(
+                "You logged in with a one-time password; set your own password first."
+            )
+        viewer = None if mfa.must_enrol(session, user) else viewer_of(user)
+        if mfa.enrolled(session, user):
+            context: dict[str, Any] = {
+                "enrolled": True,
+                "codes_left": mfa.recovery_codes_left(session, user),
+            }
+        else:
+            enrolment = mfa.start_enrolment(session, user)
+            context = {
+                "enrolled": False,
+                "required": mfa.required(user),
+                "qr": mfa.qr_svg(enrolment.uri),
+                "secret_grouped": " ".join(
+                    enrolment.secret[i : i + 4] for i in range(0, len(enrolment.secret), 4)
+                ),
+            }
+    return page(request, "mfa.html", viewer, **context)
+
+
+@web_router.post("/mfa")
+async def mfa_confirm(request: Request, code: FormText, csrf: Token = None) -> Response:
+    from spe.accounts import mfa
+    from spe.accounts.service import get_user
+    from spe.db import transaction
+
+    auth.check_form_token(request, csrf)
+    name = require_name(await who(request))
+    with transaction() as session:
+        user = get_user(session, name)
+        codes = mfa.confirm_enrolment(session, user, code)
+        viewer = viewer_of(user)
+    # The recovery codes are shown once, on this response only (never in a redirect).
+    return page(request, "mfa_codes.html", viewer, codes=codes)
+
+
 # --- home and the public catalogue (DGA Art. 8: no login) ----------------------------------
 
 
@@ -247,8 +300,9 @@ def _budgets(session: Any, user: User, project: Any) -> list[dict[str, Any]] | N
 
 @web_router.get("/projects")
 async def my_projects(request: Request) -> Response:
+    from spe.accounts.permissions import Action, Target, can
     from spe.projects.extracts import grants_of
-    from spe.projects.service import projects_of_member
+    from spe.projects.service import awaiting_approval, membership, projects_of_member
     from spe.projects.states import is_open_for_work
 
     with signed_in(await who(request)) as (session, user, viewer):
@@ -258,14 +312,60 @@ async def my_projects(request: Request) -> Response:
                 "grants": grants_of(session, p),
                 "open": is_open_for_work(p),
                 "budgets": _budgets(session, user, p),
+                "members": membership(session, user, p),
+                "may_change_members": p.status.value != "closed"
+                and can(session, user, Action.PROJECT_MEMBER_ADD, Target(project=p)),
             }
             for p in projects_of_member(session, user)
         ]
         from spe.accounts.permissions import terms_accepted
 
         accepted = terms_accepted(session, user)
+        waiting = awaiting_approval(session, user)
         # Rendered inside the transaction: the rows are database objects.
-        return page(request, "projects.html", viewer, rows=rows, terms_accepted=accepted)
+        return page(
+            request, "projects.html", viewer, rows=rows, terms_accepted=accepted, waiting=waiting
+        )
+
+
+@web_router.post("/projects/{slug}/members")
+async def project_member_add(
+    request: Request, slug: str, username: FormText, csrf: Token = None
+) -> Response:
+    """The lead adds a researcher; after approval they wait for the data holder."""
+    from spe.accounts.service import get_user
+    from spe.projects.models import ProjectMemberRequest
+    from spe.projects.service import add_member, get_project
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        project = get_project(session, slug)
+        added = add_member(session, user, project, get_user(session, username.strip()))
+        holder = project.holder.name
+    if isinstance(added, ProjectMemberRequest):
+        message = (
+            f"Added {username} to {slug}, pending approval by {holder}: no workspace and no "
+            "data until they approve."
+        )
+    else:
+        message = f"Added {username} to {slug}."
+    return done(url("/projects"), message)
+
+
+@web_router.post("/projects/{slug}/members/{username}/remove")
+async def project_member_remove(
+    request: Request, slug: str, username: str, csrf: Token = None
+) -> Response:
+    """Removal is immediate (a person still waiting for the holder is withdrawn)."""
+    from spe.accounts.service import get_user
+    from spe.projects.service import get_project, remove_member
+
+    auth.check_form_token(request, csrf)
+    name = require_name(await who(request))
+    with acting_as(name) as (session, user):
+        remove_member(session, user, get_project(session, slug), get_user(session, username))
+    back = "/holder/projects/" + slug if "/holder/" in request.headers.get("referer", "") else ""
+    return done(url(back or "/projects"), f"Removed {username} from {slug}.")
 
 
 @web_router.get("/terms")
@@ -541,7 +641,7 @@ async def holder_project(request: Request, slug: str) -> Response:
     from spe.accounts.permissions import Action, Target, can
     from spe.catalogue.service import datasets_of_holder
     from spe.projects.extracts import generalisations_for, grants_of
-    from spe.projects.service import get_project
+    from spe.projects.service import get_project, membership
 
     with signed_in(await who(request)) as (session, user, viewer):
         project = get_project(session, slug)
@@ -560,11 +660,7 @@ async def holder_project(request: Request, slug: str) -> Response:
             }
             for d in datasets_of_holder(session, [project.holder_id])
         ]
-        members = [
-            {"username": m.user.username, "role": m.role.value}
-            for m in project.members
-            if m.removed_at is None
-        ]
+        members = membership(session, user, project)
         grants = grants_of(session, project)
         may_approve = can(session, user, Action.PROJECT_APPROVE, Target(project=project))
         budgets = _budgets(session, user, project)
@@ -658,6 +754,42 @@ async def holder_approve(
     return done(
         url(f"/holder/projects/{slug}"),
         f"Approved {slug}; its extracts of {', '.join(names) or 'no dataset yet'} are being built.",
+    )
+
+
+@web_router.post("/holder/projects/{slug}/members/{username}/approve")
+async def holder_member_approve(
+    request: Request, slug: str, username: str, note: FormText = "", csrf: Token = None
+) -> Response:
+    """A reviewer of the data holder lets a person added after approval in."""
+    from spe.accounts.service import get_user
+    from spe.projects.service import approve_member, get_project
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        project = get_project(session, slug)
+        approve_member(session, user, project, get_user(session, username), note)
+    return done(
+        url(f"/holder/projects/{slug}"),
+        f"Approved {username} as a member of {slug}; they may now open its workspace.",
+    )
+
+
+@web_router.post("/holder/projects/{slug}/members/{username}/refuse")
+async def holder_member_refuse(
+    request: Request, slug: str, username: str, reason: FormText = "", csrf: Token = None
+) -> Response:
+    """A reviewer of the data holder refuses a person added after approval, with a reason."""
+    from spe.accounts.service import get_user
+    from spe.projects.service import get_project, refuse_member
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        project = get_project(session, slug)
+        refuse_member(session, user, project, get_user(session, username), reason)
+    return done(
+        url(f"/holder/projects/{slug}"),
+        f"Refused {username} in {slug}; the project's lead sees your reason.",
     )
 
 
@@ -871,6 +1003,7 @@ async def admin(request: Request) -> Response:
 def _people(
     session: Any, actor: User, organisation: Any, terms_status: Any
 ) -> list[dict[str, Any]]:
+    from spe.accounts.mfa import enrolled
     from spe.accounts.service import get_user
 
     out = []
@@ -883,6 +1016,7 @@ def _people(
                 "accepted": accepted,
                 "roles": sorted(g.role.value for g in person.roles),
                 "last_active": person.last_active_at,
+                "mfa": enrolled(session, person),
             }
         )
     return out
@@ -933,6 +1067,25 @@ async def admin_remove(
         remove_researcher(session, user, person, reason)
     return done(
         url("/admin"), f"Removed {username}: the researcher role and the account are closed."
+    )
+
+
+@web_router.post("/admin/mfa-reset")
+async def admin_mfa_reset(
+    request: Request, username: FormText, reason: FormText, csrf: Token = None
+) -> Response:
+    """An institution admin (or an operator) resets a person's two-step login: every login and
+    API token of theirs ends, and they set it up again at their next login."""
+    from spe.accounts.mfa import reset_mfa
+    from spe.accounts.service import get_user
+
+    auth.check_form_token(request, csrf)
+    with acting_as(require_name(await who(request))) as (session, user):
+        reset_mfa(session, user, get_user(session, username), reason)
+    return done(
+        url("/admin"),
+        f"Reset the two-step login of {username}: their logins have ended; they set it up "
+        "again at their next login.",
     )
 
 

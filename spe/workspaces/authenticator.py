@@ -1,5 +1,6 @@
 """The hub's login over SPE's local accounts: one-time passwords that log in once (to set a
-password), lock-out per account and throttling per source address, every attempt audited; and
+password), a second factor (TOTP or a recovery code) for accounts that have one, lock-out per
+account and throttling per source address, every attempt audited; and
 the hub's side of revocation (its cookies and OAuth tokens end when SPE revokes an account's
 sessions). The blocking database calls run in a thread.
 """
@@ -29,6 +30,11 @@ ONE_TIME_LOGIN_ONLY = (
     "Set your own password first: open /services/spe/password (you logged in with a one-time "
     "password)."
 )
+MFA_FIRST = (
+    "Set up two-step login first: open /services/spe/mfa (your role needs a code from an "
+    "authenticator app at every login)."
+)
+OTP_PROMPT = "Code from your authenticator app, or a recovery code (if you have two-step login)"
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class LoginResult:
     username: str | None  # None: refused
     reason: str  # for the log and the audit record, never shown to the person
     must_set_password: bool = False
+    must_enrol_mfa: bool = False
+    second_factor: str = ""  # "totp", "recovery" or "" (none asked)
 
 
 def utcnow() -> dt.datetime:
@@ -73,16 +81,19 @@ def check_login(
     lockout_minutes: float | None = None,
     now: dt.datetime | None = None,
     address: str | None = None,
+    otp: str = "",
 ) -> LoginResult:
-    """Check a password against SPE's accounts and record the attempt (blocking).
+    """Check a password (and, for an account with MFA, the code ``otp``) against SPE's
+    accounts and record the attempt (blocking).
 
-    ``address`` is the source address throttled on (default: ``source``). Failures count
-    against the account and the address; an address over its limit is refused without a check
-    and no longer counts against accounts, and one address may lock only a few accounts.
+    ``address`` is the source address throttled on (default: ``source``). Failures, a wrong
+    or replayed code included, count against the account and the address; an address over its
+    limit is refused without a check and no longer counts against accounts, and one address
+    may lock only a few accounts.
     """
     from sqlalchemy.exc import IntegrityError
 
-    args = (username, password, source, max_failures, lockout_minutes, now, address)
+    args = (username, password, source, max_failures, lockout_minutes, now, address, otp)
     try:
         return _check_login(*args)
     except IntegrityError:  # a concurrent first attempt from the same address: once more
@@ -97,9 +108,11 @@ def _check_login(
     lockout_minutes: float | None,
     now: dt.datetime | None,
     address: str | None,
+    otp: str = "",
 ) -> LoginResult:
     from sqlalchemy import select
 
+    from spe.accounts import mfa
     from spe.accounts.models import User
     from spe.accounts.service import one_time_state, record_login
     from spe.audit import record
@@ -164,28 +177,30 @@ def _check_login(
             record_login(session, user, False, f"{source}; refused: account locked")
             failed_from_address()
             return LoginResult(None, "account locked")
-        if not verify_password(password, user.password_hash):
-            record_login(session, user, False, f"{source}; wrong password")
+        account = user
+
+        def failed_for_account(why: str) -> None:
+            record_login(session, account, False, f"{source}; {why}")
             failed_from_address()
-            if user.failed_logins >= max_failures:
+            if account.failed_logins >= max_failures:
                 if origin.locks < settings.login_source_locks_max:
                     origin.locks += 1
-                    user.locked_until = now + lockout
+                    account.locked_until = now + lockout
                     record(
                         session,
                         "system:hub",
                         "user.lock",
                         f"user:{username}",
                         {
-                            "failed_logins": user.failed_logins,
-                            "locked_until": user.locked_until.isoformat(),
+                            "failed_logins": account.failed_logins,
+                            "locked_until": account.locked_until.isoformat(),
                             "source": address,
                         },
                     )
                 else:
                     # This address has locked its share of accounts: it is throttled instead,
                     # so one address cannot lock everyone out.
-                    user.failed_logins = 0
+                    account.failed_logins = 0
                     origin.throttled_until = now + window
                     record(
                         session,
@@ -194,6 +209,9 @@ def _check_login(
                         f"source:{address}",
                         {"reason": "locked its share of accounts", "locks": origin.locks},
                     )
+
+        if not verify_password(password, user.password_hash):
+            failed_for_account("wrong password")
             return LoginResult(None, "wrong password")
         if not user.active:
             record_login(session, user, False, f"{source}; refused: account deactivated")
@@ -202,12 +220,28 @@ def _check_login(
         if state is not None:
             record_login(session, user, False, f"{source}; refused: one-time password {state}")
             return LoginResult(None, f"one-time password {state}")
+        factor = ""
+        if mfa.enrolled(session, user):
+            # Even a one-time login: whoever handed the password over has no code.
+            try:
+                factor = mfa.check_code(session, user, otp, now)
+            except mfa.MfaError as why:
+                failed_for_account(f"second factor: {why.message}")
+                return LoginResult(None, f"second factor: {why.message}")
         must_set = user.must_change_password
         if must_set:
             user.one_time_used_at = now  # it logs in this once, to set a password
-        record_login(session, user, True, source + ("; one-time password" if must_set else ""))
+        must_enrol = not factor and mfa.required(user)
+        how = "".join(
+            (
+                "; one-time password" if must_set else "",
+                f"; second factor: {factor}" if factor else "",
+                "; MFA to set up" if must_enrol else "",
+            )
+        )
+        record_login(session, user, True, source + how)
         user.locked_until = None
-        return LoginResult(user.username, "ok", must_set)
+        return LoginResult(user.username, "ok", must_set, must_enrol, factor)
 
 
 def account_active(username: str) -> bool:
@@ -232,6 +266,26 @@ def must_set_password(username: str) -> bool:
         return bool(
             session.scalar(select(User.must_change_password).where(User.username == username))
         )
+
+
+def login_restriction(username: str) -> str | None:
+    """Why this hub login may open nothing but a page of SPE's (a one-time password to replace,
+    a second factor to set up), or None (blocking, read-only)."""
+    from sqlalchemy import select
+
+    from spe.accounts import mfa
+    from spe.accounts.models import User
+    from spe.db import readonly
+
+    with readonly() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            return None
+        if user.must_change_password:
+            return ONE_TIME_LOGIN_ONLY
+        if mfa.must_enrol(session, user):
+            return MFA_FIRST
+    return None
 
 
 def pending_revocation(username: str) -> dt.datetime | None:
@@ -293,8 +347,18 @@ def end_hub_sessions(db: Any, orm_user: Any) -> int:
 
 
 class SPEAuthenticator(Authenticator):
-    """Log in with an SPE account's password; refuses deactivated and locked accounts and
-    throttled addresses; a one-time password logs in once, only to set a password."""
+    """Log in with an SPE account's password and, where the account has one, a second factor;
+    refuses deactivated and locked accounts and throttled addresses; a one-time password logs
+    in once, only to set a password; an account that must have MFA and has none opens only
+    the page that sets it up."""
+
+    @default("request_otp")
+    def _request_otp(self) -> bool:
+        return True
+
+    @default("otp_prompt")
+    def _otp_prompt(self) -> str:
+        return OTP_PROMPT
 
     @default("allow_all")
     def _allow_all(self) -> bool:
@@ -336,9 +400,10 @@ class SPEAuthenticator(Authenticator):
     async def authenticate(self, handler: Any, data: dict[str, Any]) -> str | None:
         username = str(data.get("username") or "").strip().lower()
         password = str(data.get("password") or "")
+        otp = str(data.get("otp") or "")[:64]
         remote = getattr(getattr(handler, "request", None), "remote_ip", "") or "unknown"
         result = await self._run(
-            check_login, username, password, f"hub from {remote}", None, None, None, remote
+            check_login, username, password, f"hub from {remote}", None, None, None, remote, otp
         )
         if result.username is None:
             self.log.warning("SPE login refused for %r: %s", username[:64], result.reason)
@@ -359,8 +424,10 @@ class SPEAuthenticator(Authenticator):
         return not revoked
 
     async def pre_spawn_start(self, user: Any, spawner: Any) -> None:
-        """A one-time login opens no workspace: only the page that sets a password."""
-        if await self._run(must_set_password, user.name):
+        """A one-time login opens no workspace (only the page that sets a password), nor does a
+        login that must set up its second factor first."""
+        why = await self._run(login_restriction, user.name)
+        if why is not None:
             from tornado import web
 
-            raise web.HTTPError(403, ONE_TIME_LOGIN_ONLY)
+            raise web.HTTPError(403, why)

@@ -1,6 +1,7 @@
 """OpenID Connect login for production (SPE_HUB_AUTHENTICATOR=oidc): oauthenticator's
 GenericOAuthenticator configured from SPE's settings, and the mapping from a provider's claims
-to an SPE account and institution (a pure function); unknown people are refused or enrolled.
+to an SPE account and institution (a pure function); unknown people are refused or enrolled;
+where a setting says so, a login whose provider does not show MFA (amr/acr) is refused.
 """
 
 from __future__ import annotations
@@ -180,6 +181,70 @@ def enrol_from_oidc(session: Session, identity: OIDCIdentity) -> Any:
     return user
 
 
+NO_MFA = (
+    "Your identity provider did not confirm a login with two factors, which this platform "
+    "requires; log in again choosing a method with a code, an app or a security key (or ask "
+    "your institution to turn two-factor login on for your account)."
+)
+
+
+def _values(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, list | tuple):
+        return {str(v) for v in value}
+    return set()
+
+
+def id_token_claims(id_token: str | None) -> dict[str, Any]:
+    """The claims of an ID token received straight from the token endpoint over TLS (OIDC Core
+    3.1.3.7 lets the client rely on TLS there instead of the signature); {} if unreadable."""
+    import base64
+    import json
+
+    if not id_token or id_token.count(".") != 2:
+        return {}
+    payload = id_token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def shows_mfa(claims: Mapping[str, Any], amr: str, acr: str) -> bool:
+    """Do the provider's claims show a login with more than one factor (pure)? ``amr`` and
+    ``acr`` are the comma-separated values that count (SPE_OIDC_MFA_AMR, SPE_OIDC_MFA_ACR)."""
+    wanted_amr = {v.strip() for v in amr.split(",") if v.strip()}
+    wanted_acr = {v.strip() for v in acr.split(",") if v.strip()}
+    return bool(_values(claims.get("amr")) & wanted_amr) or bool(
+        _values(claims.get("acr")) & wanted_acr
+    )
+
+
+def check_mfa(auth_state: Mapping[str, Any], user_info: Mapping[str, Any], username: str) -> None:
+    """Refuse (OIDCError, and a refusal in the audit log) a login that does not show MFA, when
+    SPE_OIDC_REQUIRE_MFA is on. The claims are the ID token's, then the userinfo's."""
+    settings = get_settings()
+    if not settings.oidc_require_mfa:
+        return
+    claims = {**user_info, **id_token_claims(auth_state.get("id_token"))}
+    if shows_mfa(claims, settings.oidc_mfa_amr, settings.oidc_mfa_acr):
+        return
+    from spe.audit import record_refusal
+
+    record_refusal(
+        username,
+        "user.login",
+        f"user:{username}",
+        NO_MFA,
+        source="oidc",
+        amr=",".join(sorted(_values(claims.get("amr")))) or "-",
+        acr=",".join(sorted(_values(claims.get("acr")))) or "-",
+    )
+    raise OIDCError(NO_MFA)
+
+
 def admit_login(identity: OIDCIdentity, unknown_users: str) -> str:
     """The SPE username to log in, after refusing an inactive or (per setting) unknown account,
     or one the provider places at another institution; the login is audited. Blocking."""
@@ -271,9 +336,11 @@ class SPEOIDCAuthenticator(GenericOAuthenticator):
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
         import asyncio
 
-        user_info = (auth_model.get("auth_state") or {}).get(self.user_auth_state_key) or {}
+        auth_state = auth_model.get("auth_state") or {}
+        user_info = auth_state.get(self.user_auth_state_key) or {}
         identity = self._identity(user_info)
         try:
+            await asyncio.to_thread(check_mfa, auth_state, user_info, identity.username)
             auth_model["name"] = await asyncio.to_thread(
                 admit_login, identity, get_settings().oidc_unknown_users
             )
