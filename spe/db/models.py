@@ -24,6 +24,7 @@ from spe.projects.models import (
 )
 from spe.sdc.audit.models import SDCHistorySnapshot, SDCRelease, SDCReleaseCells
 from spe.workspaces.models import Workspace
+from spe.workspaces.quota import QuotaWindow
 
 __all__ = [
     "ApiToken",
@@ -44,6 +45,7 @@ __all__ = [
     "ProjectGrant",
     "ProjectMember",
     "ProjectMemberRequest",
+    "QuotaWindow",
     "ReleasedCells",
     "ReviewComment",
     "ReviewVote",

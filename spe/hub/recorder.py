@@ -5,8 +5,11 @@ write and read before it passes, and refuses what it cannot read or cannot recor
 One recorder per workspace, started by the spawner on a listening socket it hands over; the
 proxy reaches the workspace only through it. Its records go to the control plane's airlock
 service on a socket of their own that no sandbox mounts (so it holds no database credentials
-and stays small). HTTP/1.1, one request per connection upstream; websockets are parsed frame by
-frame from the browser and copied as they are from the server.
+and stays small). On Kubernetes it is a sidecar container of the workspace pod with a uid of
+its own ("sidecar mode"): it listens on the pod's port, forwards to the notebook server on the
+pod's loopback, and sends its records to the TCP airlock with a token of the recorder's role,
+mounted in its container only. HTTP/1.1, one request per connection upstream; websockets are
+parsed frame by frame from the browser and copied as they are from the server.
 """
 
 from __future__ import annotations
@@ -63,6 +66,20 @@ class RecordingFailed(Exception):
     """The audit log could not be written: the request or message must not pass."""
 
 
+class RecordRefused(RecordingFailed):
+    """The control plane stored the record and refused what it records (a read past the
+    workspace's budget); the message is the sentence for the user."""
+
+
+def _answer_of(result: Any) -> None:
+    if isinstance(result, dict) and result.get("ok"):
+        return
+    if isinstance(result, dict) and isinstance(result.get("refusal"), str):
+        raise RecordRefused(result["refusal"])
+    error = result.get("error") if isinstance(result, dict) else None
+    raise RecordingFailed(str(error or "the airlock refused the record"))
+
+
 def airlock_sink(record_socket: str, timeout: float = 10.0) -> Sink:
     """Hands each record to the airlock service on the workspace's record socket and waits for
     it to be stored; anything else is RecordingFailed."""
@@ -78,11 +95,49 @@ def airlock_sink(record_socket: str, timeout: float = 10.0) -> Sink:
             result = json.loads(answer)
         except (OSError, ValueError) as exc:
             raise RecordingFailed(f"the airlock is not answering ({exc})") from None
-        if not isinstance(result, dict) or not result.get("ok"):
-            error = result.get("error") if isinstance(result, dict) else None
-            raise RecordingFailed(str(error or "the airlock refused the record"))
+        _answer_of(result)
 
     return write
+
+
+def tcp_airlock_sink(airlock_url: str, token_file: str, timeout: float = 10.0) -> Sink:
+    """Sidecar mode: each record goes to the TCP airlock with the recorder's pod-bound token
+    (read from its file each time: the spawner renews it); anything else is RecordingFailed."""
+    host, port = _host_port(airlock_url)
+
+    def write(action: str, details: dict[str, Any]) -> None:
+        try:
+            with open(token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+            line = json.dumps(
+                {"token": token, "action": action, "details": details}, ensure_ascii=False
+            )
+            with socket.create_connection((host, port), timeout=timeout) as conn:
+                conn.sendall(line.encode("utf-8", "surrogatepass") + b"\n")
+                answer = conn.makefile("rb").readline()
+            result = json.loads(answer)
+        except (OSError, ValueError) as exc:
+            raise RecordingFailed(f"the airlock is not answering ({exc})") from None
+        _answer_of(result)
+
+    return write
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    """``tcp://host:port`` (or ``host:port``) as a pair."""
+    rest = url.removeprefix("tcp://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{url!r} is not tcp://host:port")
+    return host.strip("[]"), int(port)
+
+
+async def _open_upstream(upstream: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The notebook server: a unix socket path, or ``tcp://127.0.0.1:port`` in sidecar mode."""
+    if upstream.startswith("tcp://"):
+        host, port = _host_port(upstream)
+        return await asyncio.open_connection(host, port, limit=MAX_HEAD)
+    return await asyncio.open_unix_connection(upstream, limit=MAX_HEAD)
 
 
 def harden_process() -> None:
@@ -273,10 +328,6 @@ def contents_read(request: Request, status: int, body: bytes) -> dict[str, Any]:
 _ENCODED_ALPHABET = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_"
 )
-READ_REFUSED_BUDGET = (
-    "This workspace has shown {limit} MiB of files in the browser today, its daily limit; look "
-    "at data in a notebook (summaries, not whole files), or ask the platform operator."
-)
 READ_REFUSED_ENCODED = (
     "{path} looks like encoded data (base64 or hex), which SPE does not show in the browser; "
     "this attempt is reported to the auditors."
@@ -294,37 +345,25 @@ def looks_encoded(text: str) -> bool:
 
 @dataclass
 class ReadBudget:
-    """Bytes of non-notebook files one workspace may see in the browser per UTC day; this
-    recorder's memory (one per workspace: a restart begins the day afresh)."""
+    """What the recorder decides itself about showing a file in the browser: large encoded data
+    is refused at once, with an alarm. The daily budget is the control plane's (kept in the
+    database, per workspace, stricter where a granted dataset's policy says so): the recorder
+    sends how many bytes a read counts with its record, and a refusal comes back."""
 
-    bytes_per_day: int
     alarm_bytes: int
-    day: str = ""
-    used: int = 0
-    alarmed: bool = False
+
+    def counted(self, path: str, text: str) -> int:
+        """Bytes of ``text`` the day's budget counts: notebooks the researcher writes are free."""
+        if path.endswith(".ipynb"):
+            return 0
+        return len(text.encode("utf-8", "surrogatepass"))
 
     def check(self, path: str, text: str) -> tuple[str | None, dict[str, Any] | None]:
         """(refusal sentence or None, alarm details or None) for showing ``text`` of ``path``."""
-        import datetime as dt
-
-        today = dt.datetime.now(dt.UTC).date().isoformat()
-        if today != self.day:
-            self.day, self.used, self.alarmed = today, 0, False
-        if path.endswith(".ipynb"):
-            return None, None
-        size = len(text.encode("utf-8", "surrogatepass"))
-        alarm: dict[str, Any] | None = None
+        size = self.counted(path, text)
         if size >= self.alarm_bytes and looks_encoded(text):
             alarm = {"reason": "encoded data", "path": path[:1024], "bytes": size}
             return READ_REFUSED_ENCODED.format(path=path[:200]), alarm
-        if self.used + size > self.bytes_per_day:
-            if not self.alarmed:
-                self.alarmed = True
-                alarm = {"reason": "daily read budget", "path": path[:1024], "bytes": size,
-                         "used_today": self.used, "limit": self.bytes_per_day}  # fmt: skip
-            limit = round(self.bytes_per_day / (1 << 20), 2)
-            return READ_REFUSED_BUDGET.format(limit=limit), alarm
-        self.used += size
         return None, None
 
 
@@ -379,7 +418,7 @@ class Recorder:
         self.upstream = upstream
         self.sink = sink
         self.code_text_bytes = code_text_bytes
-        self.read_budget = read_budget or ReadBudget(16 << 20, 64 << 10)
+        self.read_budget = read_budget or ReadBudget(64 << 10)
 
     async def _record(self, action: str, details: dict[str, Any]) -> None:
         await asyncio.to_thread(self.sink, action, details)
@@ -423,7 +462,7 @@ class Recorder:
             writer.write(_answer(503, "Service Unavailable", NOT_RECORDED))
             await writer.drain()
             return False
-        up_reader, up_writer = await asyncio.open_unix_connection(self.upstream, limit=MAX_HEAD)
+        up_reader, up_writer = await _open_upstream(self.upstream)
         try:
             up_writer.write(request.upstream_bytes())
             await up_writer.drain()
@@ -435,12 +474,17 @@ class Recorder:
         if is_contents and request.method == "GET" and wants_content:
             details = contents_read(request, status, body)
             try:
-                refusal = await self._budget(details["path"], status, body)
+                refusal = await self._budget(details, status, body)
                 if refusal is not None:
                     writer.write(_answer(403, "Forbidden", refusal))
                     await writer.drain()
                     return False
+                # The control plane counts the read against the day's budget and may refuse it.
                 await self._record("workspace.contents_read", details)
+            except RecordRefused as exc:
+                writer.write(_answer(403, "Forbidden", str(exc)))
+                await writer.drain()
+                return False
             except RecordingFailed:
                 writer.write(_answer(503, "Service Unavailable", NOT_RECORDED))
                 await writer.drain()
@@ -453,7 +497,7 @@ class Recorder:
         self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         kernel = bool(_CHANNELS.search(request.path))
-        up_reader, up_writer = await asyncio.open_unix_connection(self.upstream, limit=MAX_HEAD)
+        up_reader, up_writer = await _open_upstream(self.upstream)
         try:
             up_writer.write(request.upstream_bytes())
             await up_writer.drain()
@@ -477,8 +521,10 @@ class Recorder:
         finally:
             up_writer.close()
 
-    async def _budget(self, path: str, status: int, body: bytes) -> str | None:
-        """The refusal for showing this file, if any, with its alarm recorded first."""
+    async def _budget(self, details: dict[str, Any], status: int, body: bytes) -> str | None:
+        """The refusal for showing this file, if any, with its alarm recorded first; sets the
+        bytes the day's budget counts in ``details``."""
+        path = details["path"]
         if status != 200:
             return None
         try:
@@ -490,6 +536,7 @@ class Recorder:
         content = model.get("content")
         if not isinstance(content, str):
             return None
+        details["counted_bytes"] = self.read_budget.counted(path, content)
         refusal, alarm = self.read_budget.check(path, content)
         if alarm is not None:
             alarm["sha256"] = hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
@@ -590,9 +637,19 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 async def serve(listener: socket.socket, recorder: Recorder, stop: asyncio.Event) -> None:
     listener.setblocking(False)
-    server = await asyncio.start_unix_server(recorder.handle, sock=listener, limit=MAX_HEAD)
+    if listener.family == socket.AF_UNIX:
+        server = await asyncio.start_unix_server(recorder.handle, sock=listener, limit=MAX_HEAD)
+    else:
+        server = await asyncio.start_server(recorder.handle, sock=listener, limit=MAX_HEAD)
     async with server:
         await stop.wait()
+
+
+def tcp_listener(address: str) -> socket.socket:
+    """Sidecar mode: the pod's port the hub's proxy reaches (``host:port``)."""
+    host, port = _host_port(address)
+    listener = socket.create_server((host, port), reuse_port=False)
+    return listener
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -600,11 +657,21 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fd", type=int, required=True, help="the listening unix socket")
-    parser.add_argument("--upstream", required=True, help="the notebook server's unix socket")
-    parser.add_argument("--record-socket", required=True, help="the airlock's record socket")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--fd", type=int, help="the listening unix socket (one machine)")
+    where.add_argument("--listen", help="sidecar mode: host:port to listen on")
+    parser.add_argument(
+        "--upstream",
+        required=True,
+        help="the notebook server: its unix socket, or tcp://127.0.0.1:PORT in sidecar mode",
+    )
+    sink = parser.add_mutually_exclusive_group(required=True)
+    sink.add_argument("--record-socket", help="the airlock's record socket (one machine)")
+    sink.add_argument("--airlock-url", help="sidecar mode: the TCP airlock, tcp://host:port")
+    parser.add_argument("--token-file", help="sidecar mode: the recorder's pod-bound token")
     parser.add_argument("--code-text-bytes", type=int, default=1 << 20)
-    parser.add_argument("--read-bytes-per-day", type=int, default=16 << 20)
+    # Kept for spawners that still pass it: the daily budget is the control plane's now.
+    parser.add_argument("--read-bytes-per-day", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--read-alarm-bytes", type=int, default=64 << 10)
     parser.add_argument("--workspace", default="", help="for the log only")
     args = parser.parse_args(argv)
@@ -612,11 +679,19 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s recorder {args.workspace} %(message)s"
     )
+    if args.airlock_url and not args.token_file:
+        parser.error("--airlock-url needs --token-file")
+    records = (
+        airlock_sink(args.record_socket)
+        if args.record_socket
+        else tcp_airlock_sink(args.airlock_url, args.token_file)
+    )
+    listener = socket.socket(fileno=args.fd) if args.fd is not None else tcp_listener(args.listen)
     recorder = Recorder(
         args.upstream,
-        airlock_sink(args.record_socket),
+        records,
         args.code_text_bytes,
-        ReadBudget(args.read_bytes_per_day, args.read_alarm_bytes),
+        ReadBudget(args.read_alarm_bytes),
     )
 
     async def run() -> None:
@@ -624,7 +699,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(socket.socket(fileno=args.fd), recorder, stop)
+        await serve(listener, recorder, stop)
 
     asyncio.run(run())
 

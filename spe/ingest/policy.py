@@ -149,6 +149,9 @@ class DatasetPolicy:
     temporal_coverage: str = ""
     sha256: str = ""
     dp: DPPolicy | None = None  # the budget and public bounds of an aggregate_only dataset
+    # Bytes of files (not notebooks) a workspace granted this dataset may show in the browser
+    # per UTC day, where stricter than the settings' workspace_read_bytes_per_day.
+    read_bytes_per_day: int | None = None
 
     @property
     def person_column(self) -> ColumnPolicy:
@@ -177,6 +180,7 @@ _TOP_KEYS = {
     "access": False,
     "temporal_coverage": False,
     "dp": False,
+    "read_bytes_per_day": False,
 }
 _COLUMN_KEYS = {"class", "type", "description", "generalise", "required", "categories", "bins"}
 _ID_KEYS = {"allow_synthetic", "allow_d_number", "allow_h_number", "allow_2032_rule"}
@@ -378,6 +382,16 @@ def load_policy(path: Path) -> DatasetPolicy:
     if access not in ("rows", "aggregate_only"):
         raise loc.fail(top["access"], "access must be rows or aggregate_only.")
     dp = _dp_block(loc, top, access, columns)
+    read_budget = None
+    if "read_bytes_per_day" in top:
+        raw = _scalar(loc, top["read_bytes_per_day"], "read_bytes_per_day")
+        if not raw.isdigit():
+            raise loc.fail(
+                top["read_bytes_per_day"],
+                "read_bytes_per_day must be a whole number of bytes, 0 or more (for example "
+                "4194304 for 4 MiB): what a workspace may show of files in the browser per day.",
+            )
+        read_budget = int(raw)
     return DatasetPolicy(
         path=path,
         dataset=dataset,
@@ -402,6 +416,7 @@ def load_policy(path: Path) -> DatasetPolicy:
         ),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         dp=dp,
+        read_bytes_per_day=read_budget,
     )
 
 

@@ -23,9 +23,11 @@ def issue_workspace_token(
     *,
     namespace: str,
     lifetime_seconds: int,
+    role: str = "workspace",
     now: float | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """A token for the (project, user) workspace's pod; the event holds its claims, not it."""
+    """A token for the (project, user) workspace's pod, held by ``role`` (the workspace
+    container or the recorder sidecar); the event holds its claims, not it."""
     workspace = layout.workspace_id(project, username)
     if ensure_workspace_token_key(session):
         record(session, "system:k8s", "key.create", "key:workspace-token", {})
@@ -37,6 +39,7 @@ def issue_workspace_token(
         user=username,
         namespace=namespace,
         lifetime_seconds=lifetime_seconds,
+        role=role,
         now=now,
     )
     record(
@@ -44,7 +47,7 @@ def issue_workspace_token(
         "system:k8s",
         "workspace.token_issue",
         f"workspace:{workspace}",
-        {k: claims[k] for k in ("pod", "ns", "iat", "exp", "jti")},
+        {k: claims[k] for k in ("pod", "ns", "role", "iat", "exp", "jti")},
         project=project,
     )
     return token, claims

@@ -33,7 +33,12 @@ from spe.keys.platform import KeyStoreError, PlatformKey, load_platform_key
 WORKSPACE_TOKEN = "workspace-token"  # noqa: S105 - the key's purpose, not a secret
 PREFIX = "spe1"
 _DOMAIN = b"SPE workspace token v1\n"
-CLAIMS = ("ws", "pod", "project", "user", "ns", "iat", "exp", "jti")
+CLAIMS = ("ws", "pod", "project", "user", "ns", "role", "iat", "exp", "jti")
+# Who in the pod holds the token: the workspace container (its claims are claims), or the
+# recorder sidecar (its records are the platform's own). Each is mounted in its own container.
+WORKSPACE_ROLE = "workspace"
+RECORDER_ROLE = "recorder"
+ROLES = (WORKSPACE_ROLE, RECORDER_ROLE)
 _lock = threading.Lock()
 _cache: dict[tuple[str, bytes], _TokenKey] = {}
 
@@ -121,10 +126,14 @@ def issue_token(
     user: str,
     namespace: str,
     lifetime_seconds: int,
+    role: str = WORKSPACE_ROLE,
     now: float | None = None,
     platform: PlatformKey | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """A signed token for one workspace's pod, and its claims (for the audit event)."""
+    """A signed token for one workspace's pod (held by ``role``), and its claims (for the audit
+    event)."""
+    if role not in ROLES:
+        raise WorkspaceTokenError(f"A workspace token is for one of {', '.join(ROLES)}.")
     issued = int(now if now is not None else time.time())
     claims: dict[str, Any] = {
         "ws": workspace,
@@ -132,6 +141,7 @@ def issue_token(
         "project": project,
         "user": user,
         "ns": namespace,
+        "role": role,
         "iat": issued,
         "exp": issued + lifetime_seconds,
         "jti": secrets.token_hex(8),
@@ -166,6 +176,8 @@ def verify_token(
         raise WorkspaceTokenError("The workspace token is malformed.") from None
     if not isinstance(claims, dict) or set(claims) != set(CLAIMS):
         raise WorkspaceTokenError("The workspace token's claims are not SPE's.")
+    if claims["role"] not in ROLES:
+        raise WorkspaceTokenError("The workspace token's role is not SPE's.")
     if (now if now is not None else time.time()) >= claims["exp"]:
         raise WorkspaceTokenError("The workspace token has expired; restart the workspace.")
     return claims

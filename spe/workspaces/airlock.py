@@ -331,6 +331,13 @@ def handle_record(
     if action not in RECORDER_ACTIONS or not isinstance(details, dict):
         return {"ok": False, "error": "The recorder may write only its own kinds of record."}
     details = {**details, "source": "recorder"}
+    if action == "workspace.contents_read":
+        from spe.workspaces.quota import charge_read
+
+        # The read budget (spe.workspaces.quota): a refused read is not shown, and not stored.
+        refused = charge_read(ws.name, ws.project, ws.username, details)
+        if refused is not None:
+            return refused
     try:
         with get_engine().begin() as conn:
             record(conn, ws.username, action, f"workspace:{ws.name}", details, project=ws.project)
@@ -379,7 +386,7 @@ class Airlock:
         self.servers: dict[str, tuple[RunningWorkspace, asyncio.AbstractServer]] = {}
         self.record_servers: dict[str, asyncio.AbstractServer] = {}
         self.quota = quota or AirlockQuota()
-        self.record_quota = AirlockQuota()  # the browser's traffic, apart from the kernel's
+        self.record_quota = AirlockQuota(scope="recorder")  # the browser's, apart from kernels'
 
     async def sync(self) -> None:
         from spe.db import readonly

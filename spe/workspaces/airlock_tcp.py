@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from spe.errors import SPEError
+from spe.keys.workspace_tokens import RECORDER_ROLE
 from spe.workspaces import kube_objects, layout
-from spe.workspaces.airlock import MAX_LINE, charge, dispatch, serve_lines
+from spe.workspaces.airlock import (
+    MAX_LINE,
+    MAX_RECORD_LINE,
+    charge,
+    dispatch,
+    handle_record,
+    serve_lines,
+)
 from spe.workspaces.quota import AirlockQuota
 from spe.workspaces.registry import RunningWorkspace
 
@@ -88,6 +96,14 @@ class CachedPods:
 
 def identify(token: Any, peer_ip: str, pods: PodDirectory, namespace: str) -> RunningWorkspace:
     """The running workspace whose pod sent ``token`` from ``peer_ip``; refuse anything else."""
+    return identify_caller(token, peer_ip, pods, namespace)[0]
+
+
+def identify_caller(
+    token: Any, peer_ip: str, pods: PodDirectory, namespace: str
+) -> tuple[RunningWorkspace, str]:
+    """The running workspace whose pod sent ``token`` from ``peer_ip``, and who in the pod holds
+    the token (its role: the workspace container or the recorder sidecar)."""
     from spe.db import readonly
     from spe.keys.workspace_tokens import verify_token
     from spe.workspaces.registry import running_workspaces
@@ -116,7 +132,7 @@ def identify(token: Any, peer_ip: str, pods: PodDirectory, namespace: str) -> Ru
     ws = running.get(name)
     if ws is None or ws.project != project or ws.username != user:
         raise AirlockIdentityError("The token's workspace is not running.")
-    return ws
+    return ws, str(claims["role"])
 
 
 def handle_line(
@@ -125,9 +141,10 @@ def handle_line(
     pods: PodDirectory,
     namespace: str,
     quota: AirlockQuota | None = None,
+    record_quota: AirlockQuota | None = None,
 ) -> dict[str, Any]:
     """Answer one request line from ``peer_ip``: identify by token, charge the workspace's
-    quota, then the shared verbs."""
+    quota, then the shared verbs; a recorder sidecar's token only stores its records."""
     try:
         request = json.loads(line)
     except (ValueError, UnicodeDecodeError):
@@ -136,7 +153,7 @@ def handle_line(
         return {"ok": False, "error": "The request must be a JSON object."}
     token = request.pop("token", None)
     try:
-        ws = identify(token, peer_ip, pods, namespace)
+        ws, role = identify_caller(token, peer_ip, pods, namespace)
     except SPEError as exc:
         log.warning("airlock refused a caller at %s: %s", peer_ip, exc.message)
         return {"ok": False, "error": exc.message}
@@ -145,6 +162,25 @@ def handle_line(
         return {
             "ok": False,
             "error": f"The airlock cannot check the caller ({type(exc).__name__}).",
+        }
+    if role == RECORDER_ROLE:
+        if "op" in request:
+            return {"ok": False, "error": "A recorder's token only stores the recorder's records."}
+        # The sidecar outside the workspace container: stored as the recorder's (source
+        # recorder), on a quota of its own, as the unix-socket airlock's record socket.
+        record = json.dumps(
+            {"action": request.get("action"), "details": request.get("details")},
+            ensure_ascii=False,
+        ).encode("utf-8", "surrogatepass")
+        return handle_record(ws, record, record_quota)
+    if len(line) > MAX_LINE:  # the recorder's lines may be longer; a workspace's may not
+        return {"ok": False, "error": f"A request may be at most {MAX_LINE} bytes."}
+    if "action" in request:
+        log.warning("airlock refused a recorder record sent with %s's workspace token", ws.name)
+        return {
+            "ok": False,
+            "error": "Only the workspace's recorder may write the recorder's records; a "
+            "workspace records cells and loads with op 'cell' and 'load'.",
         }
     refusal = charge(ws, len(line), quota)
     if refusal is not None:
@@ -160,10 +196,13 @@ class TcpAirlock:
         self.pods = CachedPods(pods)
         self.server: asyncio.AbstractServer | None = None
         self.quota = AirlockQuota()
+        self.record_quota = AirlockQuota(scope="recorder")  # the sidecars', apart from kernels'
 
     async def start(self) -> int:
         """Start listening; the port (useful when 0 was asked for)."""
-        self.server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_LINE)
+        self.server = await asyncio.start_server(
+            self._serve, self.host, self.port, limit=MAX_RECORD_LINE
+        )
         port: int = self.server.sockets[0].getsockname()[1]
         log.info("airlock listening on %s:%s", self.host, port)
         return port
@@ -178,7 +217,9 @@ class TcpAirlock:
         await serve_lines(
             reader,
             writer,
-            lambda line: handle_line(line, peer_ip, self.pods, self.namespace, self.quota),
+            lambda line: handle_line(
+                line, peer_ip, self.pods, self.namespace, self.quota, self.record_quota
+            ),
         )
 
 

@@ -36,10 +36,13 @@ from kubernetes.client import (
     V1PodSecurityContext,
     V1PodSpec,
     V1PodTemplateSpec,
+    V1Probe,
+    V1ResourceRequirements,
     V1SeccompProfile,
     V1Secret,
     V1SecretVolumeSource,
     V1SecurityContext,
+    V1TCPSocketAction,
     V1Volume,
     V1VolumeMount,
     V1VolumeResourceRequirements,
@@ -49,12 +52,20 @@ from spe.workspaces import layout
 
 # The cloud providers' instance metadata service: credentials of the node live behind it.
 METADATA_CIDR = "169.254.169.254/32"
+# The pod's one open port: the recorder sidecar listens here, and only here; the notebook server
+# listens on the pod's loopback (NOTEBOOK_PORT), reachable from outside only through it.
 SERVER_PORT = 8888
+NOTEBOOK_PORT = 8889
 HUB_API_PORT = 8081
 AIRLOCK_PORT = 8950
 TOKEN_MOUNT = str(layout.AIRLOCK)  # the pod-bound airlock token: TOKEN_MOUNT/token
 TOKEN_FILE = "token"  # noqa: S105 - a file name
 WORKSPACE_UID = 1000  # the image's "researcher" user (docker/Dockerfile.workspace)
+# The recorder sidecar's own uid: neither the researcher's nor the control plane pods' (10001).
+RECORDER_UID = 10002
+RECORDER_CONTAINER = "recorder"
+# The recorder's pod-bound token: its container only.
+RECORDER_TOKEN_MOUNT = "/var/run/spe-recorder"  # noqa: S105 - a folder
 
 # z2jh's labels for its hub and proxy pods; SPE's own use app.kubernetes.io/* and spe/*.
 HUB_SELECTOR = {"app": "jupyterhub", "component": "hub"}
@@ -106,6 +117,10 @@ def token_secret_name(project: str, username: str) -> str:
     return object_name("spe-token", project, username)
 
 
+def recorder_token_secret_name(project: str, username: str) -> str:
+    return object_name("spe-rectoken", project, username)
+
+
 def project_policy_name(project: str) -> str:
     return object_name("spe-project", project)
 
@@ -143,6 +158,9 @@ class WorkspaceSpec:
     storage_class: str | None = None
     namespace: str = "spe"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    recorder_image: str = "spe-controlplane:0.1.0"
+    recorder_code_text_bytes: int = 1 << 20
+    read_alarm_bytes: int = 64 << 10
 
     @property
     def workspace(self) -> str:
@@ -162,11 +180,11 @@ def pod_security_context() -> V1PodSecurityContext:
     )
 
 
-def container_security_context() -> V1SecurityContext:
+def container_security_context(uid: int = WORKSPACE_UID) -> V1SecurityContext:
     return V1SecurityContext(
         run_as_non_root=True,
-        run_as_user=WORKSPACE_UID,
-        run_as_group=WORKSPACE_UID,
+        run_as_user=uid,
+        run_as_group=uid,
         read_only_root_filesystem=True,
         allow_privilege_escalation=False,
         privileged=False,
@@ -193,6 +211,17 @@ def workspace_volumes(spec: WorkspaceSpec) -> list[V1Volume]:
             secret=V1SecretVolumeSource(
                 secret_name=token_secret_name(spec.project, spec.username),
                 default_mode=0o440,
+                optional=False,
+            ),
+        ),
+        # Mounted in the recorder's container only: the notebook container has no mount of it
+        # and shares no process namespace with the recorder, so the file's mode (readable by
+        # the recorder's uid) gives the researcher nothing.
+        V1Volume(
+            name="recorder-token",
+            secret=V1SecretVolumeSource(
+                secret_name=recorder_token_secret_name(spec.project, spec.username),
+                default_mode=0o444,
                 optional=False,
             ),
         ),
@@ -350,6 +379,65 @@ def token_secret(spec: WorkspaceSpec, token: str) -> V1Secret:
     )
 
 
+def recorder_token_secret(spec: WorkspaceSpec, token: str) -> V1Secret:
+    """The recorder sidecar's token (role "recorder"), at RECORDER_TOKEN_MOUNT/token in its
+    container only: with it the TCP airlock stores records as the recorder's own."""
+    return V1Secret(
+        api_version="v1",
+        kind="Secret",
+        type="Opaque",
+        metadata=V1ObjectMeta(
+            name=recorder_token_secret_name(spec.project, spec.username),
+            namespace=spec.namespace,
+            labels=workspace_labels(spec.project, spec.username),
+        ),
+        string_data={TOKEN_FILE: token},
+    )
+
+
+def recorder_container(spec: WorkspaceSpec, *, airlock_url: str) -> V1Container:
+    """The recorder sidecar (spe.hub.recorder in sidecar mode): the pod's open port, forwarding
+    to the notebook server on the pod's loopback, recording through the TCP airlock with its
+    own token, under its own uid, with nothing of the researcher's mounted."""
+    return V1Container(
+        name=RECORDER_CONTAINER,
+        image=spec.recorder_image,
+        image_pull_policy="IfNotPresent",
+        command=[
+            "python",
+            "-I",
+            "-m",
+            "spe.hub.recorder",
+            f"--listen=0.0.0.0:{SERVER_PORT}",
+            f"--upstream=tcp://127.0.0.1:{NOTEBOOK_PORT}",
+            f"--airlock-url={airlock_url}",
+            f"--token-file={RECORDER_TOKEN_MOUNT}/{TOKEN_FILE}",
+            f"--code-text-bytes={spec.recorder_code_text_bytes}",
+            f"--read-alarm-bytes={spec.read_alarm_bytes}",
+            f"--workspace={spec.workspace}",
+        ],
+        env=[V1EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1")],
+        # A native sidecar (an init container that keeps running): it holds the pod's port
+        # before the notebook container starts, so no process of the researcher's can take it
+        # first; the kubelet restarts it if it ends. No port is declared: kubespawner already
+        # declares the pod's port on the notebook container (a declaration only).
+        restart_policy="Always",
+        startup_probe=V1Probe(
+            tcp_socket=V1TCPSocketAction(port=SERVER_PORT),
+            period_seconds=1,
+            failure_threshold=30,
+        ),
+        security_context=container_security_context(RECORDER_UID),
+        resources=V1ResourceRequirements(
+            requests={"cpu": "50m", "memory": "64Mi"},
+            limits={"cpu": "1", "memory": "256Mi"},
+        ),
+        volume_mounts=[
+            V1VolumeMount(name="recorder-token", mount_path=RECORDER_TOKEN_MOUNT, read_only=True)
+        ],
+    )
+
+
 # --- network -----------------------------------------------------------------------------------
 
 
@@ -475,8 +563,11 @@ def _has_foreign_models(obj: Any) -> bool:
     )
 
 
-def spawner_overrides(spec: WorkspaceSpec, *, airlock_url: str) -> dict[str, Any]:
-    """KubeSpawner trait values for the workspace (kubespawner_override of its profile)."""
+def spawner_overrides(
+    spec: WorkspaceSpec, *, airlock_url: str, recorder_airlock_url: str | None = None
+) -> dict[str, Any]:
+    """KubeSpawner trait values for the workspace (kubespawner_override of its profile): the
+    notebook container on the pod's loopback, and the recorder sidecar on the pod's port."""
     env = {
         "SPE_WORKSPACE_DATA_DIR": str(layout.DATA),
         "SPE_OUTBOX_DIR": str(layout.OUTBOX),
@@ -506,7 +597,13 @@ def spawner_overrides(spec: WorkspaceSpec, *, airlock_url: str) -> dict[str, Any
         "volume_mounts": serialise(workspace_volume_mounts(spec)),
         "working_dir": str(layout.HOME),
         "notebook_dir": str(layout.HOME),
+        # The pod's port, which the proxy and the hub's check reach: the recorder's. The notebook
+        # server is told (its command line wins over JupyterHub's URL) to listen on loopback.
         "port": SERVER_PORT,
+        "args": ["--ServerApp.ip=127.0.0.1", f"--ServerApp.port={NOTEBOOK_PORT}"],
+        "init_containers": [
+            serialise(recorder_container(spec, airlock_url=recorder_airlock_url or airlock_url))
+        ],
         "environment": env,
         # SPE makes the home PVC itself (spe k8s / the spawner): kubespawner's own is off.
         "storage_pvc_ensure": False,
@@ -516,6 +613,9 @@ def spawner_overrides(spec: WorkspaceSpec, *, airlock_url: str) -> dict[str, Any
             "hostNetwork": False,
             "dnsPolicy": "None",
             "dnsConfig": {"nameservers": ["127.0.0.1"]},
+            # The default, said aloud: the notebook container cannot see the recorder's
+            # processes (nor reach its memory or its token through /proc/<pid>/root).
+            "shareProcessNamespace": False,
         },
     }
     return overrides

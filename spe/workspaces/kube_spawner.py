@@ -14,6 +14,7 @@ from kubespawner import KubeSpawner
 from traitlets import Float, default
 
 from spe.config import Settings, get_settings
+from spe.keys.workspace_tokens import RECORDER_ROLE, WORKSPACE_ROLE
 from spe.workspaces import kube_objects as ko
 from spe.workspaces.spawner import (
     NO_DEFAULT_SERVER,
@@ -26,19 +27,18 @@ from spe.workspaces.spawner import (
 )
 
 
-def admit_kube_workspace(username: str, project_slug: str) -> tuple[list[str], str, float]:
-    """Check access once more, record the start and issue the pod's token (one transaction):
-    the datasets to mount, the token and when it was issued; blocking."""
+def admit_kube_workspace(username: str, project_slug: str) -> tuple[list[str], str, str, float]:
+    """Check access once more, record the start and issue the pod's tokens (one transaction):
+    the datasets to mount, the workspace's token, the recorder sidecar's, and when they were
+    issued; blocking."""
     from sqlalchemy import select
 
     from spe.accounts.models import User
     from spe.db import transaction
-    from spe.k8s.tokens import issue_workspace_token
     from spe.projects.extracts import workspace_mounts
     from spe.projects.models import Project
     from spe.workspaces.registry import workspace_started
 
-    settings = get_settings()
     with transaction() as session:
         reason = workspace_refusal(session, username, project_slug)
         if reason is not None:
@@ -48,30 +48,35 @@ def admit_kube_workspace(username: str, project_slug: str) -> tuple[list[str], s
         assert user is not None and project is not None
         datasets = sorted(workspace_mounts(session, project))
         workspace_started(session, user, project)
-        token, claims = issue_workspace_token(
-            session,
-            project_slug,
-            username,
-            namespace=settings.k8s_namespace,
-            lifetime_seconds=int(settings.workspace_token_hours * 3600),
-        )
-    return datasets, token, float(claims["iat"])
+        token, recorder_token, issued = _issue_tokens(session, username, project_slug)
+    return datasets, token, recorder_token, issued
 
 
-def renew_token(username: str, project_slug: str) -> tuple[str, float]:
-    from spe.db import transaction
+def _issue_tokens(session: Any, username: str, project_slug: str) -> tuple[str, str, float]:
     from spe.k8s.tokens import issue_workspace_token
 
     settings = get_settings()
-    with transaction() as session:
+    tokens, issued = [], 0.0
+    for role in (WORKSPACE_ROLE, RECORDER_ROLE):
         token, claims = issue_workspace_token(
             session,
             project_slug,
             username,
             namespace=settings.k8s_namespace,
             lifetime_seconds=int(settings.workspace_token_hours * 3600),
+            role=role,
         )
-    return token, float(claims["iat"])
+        tokens.append(token)
+        issued = float(claims["iat"])
+    return tokens[0], tokens[1], issued
+
+
+def renew_token(username: str, project_slug: str) -> tuple[str, str, float]:
+    """New tokens for the workspace and its recorder (before the old ones expire)."""
+    from spe.db import transaction
+
+    with transaction() as session:
+        return _issue_tokens(session, username, project_slug)
 
 
 def workspace_spec(
@@ -87,6 +92,9 @@ def workspace_spec(
         home_size=settings.k8s_home_size,
         storage_class=settings.k8s_storage_class or None,
         namespace=settings.k8s_namespace,
+        recorder_image=settings.k8s_controlplane_image,
+        recorder_code_text_bytes=settings.recorder_code_text_bytes,
+        read_alarm_bytes=settings.workspace_read_alarm_bytes,
     )
 
 
@@ -149,7 +157,9 @@ class SPEKubeSpawner(KubeSpawner):
                 400,
             )
         settings = get_settings()
-        datasets, token, issued = await _in_thread(admit_kube_workspace, username, slug)
+        datasets, token, recorder_token, issued = await _in_thread(
+            admit_kube_workspace, username, slug
+        )
         spec = workspace_spec(settings, slug, username, datasets)
         airlock_ip = await self._service_ip(settings.k8s_airlock_service)
         hub_ip = await self._service_ip(settings.k8s_hub_service)
@@ -166,6 +176,9 @@ class SPEKubeSpawner(KubeSpawner):
         self.pod_name = ko.pod_name(slug, username)
         await self._ensure(ko.serialise(ko.home_pvc(spec)), replace=False)
         await self._ensure(ko.serialise(ko.token_secret(spec, token)), replace=True)
+        await self._ensure(
+            ko.serialise(ko.recorder_token_secret(spec, recorder_token)), replace=True
+        )
         self._token_issued = issued
         self._last_access_check = time.monotonic()
 
@@ -223,9 +236,14 @@ class SPEKubeSpawner(KubeSpawner):
                 return 0
         lifetime = settings.workspace_token_hours * 3600
         if self._token_issued and time.time() - self._token_issued >= lifetime / 2:
-            token, self._token_issued = await _in_thread(renew_token, self.user.name, self.name)
+            token, recorder_token, self._token_issued = await _in_thread(
+                renew_token, self.user.name, self.name
+            )
             spec = workspace_spec(settings, self.name, self.user.name, [])
             await self._ensure(ko.serialise(ko.token_secret(spec, token)), replace=True)
+            await self._ensure(
+                ko.serialise(ko.recorder_token_secret(spec, recorder_token)), replace=True
+            )
         return None
 
     async def stop(self, now: bool = False) -> None:

@@ -106,17 +106,32 @@ def test_start_checks_records_and_builds_an_isolated_pod(open_study: None) -> No
     spawner = make_spawner("researcher", "study", {"profile": "study"})
     asyncio.run(spawner.load_user_options())
     kinds = sorted(b["kind"] for b in spawner.api.created)
-    assert kinds == ["PersistentVolumeClaim", "Secret"]
-    secret = next(b for b in spawner.api.created if b["kind"] == "Secret")
+    assert kinds == ["PersistentVolumeClaim", "Secret", "Secret"]
+    secrets = {b["metadata"]["name"]: b for b in spawner.api.created if b["kind"] == "Secret"}
+    secret = secrets[ko.token_secret_name("study", "researcher")]
+    recorder_secret = secrets[ko.recorder_token_secret_name("study", "researcher")]
     with readonly() as s:
         claims = verify_token(s, secret["stringData"]["token"])
+        recorder_claims = verify_token(s, recorder_secret["stringData"]["token"])
         actions = s.scalars(select(AuditEvent.action)).all()
     assert claims["pod"] == spawner.pod_name == ko.pod_name("study", "researcher")
+    assert (claims["role"], recorder_claims["role"]) == ("workspace", "recorder")
     assert {"workspace.start", "workspace.token_issue"} <= set(actions)
     pod = ko.serialise(asyncio.run(spawner.get_pod_manifest()))
     for version in VERSIONS:
         kubernetes_validate.validate(pod, version, strict=True)
     (container,) = pod["spec"]["containers"]
+    (recorder,) = pod["spec"]["initContainers"]  # a native sidecar: started first, restarted
+    # The notebook server on the pod's loopback; the pod's port is the recorder sidecar's.
+    assert "--ServerApp.ip=127.0.0.1" in container["args"]
+    assert f"--ServerApp.port={ko.NOTEBOOK_PORT}" in container["args"]
+    assert f"--listen=0.0.0.0:{ko.SERVER_PORT}" in recorder["command"]
+    assert recorder["restartPolicy"] == "Always"
+    assert recorder["name"] == ko.RECORDER_CONTAINER
+    assert recorder["securityContext"]["runAsUser"] == ko.RECORDER_UID != ko.WORKSPACE_UID
+    assert "--airlock-url=tcp://10.96.0.20:8950" in recorder["command"]
+    assert {m["name"] for m in recorder["volumeMounts"]} == {"recorder-token"}
+    assert "recorder-token" not in {m["name"] for m in container["volumeMounts"]}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SPE_WORKSPACE_AIRLOCK_URL"] == "tcp://10.96.0.20:8950"
     assert env["JUPYTERHUB_API_URL"] == "http://10.96.0.10:8081/hub/api"
@@ -127,9 +142,9 @@ def test_start_checks_records_and_builds_an_isolated_pod(open_study: None) -> No
     assert labels[ko.WORKSPACE_LABEL] == "study--researcher"
     assert labels[ko.PROJECT_LABEL] == "study"
     assert labels["hub.jupyter.org/network-access-hub"] == "true"  # z2jh's label kept
-    # A second start keeps the home and replaces the token.
+    # A second start keeps the home and replaces the tokens.
     asyncio.run(spawner.load_user_options())
-    assert [b["kind"] for b in spawner.api.patched] == ["Secret"]
+    assert [b["kind"] for b in spawner.api.patched] == ["Secret", "Secret"]
 
 
 def test_start_is_refused_to_a_non_member_and_for_another_project(open_study: None) -> None:
@@ -161,9 +176,10 @@ def test_a_running_workspace_renews_its_token_at_half_life(open_study: None) -> 
     spawner._token_issued = time.time() - 7 * 3600  # older than half of the 12 h lifetime
     with mock.patch("kubespawner.KubeSpawner.poll", _no_pod_status):
         assert asyncio.run(spawner.poll()) is None
-    (renewed,) = [b for b in spawner.api.patched if b["kind"] == "Secret"]
+    renewed, recorder = [b for b in spawner.api.patched if b["kind"] == "Secret"]
     with readonly() as s:
         claims = verify_token(s, renewed["stringData"]["token"])
+        assert verify_token(s, recorder["stringData"]["token"])["role"] == "recorder"
     assert claims["iat"] >= time.time() - 60 and spawner._token_issued == claims["iat"]
 
 
