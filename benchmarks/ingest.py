@@ -1,11 +1,14 @@
-"""Ingest benchmark (issue 3): pseudonym floor, end-to-end ingest, project extraction.
+"""Ingest benchmark (issue 3): pseudonym floor, end-to-end ingest, project extraction, and
+the cost of encryption at rest (issue 16).
 
 Prints one JSON line per figure. Sizes: 1 M and 10 M persons (``--quick``: 100 k and 1 M;
 ``--persons N``: N, repeatable).
 Each ingest runs in a fresh ``spe`` process pinned to one core (``taskset -c 0``) so its
 rows/s is a one-core figure and its peak RSS is its own. The peer is the per-item keyed hash
 the issue measured (HMAC-SHA256 with a precomputed key context, ``.copy()`` per item), timed
-in the same run.
+in the same run. Encryption at rest is measured against the same ingest with the sealing
+replaced by a plain pass-through (what the ingest wrote before issue 16), alternating the two on
+copies of one prepared state, best of ``--rounds`` each; the ratio is printed as one JSON line.
 """
 
 from __future__ import annotations
@@ -28,6 +31,36 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SPE = [sys.executable, "-m", "spe.cli"]
+# The ingest as it was before encryption at rest: the same code, with the sealing writer
+# replaced by one that writes the plaintext through (hashing it, as the sealing writer does).
+PLAIN_SHIM = """
+import hashlib, sys
+import spe.ingest.pipeline as pipeline
+
+class PlainWriter:
+    def __init__(self, cipher, sink, context, chunk=0):
+        self.sink, self.size, self.closed = sink, 0, False
+        self.digest = hashlib.sha256()
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.size += len(view)
+        return self.sink.write(view)
+    def tell(self):
+        return self.size
+    def flush(self):
+        self.sink.flush()
+    def writable(self):
+        return True
+    def close(self):
+        self.sha256 = self.digest.hexdigest()
+        self.sink.flush()
+        self.closed = True
+
+pipeline.seal_dataset_stream = PlainWriter
+from spe.cli import main
+main(sys.argv[1:])
+"""
 
 
 def emit(name: str, value: float, unit: str, **extra: object) -> None:
@@ -70,13 +103,17 @@ def _env(state: Path) -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], env: dict[str, str], pin: bool = True) -> tuple[float, float, str]:
-    """Run an spe command; returns (seconds, peak RSS MiB of the child, stdout)."""
+def _run(
+    args: list[str], env: dict[str, str], pin: bool = True, plain: bool = False
+) -> tuple[float, float, str]:
+    """Run an spe command (``plain``: with the ingest's sealing replaced by a pass-through);
+    returns (seconds, peak RSS MiB of the child, stdout)."""
     prefix = ["taskset", "-c", "0"] if pin and shutil.which("taskset") else []
+    command = [sys.executable, "-c", PLAIN_SHIM] if plain else SPE
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     out = subprocess.run(
-        [*prefix, *SPE, *args], env=env, capture_output=True, text=True, check=False
+        [*prefix, *command, *args], env=env, capture_output=True, text=True, check=False
     )
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -86,7 +123,38 @@ def _run(args: list[str], env: dict[str, str], pin: bool = True) -> tuple[float,
     return seconds, max(after, before) / 1024, out.stdout
 
 
-def ingest_run(persons: int, work: Path, peer: float, floor_rate: float) -> None:
+def encryption_cost(persons: int, source: Path, prepared: Path, work: Path, rounds: int) -> None:
+    """The ingest with encryption at rest against the same ingest writing plaintext, in the
+    same run: alternating, each on a fresh copy of one prepared state, best of ``rounds``."""
+    best = {"plain": 0.0, "sealed": 0.0}
+    rows = 0
+    for i in range(rounds):
+        for kind in ("plain", "sealed") if i % 2 == 0 else ("sealed", "plain"):
+            state = work / f"state-{persons}-{kind}-{i}"
+            shutil.copytree(prepared, state)
+            env = _env(state)
+            args = ["--as", "holder", "dataset", "ingest", str(source), "--policy", "population"]
+            _run([*args, "--inline"], env, plain=kind == "plain")
+            report = json.loads(_run(["dataset", "report", "population"], env, pin=False)[2])
+            rows = report["rows_read"]
+            best[kind] = max(best[kind], rows / report["seconds"])
+            shutil.rmtree(state, ignore_errors=True)
+    for kind, rate in best.items():
+        emit(f"ingest.in_process.{kind}", rate, "rows/s", rows=rows, one_core=True, rounds=rounds)
+    emit(
+        "ingest.encryption_at_rest_ratio",
+        best["sealed"] / best["plain"],
+        "ratio",
+        rows=rows,
+        sealed_rows_per_s=round(best["sealed"]),
+        plain_rows_per_s=round(best["plain"]),
+        target=">= 0.9",
+        note="AES-256-GCM chunks sealed as written vs the same ingest writing plaintext; each "
+        "the ingest's own time, best of the rounds",
+    )
+
+
+def ingest_run(persons: int, work: Path, peer: float, floor_rate: float, rounds: int = 2) -> None:
     from spe.ingest.synth import generate_registry
 
     state = work / f"state-{persons}"
@@ -119,6 +187,11 @@ def ingest_run(persons: int, work: Path, peer: float, floor_rate: float) -> None
     ):
         _run(args, env, pin=False)
     source = registry / "population.csv"
+    if rounds:
+        prepared = work / f"state-{persons}-prepared"
+        shutil.copytree(state, prepared)
+        encryption_cost(persons, source, prepared, work, rounds)
+        shutil.rmtree(prepared, ignore_errors=True)
     seconds, rss, _ = _run(
         ["--as", "holder", "dataset", "ingest", str(source), "--policy", "population", "--inline"],
         env,
@@ -221,6 +294,12 @@ def main() -> None:
         metavar="N",
         help="ingest a population of N persons instead (repeatable)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of the plain-vs-encrypted comparison per size (0: skip it)",
+    )
     args = parser.parse_args()
     sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000]
     if args.persons:
@@ -230,7 +309,7 @@ def main() -> None:
     emit("ingest.floor_vs_peer", floor_rate / peer, "ratio")
     with tempfile.TemporaryDirectory(prefix="spe-bench-ingest-") as tmp:
         for persons in sizes:
-            ingest_run(persons, Path(tmp), peer, floor_rate)
+            ingest_run(persons, Path(tmp), peer, floor_rate, args.rounds)
 
 
 if __name__ == "__main__":
