@@ -285,3 +285,148 @@ def test_the_stored_form_audits_the_same(population: dict[str, np.ndarray]) -> N
     first = audit(history, counts(young), THRESHOLD)
     second = audit(again, counts(young), THRESHOLD)
     assert [f.sentence for f in first.findings] == [f.sentence for f in second.findings]
+
+
+# -- bounds from non-negativity --------------------------------------------------------------
+def five_groups(sizes: tuple[int, ...] = (6, 2, 23, 23, 3)) -> list[np.ndarray]:
+    """Groups A..E of persons (sizes given), as the atoms of the releases below."""
+    ids = persons_space(sum(sizes), seed=9)
+    edges = np.cumsum((0, *sizes))
+    return [ids[edges[i] : edges[i + 1]] for i in range(len(sizes))]
+
+
+def union(groups: list[np.ndarray], which: str) -> np.ndarray:
+    return np.sort(np.concatenate([groups["ABCDE".index(g)] for g in which]))
+
+
+def bounded_history(groups: list[np.ndarray], space: str = COUNT_SPACE) -> History:
+    """D+E, A+C+D+E and A+B+E released on three days (26, 55 and 11 persons: all >= 10)."""
+    kind, variable = ("count", None) if space == COUNT_SPACE else ("sum", space[4:])
+    history = History.empty("holder", space)
+    for day, (title, which) in enumerate(
+        [("Persons in work", "DE"), ("Persons by county", "ACDE"), ("Persons on benefits", "ABE")],
+        start=2,
+    ):
+        history = history.extended(
+            release(day, title), [NewCell(kind, union(groups, which), variable)]
+        )
+    return history
+
+
+def test_non_negativity_confines_a_small_group_that_no_combination_determines() -> None:
+    """A researcher who knows D+E = 26, A+C+D+E = 55, A+B+E = 11 and now C+E = 26: no
+    combination of the four fixes any group below 10 (the row space leaves one free direction,
+    A+t, B-2t, C-t, D-t, E+t), but no group can be negative, so t lies in [-3, 1] and A (6
+    persons) lies in [3, 7], B in [0, 8], E in [0, 4]: each is shown to be smaller than 10."""
+    groups = five_groups()
+    history = bounded_history(groups)
+    new = counts([union(groups, "CE")])
+    assert min(len(c.persons) for c in new) >= THRESHOLD
+
+    result = audit(history, new, THRESHOLD)
+
+    assert result.status == Verdict.FAIL
+    assert {f.rule for f in result.findings} == {"count_bound"}  # no exact determination
+    (finding,) = result.findings
+    assert finding.sentence == (
+        "Together with 'Persons in work' (released 2026-11-02), 'Persons by county' (released "
+        "2026-11-03) and 'Persons on benefits' (released 2026-11-04), this table shows, since "
+        "no count is negative, that a group has fewer than 10 persons."
+    )
+    assert knows_no_numbers(finding.sentence.replace("fewer than 10", ""))
+
+
+def test_the_same_releases_pass_where_every_small_group_could_reach_the_threshold() -> None:
+    """With B of 8 and E of 6, t lies in [-6, 4]: A and E may each hold 10 persons and B 20, so
+    no group is shown to be small; the audit finds those integer points and passes."""
+    groups = five_groups((6, 8, 23, 23, 6))
+    assert audit(bounded_history(groups), counts([union(groups, "CE")]), THRESHOLD).passed
+
+
+def test_a_total_bounded_by_non_negativity_fails_the_p_percent_rule() -> None:
+    """The same releases as wage sums: A holds one large wage. The second-largest earner of A
+    subtracts his own wage from the largest total of A the releases allow (B gives way at most
+    half its total) and gets the largest wage within 10 %; with B's wages large, he cannot.
+    Every released total passes the p % rule on its own (E's wages hide A's in A+B+E), and the
+    first three releases alone leave A's total open far enough."""
+    groups = five_groups()
+    wages = {int(x): 1_000.0 for g in groups for x in g}
+    wages[int(groups[0][0])] = 100_000.0
+    wages.update({int(x): 5_000.0 for x in groups[4]})
+
+    def contributions(variable: str, persons: np.ndarray) -> np.ndarray:
+        assert variable == "survey.wage"
+        return np.array([wages[int(x)] for x in persons])
+
+    history = bounded_history(groups, WAGE)
+    new = [NewCell("sum", union(groups, "CE"), "survey.wage")]
+    result = audit(history, new, THRESHOLD, 10, contributions=contributions)
+    assert result.status == Verdict.FAIL
+    assert {f.rule for f in result.findings} == {"p_percent_bound"}
+    assert result.findings[0].sentence.endswith(
+        "bounds the total survey.wage of a group, since no value is negative, so closely that "
+        "one person's value can be estimated within 10 %."
+    )
+    for x in groups[1]:
+        wages[int(x)] = 50_000.0  # B's total lets A's grow by 50,000: more than 10 %
+    assert audit(history, new, THRESHOLD, 10, contributions=contributions).passed
+
+
+def test_bounds_not_computed_in_time_go_to_a_reviewer() -> None:
+    groups = five_groups()
+    result = audit(
+        bounded_history(groups), counts([union(groups, "CE")]), THRESHOLD, bounds_seconds=0
+    )
+    assert result.status == Verdict.REVIEW
+    assert {f.rule for f in result.findings} == {"bounds_limit"}
+    assert "could not all be computed in the time allowed; a reviewer must look" in (
+        result.findings[0].sentence
+    )
+
+
+def test_overlapping_ordinary_tables_with_small_crossings_pass(
+    population: dict[str, np.ndarray],
+) -> None:
+    """Region x age band, then sex x single year of age: their crossings (region x sex x year)
+    hold about ten persons each, many fewer, none confined below 10 by what was released."""
+    rng = np.random.default_rng(8)
+    sex = rng.integers(0, 2, len(population["id"]))
+    by_sex_age = [
+        population["id"][(sex == s) & (population["age"] == a)]
+        for s in range(2)
+        for a in range(20, 70)
+    ]
+    assert min(len(c) for c in by_sex_age) >= THRESHOLD
+    history = History.empty("holder").extended(
+        release(2, "Persons by region and age band"), counts(band_table(population))
+    )
+    result = audit(history, counts(by_sex_age), THRESHOLD)
+    assert result.figures["atoms"] > 250
+    assert result.passed, [f.sentence for f in result.findings]
+
+
+def test_a_declared_largest_wage_narrows_the_bound_and_fails() -> None:
+    """B's large wages leave A's total room to grow, but E's three wages lie just below the
+    largest wage the dataset policy declares, so E (which grows with A) can hardly grow: an
+    intruder who knows the declared maximum confines A's total again."""
+    groups = five_groups()
+    wages = {int(x): 1_000.0 for g in groups for x in g}
+    wages[int(groups[0][0])] = 100_000.0
+    wages.update({int(x): 50_000.0 for x in groups[1]})
+    wages.update({int(x): 99_000.0 for x in groups[4]})
+
+    def contributions(variable: str, persons: np.ndarray) -> np.ndarray:
+        return np.array([wages[int(x)] for x in persons])
+
+    history = bounded_history(groups, WAGE)
+    new = [NewCell("sum", union(groups, "CE"), "survey.wage")]
+    assert audit(history, new, THRESHOLD, 10, contributions=contributions).passed
+    declared = audit(
+        history,
+        new,
+        THRESHOLD,
+        10,
+        contributions=contributions,
+        value_bounds={"survey.wage": 100_000.0},
+    )
+    assert {f.rule for f in declared.findings} == {"p_percent_bound"}

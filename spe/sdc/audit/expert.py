@@ -10,7 +10,7 @@ count or a membership.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse.csgraph import connected_components
 
+from spe.sdc.audit.bounds import BOUNDS_SECONDS, Bounded, count_bounds, sum_bounds
 from spe.sdc.audit.history import COUNT_SPACE, History, Merge, NewCell, ReleaseInfo
 from spe.sdc.audit.rowspace import P, freivalds_zero, null_space
 from spe.sdc.rules import Verdict
@@ -133,6 +134,8 @@ def audit(
     p: float = 10.0,
     *,
     contributions: Contributions | None = None,
+    bounds_seconds: float = BOUNDS_SECONDS,
+    value_bounds: Mapping[str, float] | None = None,
 ) -> AuditResult:
     """Audit ``new_cells`` (those in ``history``'s space) against everything in ``history``.
 
@@ -140,7 +143,13 @@ def audit(
     combination of released cells) the count of a group of fewer than ``threshold`` persons,
     or in a sum space the total of such a group, or the total of a group whose largest value
     the second largest contributor could estimate within ``p`` % (``contributions(variable,
-    persons)`` gives the values; without it such groups go to a reviewer).
+    persons)`` gives the values; without it such groups go to a reviewer). It also fails when,
+    counts (and, where every value is, values) being non-negative, the released cells confine
+    a group below the threshold to fewer than ``threshold`` persons, or bound a total from
+    above so closely that its largest value can be estimated within ``p`` %
+    (spe.sdc.audit.bounds; ``bounds_seconds`` is their time budget, past which the output goes
+    to a reviewer; ``value_bounds`` maps a variable to the largest value one person may hold,
+    where the dataset policy declares one, which the intruder is taken to know).
     """
     started = time.perf_counter()
     chosen = history.cells_in_space(new_cells)
@@ -169,6 +178,24 @@ def audit(
         return result
     groups = _determined_atoms(history, merge, threshold, p, contributions)
     groups += _determined_unions(history, merge, nulls.vectors, threshold)
+    bounds_started = time.perf_counter()
+    skip = {int(a) for g in groups for a in g.atoms}
+    stats: dict[str, float] = {}
+    if history.space == COUNT_SPACE:
+        bounded = count_bounds(
+            history, merge, nulls.vectors, threshold, skip, bounds_seconds, stats
+        )
+    elif contributions is not None:
+        most = (value_bounds or {}).get(history.space[4:])
+        bounded = _sum_bounds(
+            history, merge, nulls.vectors, p, contributions, skip, bounds_seconds, most, stats
+        )
+    else:
+        bounded = []
+    result.figures.update({f"bounds_{k}": v for k, v in stats.items()})
+    result.figures["bounds_seconds"] = time.perf_counter() - bounds_started
+    for found in bounded:
+        _add_bounded(result, history, chosen, found, threshold, p)
     for n, group in enumerate(groups):
         # A certificate (an LP per group) names the releases exactly; past the first few
         # groups the output fails anyway, and the releases touching the group are named.
@@ -206,6 +233,94 @@ def audit(
     result.findings = _unique(result.findings)
     result.figures["seconds"] = time.perf_counter() - started
     return result
+
+
+def _sum_bounds(
+    history: History,
+    merge: Merge,
+    vectors: sp.csc_matrix,
+    p: float,
+    contributions: Contributions,
+    skip: set[int],
+    seconds: float,
+    most: float | None,
+    stats: dict[str, float],
+) -> list[Bounded]:
+    """The p % rule's upper protection level against totals bounded by non-negativity, for the
+    atoms linked to the new cells (an atom that is one new cell is that cell's own p % rule)."""
+    ref = merge.refinement
+    values = np.asarray(contributions(history.space[4:], ref.persons), dtype=np.float64)
+    if len(values) != len(ref.persons) or (values < 0).any():
+        return []  # a variable that can be negative gives the intruder no such bound
+    totals = np.bincount(ref.atom_of, weights=values, minlength=ref.n_atoms)
+    new_cells = merge.new_rows.tocsr()
+    lone = {
+        int(new_cells.indices[new_cells.indptr[i]])
+        for i in range(new_cells.shape[0])
+        if new_cells.indptr[i + 1] - new_cells.indptr[i] == 1
+    }
+    keep = np.ones(ref.n_atoms, dtype=bool)
+    keep[list(lone)] = False
+    inside = keep[ref.atom_of]
+    if not inside.any():
+        return []
+    atom, value = ref.atom_of[inside].astype(np.int64), values[inside]
+    order = np.lexsort((-value, atom))
+    atom, value = atom[order], value[order]
+    first = np.flatnonzero(np.concatenate([[True], atom[1:] != atom[:-1]]))
+    x1 = value[first]
+    has_second = np.append(first[1:], len(atom)) - first > 1
+    x2 = np.where(has_second, value[np.minimum(first + 1, len(value) - 1)], 0.0)
+    ids = atom[first]
+    rest = totals[ids] - x1 - x2
+    need = p / 100.0 * x1 - rest
+    needs = {int(a): float(n) for a, n in zip(ids, need, strict=True) if n > 0}
+    upper = None if most is None else ref.sizes * float(most)
+    return sum_bounds(history, merge, vectors, totals, needs, skip, seconds, upper, stats)
+
+
+def _add_bounded(
+    result: AuditResult,
+    history: History,
+    chosen: list[int],
+    found: Bounded,
+    threshold: int,
+    p: float,
+) -> None:
+    named = sorted(
+        {int(history.cell_release[r]) for r in found.old_cells},
+        key=lambda i: history.releases[i].released_at,
+    )
+    releases = [history.releases[i] for i in named[:MAX_NAMED]]
+    together = _together(releases, len(named) > MAX_NAMED)
+    if found.rule == "count_bound":
+        sentence = (
+            f"{together} shows, since no count is negative, that a group has fewer than "
+            f"{threshold} persons."
+        )
+    elif found.rule == "p_percent_bound":
+        variable = history.space.split(":", 1)[1]
+        sentence = (
+            f"{together} bounds the total {variable} of a group, since no value is negative, "
+            f"so closely that one person's value can be estimated within {p:g} %."
+        )
+    else:
+        sentence = (
+            f"{together} leaves groups whose bounds (no count or value being negative) could "
+            "not all be computed in the time allowed; a reviewer must look."
+        )
+    cells = found.new_cells if len(found.new_cells) else np.arange(len(chosen))
+    for k in cells:
+        result.findings.append(
+            Finding(
+                cell_index=chosen[int(k)],
+                verdict=found.verdict,
+                space=history.space,
+                rule=found.rule,
+                releases=tuple(releases),
+                sentence=sentence,
+            )
+        )
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:
@@ -484,13 +599,23 @@ def audit_output(
     p: float = 10.0,
     *,
     contributions: Contributions | None = None,
+    bounds_seconds: float = BOUNDS_SECONDS,
+    value_bounds: Mapping[str, float] | None = None,
 ) -> AuditResult:
     """All spaces of an output at once: ``histories`` maps each space to its history."""
     spaces = sorted({s for c in new_cells for s in c.spaces})
     result = AuditResult("", len(new_cells))
     for space in spaces:
         history = histories[space]
-        part = audit(history, new_cells, threshold, p, contributions=contributions)
+        part = audit(
+            history,
+            new_cells,
+            threshold,
+            p,
+            contributions=contributions,
+            bounds_seconds=bounds_seconds,
+            value_bounds=value_bounds,
+        )
         result.findings += part.findings
         result.figures.update({f"{space}.{k}": v for k, v in part.figures.items()})
     return result
