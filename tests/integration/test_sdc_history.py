@@ -5,8 +5,11 @@ fails; the compact history equals one rebuilt from the recorded cells."""
 from __future__ import annotations
 
 import datetime as dt
+import re
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 
 from spe.audit.models import AuditEvent
@@ -75,3 +78,41 @@ def test_releases_of_two_projects_are_audited_together(spe_env: dict[str, str]) 
     finding = result.for_cell(0)[0]
     assert "'By age band' (released 2026-11-02)" in finding.sentence
     assert audit(History.empty("statistics-norway"), young, 10).passed
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # the database only stores the history here
+def test_releases_that_confine_a_small_group_through_non_negativity_fail_the_export_check(
+    spe_env: dict[str, str],
+) -> None:
+    """Three releases of two projects (D+E, A+C+D+E, A+B+E: 26, 55 and 11 persons) and a new
+    table C+E (26): no combination fixes a group below 10, but no count is negative, so A (6
+    persons) lies in [3, 7]. The export check's audit (spe.exports.auditing.audit, on the
+    recorded history) fails the table and names the releases, never a count."""
+    from spe.exports.auditing import audit as export_audit
+
+    ids = np.unique(np.random.default_rng(5).integers(-(2**62), 2**62, size=200))[:57]
+    edges = np.cumsum([0, 6, 2, 23, 23, 3])
+    group = {g: ids[edges[i] : edges[i + 1]] for i, g in enumerate("ABCDE")}
+
+    def cell(which: str) -> NewCell:
+        return NewCell("count", np.sort(np.concatenate([group[g] for g in which])))
+
+    for project, day, title, which in [
+        ("alpha", 2, "Persons in work", "DE"),
+        ("beta", 3, "Persons by county", "ACDE"),
+        ("alpha", 4, "Persons on benefits", "ABE"),
+    ]:
+        with transaction() as s:
+            record_release(s, "statistics-norway", _release(project, day, title), [cell(which)])
+
+    rules = SimpleNamespace(threshold=10, p_percent=10.0)
+    result = export_audit("statistics-norway", "req-9", "beta", "New", [cell("CE")], [], rules)
+    assert result.status == Verdict.FAIL
+    assert {f.rule for f in result.findings} == {"count_bound"}
+    sentence = result.findings[0].sentence
+    assert "'Persons in work' (released 2026-11-02)" in sentence
+    assert "'Persons on benefits' (released 2026-11-04)" in sentence
+    assert "fewer than 10 persons" in sentence
+    assert not re.search(r"\d", re.sub(r"\d{4}-\d{2}-\d{2}|fewer than 10", "", sentence))
+    other = export_audit("other-holder", "req-9", "beta", "New", [cell("CE")], [], rules)
+    assert other.passed
