@@ -2,7 +2,9 @@
 the Kubernetes schemas of the two newest versions kubernetes-validate ships, and for any project
 and user the policy lets nothing out but the airlock (and the hub's API), the data is read-only
 and the container runs unprivileged. The pod is built by kubespawner's own make_pod from the
-overrides, as KubeSpawner sends it."""
+overrides, as KubeSpawner sends it. The recorder sidecar (issue 15) runs under its own uid on the
+pod's one open port, with its own token mounted in its container only, and the notebook server
+listens on the pod's loopback."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def workspace_pod(spec: ko.WorkspaceSpec) -> dict[str, Any]:
     o = ko.spawner_overrides(spec, airlock_url=AIRLOCK_URL)
     pod = make_pod(
         name=ko.pod_name(spec.project, spec.username),
-        cmd=["jupyterhub-singleuser"],
+        cmd=["jupyterhub-singleuser", *o["args"]],
         port=o["port"],
         image=o["image"],
         image_pull_policy=o["image_pull_policy"],
@@ -57,6 +59,7 @@ def workspace_pod(spec: ko.WorkspaceSpec) -> dict[str, Any]:
         mem_guarantee=o["mem_guarantee"],
         automount_service_account_token=o["automount_service_account_token"],
         extra_pod_config=o["extra_pod_config"],
+        init_containers=o["init_containers"],
     )
     serialised: dict[str, Any] = ko.serialise(pod)
     return serialised
@@ -79,7 +82,7 @@ def all_objects(spec: ko.WorkspaceSpec) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_object_validates_against_the_kubernetes_schema(version: str) -> None:
     spec = ko.WorkspaceSpec("income-study", "dave", ("income", "population"))
-    for body in all_objects(spec):
+    for body in [*all_objects(spec), ko.serialise(ko.recorder_token_secret(spec, "spe1.x.z"))]:
         kubernetes_validate.validate(body, version, strict=True)
 
 
@@ -144,6 +147,7 @@ def test_data_is_read_only_and_the_container_unprivileged(
     spec = pod["spec"]
     (container,) = spec["containers"]
     volumes = {v["name"]: v for v in spec["volumes"]}
+    del volumes["recorder-token"]  # the sidecar's (test below)
     data_mounts = [m for m in container["volumeMounts"] if m["mountPath"].startswith("/data")]
     assert len(data_mounts) == len(names)
     for mount in data_mounts:
@@ -190,3 +194,51 @@ def test_a_user_gets_a_profile_for_each_open_project_and_nothing_else() -> None:
     assert [p["slug"] for p in profiles] == ["income", "health"]
     assert [p["display_name"] for p in profiles] == ["Income", "health"]
     assert all("kubespawner_override" not in p for p in profiles)  # values come at start
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(projects, users, datasets)
+def test_the_recorder_sidecar_is_the_only_way_in_under_its_own_uid(
+    project: str, user: str, names: list[str]
+) -> None:
+    """The pod's open port (the one the NetworkPolicy lets the proxy reach) is the recorder's; the
+    notebook server is told to listen on the pod's loopback; the recorder runs under a uid that
+    is neither the researcher's nor root, sees nothing of the researcher's, and holds the only
+    mount of its token. What a cluster would add to this: that the kubelet starts the native
+    sidecar before the notebook container, and that loopback is not reachable from other pods
+    (tests/integration/test_kube_airlock.py runs the recorder in sidecar mode for real)."""
+    spec = ko.WorkspaceSpec(project, user, tuple(names))
+    pod = workspace_pod(spec)["spec"]
+    (notebook,) = pod["containers"]
+    (recorder,) = pod["initContainers"]
+    assert recorder["name"] == ko.RECORDER_CONTAINER and recorder["restartPolicy"] == "Always"
+    assert recorder["startupProbe"]["tcpSocket"]["port"] == ko.SERVER_PORT
+    args = notebook["args"]
+    assert "--ServerApp.ip=127.0.0.1" in args and f"--ServerApp.port={ko.NOTEBOOK_PORT}" in args
+    command = recorder["command"]
+    assert command[:4] == ["python", "-I", "-m", "spe.hub.recorder"]
+    assert f"--listen=0.0.0.0:{ko.SERVER_PORT}" in command
+    assert f"--upstream=tcp://127.0.0.1:{ko.NOTEBOOK_PORT}" in command
+    assert f"--airlock-url={AIRLOCK_URL}" in command
+    assert f"--workspace={spec.workspace}" in command
+    sc = recorder["securityContext"]
+    assert sc["runAsUser"] == sc["runAsGroup"] == ko.RECORDER_UID
+    assert ko.RECORDER_UID not in (0, ko.WORKSPACE_UID, notebook["securityContext"]["runAsUser"])
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
+    assert recorder["resources"]["limits"]["memory"]
+    # Its token in its container only; none of the researcher's volumes in it.
+    assert recorder["volumeMounts"] == [
+        {"mountPath": ko.RECORDER_TOKEN_MOUNT, "name": "recorder-token", "readOnly": True}
+    ]
+    assert "recorder-token" not in {m["name"] for m in notebook["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert (
+        volumes["recorder-token"]["secret"]["secretName"]
+        == ko.recorder_token_secret_name(project, user)
+        != ko.token_secret_name(project, user)
+    )
+    assert pod["shareProcessNamespace"] is False
+    # The policy still opens only SERVER_PORT, now the recorder's.
+    (ingress,) = ko.serialise(ko.project_network_policy(project))["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": ko.SERVER_PORT, "protocol": "TCP"}]
