@@ -354,7 +354,7 @@ async def project_member_add(
 
 @web_router.post("/projects/{slug}/members/{username}/remove")
 async def project_member_remove(
-    request: Request, slug: str, username: str, csrf: Token = None
+    request: Request, slug: str, username: str, back: FormText = "", csrf: Token = None
 ) -> Response:
     """Removal is immediate (a person still waiting for the holder is withdrawn)."""
     from spe.accounts.service import get_user
@@ -364,8 +364,8 @@ async def project_member_remove(
     name = require_name(await who(request))
     with acting_as(name) as (session, user):
         remove_member(session, user, get_project(session, slug), get_user(session, username))
-    back = "/holder/projects/" + slug if "/holder/" in request.headers.get("referer", "") else ""
-    return done(url(back or "/projects"), f"Removed {username} from {slug}.")
+    to = f"/holder/projects/{slug}" if back == "holder" else "/projects"
+    return done(url(to), f"Removed {username} from {slug}.")
 
 
 @web_router.get("/terms")
