@@ -12,7 +12,9 @@ green. Each page is checked with axe-core (no serious or critical violation) and
 to test-artifacts/.
 
 The registry is published by the demo's set-up (the same ingest as `spe dataset ingest`);
-uploading a registry through a page is not a feature. Skipped with the reason where Chromium,
+uploading a registry through a page is not a feature. Every person logs in first with the
+demo's one-time password, sets their own, and (the roles that need it) sets up two-step login
+with a TOTP code computed here, as their authenticator app would. Skipped with the reason where Chromium,
 root, bubblewrap, nginx or configurable-http-proxy is missing, except under CI, where it must
 run.
 """
@@ -88,6 +90,7 @@ class Platform:
     shots: list[str] = field(default_factory=list)
     a11y: dict[str, list[str]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    totp: dict[str, str] = field(default_factory=dict)  # username -> TOTP secret ("the app")
 
     def logs(self) -> str:
         parts = [f"--- spe up ---\n{self.log.read_text(errors='replace')[-4000:]}"]
@@ -235,16 +238,42 @@ class Person:
         page.goto(self.platform.door + "/hub/login")
         page.fill("#username_input", self.username)
         page.fill("#password_input", password)
+        secret = self.platform.totp.get(self.username)
+        if secret is not None:  # two-step login: the code the person's app shows now
+            import pyotp
+
+            page.fill("#otp_input", pyotp.TOTP(secret).now())
         page.click("#login_submit")
+
+    def _enrol_totp(self) -> None:
+        """The role needs two-step login: scan the secret into an 'app' (pyotp, here) and
+        confirm with its current code; the recovery codes are shown once."""
+        import pyotp
+
+        page = self.page
+        assert "Your role needs two-step login" in page.inner_text("main")
+        if not any("enrol-mfa" in shot for shot in self.platform.shots):
+            self.check("enrol-mfa")
+        self.open("/projects")  # nothing else opens before it is set up
+        assert page.url.endswith("/services/spe/mfa"), page.url
+        secret = page.inner_text("#secret").replace(" ", "")
+        page.fill("#code", pyotp.TOTP(secret).now())
+        with page.expect_navigation():
+            page.click("form.mfa button[type=submit]")
+        assert page.locator("#recovery-codes li").count() > 0, page.inner_text("main")
+        self.platform.totp[self.username] = secret
+        with page.expect_navigation():
+            page.click("text=Continue")
 
     def log_in(self) -> None:
         """Log in; the first time, with the demo's one-time password, which opens only the
-        page that sets a password: set one, then log in again with it."""
+        page that sets a password: set one, then log in again with it; a role that needs
+        two-step login then sets it up (TOTP) before anything else opens."""
         page = self.page
         self._hub_login(self.platform.passwords[self.username])
         # The hub sends people to the pages, which log them in through the hub's OAuth.
         try:
-            page.wait_for_url(re.compile(r".*/services/spe/(password)?$"), timeout=30000)
+            page.wait_for_url(re.compile(r".*/services/spe/(password|mfa)?$"), timeout=30000)
             if page.url.endswith("/password"):
                 assert "Set your password" in page.inner_text("main")
                 if not any("set-password" in shot for shot in self.platform.shots):
@@ -259,6 +288,9 @@ class Person:
                     page.click("form.password button[type=submit]")
                 self.platform.passwords[self.username] = own
                 self._hub_login(own)
+                page.wait_for_url(re.compile(r".*/services/spe/(mfa)?$"), timeout=30000)
+            if page.url.endswith("/mfa"):
+                self._enrol_totp()
             page.wait_for_url(re.compile(r".*/services/spe/$"), timeout=30000)
         except Exception:
             pytest.fail(
