@@ -17,9 +17,16 @@ router = APIRouter(prefix="/projects/{project}/members", tags=["projects"])
 
 def _rows(session: Session, user: User, project: str) -> list[MemberRow]:
     row = service.get_project(session, project)
-    fields = ("username", "role", "status", "by", "reason", "holder")
     return [
-        MemberRow(**{k: r.get(k) for k in fields}) for r in service.membership(session, user, row)
+        MemberRow(
+            username=r["username"],
+            role=r["role"],
+            status=r["status"],
+            by=r.get("by"),
+            reason=r.get("reason"),
+            holder=r.get("holder"),
+        )
+        for r in service.membership(session, user, row)
     ]
 
 
