@@ -25,6 +25,7 @@ from spe.accounts import service as accounts
 from spe.accounts.models import Role
 from spe.audit.log import STATE_CHANGES
 from spe.audit.models import AuditEvent
+from spe.catalogue import service as catalogue
 from spe.db import transaction
 from spe.projects import service as projects
 
@@ -393,6 +394,10 @@ SCENARIOS: dict[str, Callable[[Any], Any]] = {
     "spe.projects.service.remove_member": lambda s: (
         projects.add_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),
         projects.remove_member(s, u(s, "researcher"), proj(s, "study"), u(s, "researcher2")),
+    ),
+    # Last: withdrawal deletes the version's files, which the rollback does not bring back.
+    "spe.catalogue.service.withdraw_version": lambda s: catalogue.withdraw_version(
+        s, u(s, "reviewer"), "people", 1, "consent withdrawn"
     ),
 }
 
