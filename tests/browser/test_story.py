@@ -14,9 +14,9 @@ to test-artifacts/.
 The registry is published by the demo's set-up (the same ingest as `spe dataset ingest`);
 uploading a registry through a page is not a feature. Every person logs in first with the
 demo's one-time password, sets their own, and (the roles that need it) sets up two-step login
-with a TOTP code computed here, as their authenticator app would. Skipped with the reason where Chromium,
-root, bubblewrap, nginx or configurable-http-proxy is missing, except under CI, where it must
-run.
+with a TOTP code computed here, as their authenticator app would. Skipped with the reason where
+Chromium, root, bubblewrap, nginx or configurable-http-proxy is missing, except under CI, where
+it must run.
 """
 
 from __future__ import annotations
