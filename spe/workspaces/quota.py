@@ -145,7 +145,11 @@ def _forget_old(conn: Connection, workspace: str, day: int) -> None:
     """Windows before yesterday are of no use (the alarm events stay in the audit log)."""
     table: Table = QuotaWindow.__table__  # type: ignore[assignment]
     conn.execute(
-        delete(table).where(table.c.workspace == workspace, table.c.window_start < day - DAY)
+        delete(table).where(
+            table.c.workspace == workspace,
+            table.c.window_start > 0,  # the rate's bucket is window 0, kept
+            table.c.window_start < day - DAY,
+        )
     )
 
 
@@ -241,12 +245,12 @@ def read_limit(project: str) -> tuple[int, str | None]:
     of a granted dataset's policy; and which dataset set it (None: the settings)."""
     from spe.config import get_settings
     from spe.db import readonly
-    from spe.projects.extracts import current_extracts
+    from spe.projects.extracts import granted_datasets
     from spe.projects.service import get_project
 
     limit, by = get_settings().workspace_read_bytes_per_day, None
     with readonly() as session:
-        datasets = sorted(current_extracts(session, get_project(session, project)))
+        datasets = granted_datasets(session, get_project(session, project))
     for name in datasets:
         own = dataset_read_limit(name)
         if own is not None and own < limit:
