@@ -205,7 +205,7 @@ def test_the_airlock_refuses_every_verb_of_a_pending_member(pending: None) -> No
 
 
 def test_only_a_reviewer_of_the_projects_own_holder_decides_and_never_the_lead(
-    pending: None,
+    pending: None, capsys: Any
 ) -> None:
     with (
         pytest.raises(PermissionDenied, match="Only a reviewer of Holder Agency"),
@@ -250,6 +250,39 @@ def test_only_a_reviewer_of_the_projects_own_holder_decides_and_never_the_lead(
         request = pending_request(s, get_project(s, "study"), get_user(s, "researcher2"))
         assert request is not None and request.status == MemberRequestStatus.PENDING
     assert events("member.approve") == [] and events("member.refuse") == []
+    # The CLI, in-process (spe.cli.main, as the console script runs it).
+    from spe.cli import main
+
+    def spe(*argv: str) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main(list(argv))
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, _, err = spe(
+        "--as", "other_reviewer", "project", "member", "approve", "study", "researcher2"
+    )
+    assert code != 0 and "Only a reviewer of Holder Agency" in err and "Traceback" not in err
+    assert refusals("other_reviewer")[-1]["action"] == "member.approve"
+    code, out, _ = spe("--as", "researcher", "project", "member", "list", "study")
+    assert code == 0 and "researcher2\tmember\tpending\tpending approval by Holder Agency" in out
+    code, out, err = spe(
+        "--as",
+        "reviewer",
+        "project",
+        "member",
+        "refuse",
+        "study",
+        "researcher2",
+        "--reason",
+        "Not in the agreement.",
+    )
+    assert code == 0 and "the project's lead sees your reason" in out, err
+    code, out, _ = spe("--as", "researcher", "project", "member", "list", "study")
+    assert "researcher2\tmember\trefused\tby reviewer: Not in the agreement." in out
 
 
 def test_the_holder_refuses_on_the_page_and_the_lead_reads_the_reason(pending: None) -> None:
@@ -330,39 +363,3 @@ def test_members_of_an_application_and_members_the_holder_adds_join_at_once(worl
     added = events("project.member_add")
     assert [e["user"] for e in added] == ["researcher2", "researcher_b"]
     assert added[1].get("decided_by_holder") is True and events("member.add_pending") == []
-
-
-def test_the_cli_decides_and_lists_with_sentences(pending: None, capsys: Any) -> None:
-    """`spe project member ...` in-process (spe.cli.main, as the console script runs it)."""
-    from spe.cli import main
-
-    def spe(*argv: str) -> tuple[int, str, str]:
-        code = 0
-        try:
-            main(list(argv))
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    code, _, err = spe(
-        "--as", "other_reviewer", "project", "member", "approve", "study", "researcher2"
-    )
-    assert code != 0 and "Only a reviewer of Holder Agency" in err and "Traceback" not in err
-    assert refusals("other_reviewer")[-1]["action"] == "member.approve"
-    code, out, _ = spe("--as", "researcher", "project", "member", "list", "study")
-    assert code == 0 and "researcher2\tmember\tpending\tpending approval by Holder Agency" in out
-    code, out, err = spe(
-        "--as",
-        "reviewer",
-        "project",
-        "member",
-        "refuse",
-        "study",
-        "researcher2",
-        "--reason",
-        "Not in the agreement.",
-    )
-    assert code == 0 and "the project's lead sees your reason" in out, err
-    code, out, _ = spe("--as", "researcher", "project", "member", "list", "study")
-    assert "researcher2\tmember\trefused\tby reviewer: Not in the agreement." in out
