@@ -166,6 +166,16 @@ def test_a_recovery_code_logs_in_once_and_its_use_is_audited(mfa_world: World) -
     assert all(h.startswith("scrypt$") for h in hashes)
     assert not any(c.replace("-", "") in h for c in codes for h in hashes)
     assert _secret.encode() not in sealed
+    # A password reset does not skip the second factor: the one-time login needs the code too
+    # (whoever handed the one-time password over has no code).
+    from spe.accounts.service import reset_password
+
+    with transaction() as s:
+        one_time = reset_password(s, get_user(s, "op"), get_user(s, "reviewer"))
+    assert check_login("reviewer", one_time, "test").username is None
+    later = _at(3)
+    first = check_login("reviewer", one_time, "test", now=later, otp=pyotp.TOTP(_secret).at(later))
+    assert first.username == "reviewer" and first.must_set_password
 
 
 def test_the_hub_asks_for_the_code_and_refuses_to_spawn_before_enrolment(mfa_world: World) -> None:
