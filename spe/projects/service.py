@@ -9,7 +9,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from spe.accounts.models import Organisation, OrgKind, User
@@ -388,25 +388,29 @@ def data_access_refusal(session: Session, user: User, project: Project) -> str |
     return refusal(session, user, Action.PROJECT_DATA_ACCESS, Target(project=project))
 
 
+def current_member_query(username: str, project_slug: str) -> Select[Any]:
+    """One row when ``username`` is a current member of ``project_slug`` (a Core select, so
+    the airlock can ask it on a bare connection before every request)."""
+    return (
+        select(ProjectMember.id)
+        .join(Project, Project.id == ProjectMember.project_id)
+        .join(User, User.id == ProjectMember.user_id)
+        .where(
+            Project.slug == project_slug,
+            User.username == username,
+            ProjectMember.removed_at.is_(None),
+        )
+        .limit(1)
+    )
+
+
 def membership_refusal(session: Session, username: str, project_slug: str) -> str | None:
     """Why ``username`` is not a current member of ``project_slug`` (None when they are): the
     one question the airlock asks of a running workspace before every request."""
-    from spe.accounts.models import User as UserRow
-
-    member = session.scalar(
-        select(ProjectMember.id)
-        .join(Project, Project.id == ProjectMember.project_id)
-        .join(UserRow, UserRow.id == ProjectMember.user_id)
-        .where(
-            Project.slug == project_slug,
-            UserRow.username == username,
-            ProjectMember.removed_at.is_(None),
-        )
-    )
-    if member is not None:
+    if session.execute(current_member_query(username, project_slug)).first() is not None:
         return None
     project = session.scalar(select(Project).where(Project.slug == project_slug))
-    user = session.scalar(select(UserRow).where(UserRow.username == username))
+    user = session.scalar(select(User).where(User.username == username))
     if project is not None and user is not None and pending_request(session, project, user):
         return (
             f"Your membership of project {project_slug} is {_waiting(project)}; until they "

@@ -282,8 +282,14 @@ def _membership_refusal(ws: RunningWorkspace) -> str | None:
     """Why ``ws``'s user is not (or no longer, or not yet) a member of its project: a person
     waiting for the data holder, or removed, gets nothing through the airlock."""
     from spe.db import readonly
-    from spe.projects.service import membership_refusal
+    from spe.db.session import get_engine
+    from spe.projects.service import current_member_query, membership_refusal
 
+    # The common case on a bare connection (it runs before every cell); the sentence only
+    # when refused.
+    with get_engine().connect() as conn:
+        if conn.execute(current_member_query(ws.username, ws.project)).first() is not None:
+            return None
     with readonly() as session:
         return membership_refusal(session, ws.username, ws.project)
 
