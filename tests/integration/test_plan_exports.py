@@ -504,3 +504,96 @@ def test_a_failing_plan_takes_its_safe_version_computed_by_the_server(ws, tmp_pa
     # A second acceptance of a released request is refused with a sentence.
     with pytest.raises(Exception, match="cannot take a safe version now"):
         act(RESEARCHER, actions.accept_safe_version, rid, name, "suppress")
+
+
+def _lp_exact_cells(safe: Any, earlier: dict[tuple[str, str], float]) -> int:
+    """How many suppressed failing cells of a year x sex x band safe version an LP intruder pins
+    exactly from its published cells and totals and an earlier year x band table (scipy)."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    values = np.asarray(safe.values, dtype=float)
+    n_rows, n_cols = values.shape
+    rows, sums = [], []
+
+    def known(cells: list[int], value: float) -> None:
+        row = np.zeros(values.size)
+        row[cells] = 1
+        rows.append(row)
+        sums.append(value)
+
+    for i in np.flatnonzero(~np.isnan(values.ravel())):
+        known([int(i)], float(values.ravel()[i]))
+    for r in range(n_rows):
+        known(list(range(r * n_cols, (r + 1) * n_cols)), float(safe.row_totals[r]))
+    for c in range(n_cols):
+        known(list(range(c, values.size, n_cols)), float(safe.col_totals[c]))
+    for (year, band), value in earlier.items():
+        under = [
+            r * n_cols + c
+            for r, (y, _sex) in enumerate(safe.row_labels)
+            for c, (b,) in enumerate(safe.col_labels)
+            if str(y) == year and str(b) == band
+        ]
+        known(under, value)
+    exact = 0
+    for r, c in zip(*np.nonzero(np.asarray(safe.primary)), strict=True):
+        goal = np.zeros(values.size)
+        goal[r * n_cols + c] = 1
+        low = linprog(goal, A_eq=np.array(rows), b_eq=sums, bounds=(0, None)).fun
+        high = -linprog(-goal, A_eq=np.array(rows), b_eq=sums, bounds=(0, None)).fun
+        exact += int(high - low < 1e-6)
+    return exact
+
+
+def test_a_safe_version_is_protected_against_a_linked_table_released_earlier(ws):
+    """Issue 14's linked tables, through the export path: a year x band table was released
+    (by reviewers); the suppression safe version of year x sex x band that the workspace makes
+    alone lets an LP recover hidden cells exactly from it. The server protects the safe version
+    together with the earlier release (found in the holder's history by its persons), so that
+    version is refused with a sentence and nothing new is released or queued."""
+    from spe.analysis.plan.builder import run_plan
+    from spe.analysis.plan.catalogue import workspace_catalogue
+
+    joined = {
+        "op": "join",
+        "left": scan(ws, "income", ["year"]),
+        "right": scan(ws, "population", ["sex", "birth_date"]),
+        "how": "inner",
+    }
+    frame = {
+        "op": "derive",
+        "input": joined,
+        "columns": {"band": {"bin": {"col": "birth_date"}, "width": 5}},
+    }
+    year_band = put(ws, "year_band", plan(ws, frame, crosstab(["year"], ["band"])))
+    rid = file_(ws, year_band, title="Persons by year and birth cohort")
+    act(HOLDER, actions.vote, rid, year_band, "approve", "Published cohorts anyway.")
+    act(SECOND, actions.vote, rid, year_band, "approve", "Agreed.")
+    assert act(SECOND, actions.decide, rid).value == "released"
+    released = seen_by(RESEARCHER, rid)["outputs"][0]["report"]["cells"]
+    earlier = {(str(c["index"][0]), str(c["columns"][0])): float(c["value"]) for c in released}
+
+    three = plan(ws, frame, crosstab(["year", "sex"], ["band"]))
+    name = put(ws, "year_sex_band", three)
+    rid3 = file_(ws, name, title="Persons by year, sex and birth cohort")
+    assert seen_by(RESEARCHER, rid3)["outputs"][0]["check_status"] == "fail"
+    # The attack: the safe version made without the earlier table gives cells away exactly.
+    alone = run_plan(
+        {**three, "output": {**three["output"], "safe": "suppress"}}, workspace_catalogue()
+    )
+    assert _lp_exact_cells(alone._computed.safe, earlier) > 0
+    # Through the front door, the server's safe version is protected with the earlier table.
+    with pytest.raises(ExportInputError, match="earlier releases"):
+        act(RESEARCHER, actions.safe_preview, rid3, name, "suppress")
+    with pytest.raises(ExportInputError, match=r"No safe version of year_sex_band\.plan\.json"):
+        act(RESEARCHER, actions.accept_safe_version, rid3, name, "suppress")
+    view = seen_by(RESEARCHER, rid3)
+    assert view["round"] == 1 and view["status"] == "in_review"
+    assert events("export.accept_safe", rid3) == []
+    # A plan that asks for the safe version itself is checked the same way by the worker.
+    asked = {**three, "output": {**three["output"], "safe": "suppress"}}
+    rid4 = file_(ws, put(ws, "year_sex_band_safe", asked))
+    out = seen_by(RESEARCHER, rid4)["outputs"][0]
+    assert out["check_status"] == "fail" and seen_by(RESEARCHER, rid4)["status"] == "in_review"
+    assert any("earlier releases" in reason for reason in out["reasons"]), out["reasons"]
