@@ -181,8 +181,12 @@ def _new_recovery_codes(session: Session, user: User) -> list[str]:
 def confirm_enrolment(
     session: Session, user: User, code: str, now: dt.datetime | None = None
 ) -> list[str]:
-    """``user`` proves the authenticator app works with a current code: MFA is on from now.
+    """``user`` proves the authenticator app works with a current code: MFA is on from now,
+    and every other login and API token of the account ends (one made with the password
+    alone, before this, must not live on; the caller gives this browser a new login).
     Returns the recovery codes (shown once; only their hashes are kept)."""
+    from spe.accounts.sessions import revoke_everything
+
     now = now or utcnow()
     row = credential(session, user)
     if row is None:
@@ -206,6 +210,7 @@ def confirm_enrolment(
         f"user:{user.username}",
         {"method": "totp", "recovery_codes": len(codes)},
     )
+    revoke_everything(session, user, user, "MFA set up")
     return codes
 
 

@@ -180,6 +180,7 @@ async def mfa_page(request: Request) -> Response:
 async def mfa_confirm(request: Request, code: FormText, csrf: Token = None) -> Response:
     from spe.accounts import mfa
     from spe.accounts.service import get_user
+    from spe.accounts.sessions import start_session
     from spe.db import transaction
 
     auth.check_form_token(request, csrf)
@@ -187,9 +188,14 @@ async def mfa_confirm(request: Request, code: FormText, csrf: Token = None) -> R
     with transaction() as session:
         user = get_user(session, name)
         codes = mfa.confirm_enrolment(session, user, code)
+        # Every login of the account ended; this browser, which just gave a code, goes on
+        # with a new one (the hub asks for the code at its next login).
+        fresh = start_session(session, user, _source(request))
         viewer = viewer_of(user)
     # The recovery codes are shown once, on this response only (never in a redirect).
-    return page(request, "mfa_codes.html", viewer, codes=codes)
+    response = page(request, "mfa_codes.html", viewer, codes=codes)
+    auth.set_session_cookie(request, response, PREFIX, fresh)
+    return response
 
 
 # --- home and the public catalogue (DGA Art. 8: no login) ----------------------------------

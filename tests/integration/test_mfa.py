@@ -107,6 +107,7 @@ def _role_row(row: int, username: str) -> None:
     first = check_login(username, PASSWORD, "test", address=f"10.1.{row}.1")
     assert first.username == username and first.must_enrol_mfa is must
     browser = _browser(username)
+    elsewhere = _browser(username)  # a second login with the password alone
     home = browser.get(PREFIX + "/projects", follow_redirects=False)
     if must:
         assert home.status_code == 303 and home.headers["location"].endswith("/mfa")
@@ -118,6 +119,9 @@ def _role_row(row: int, username: str) -> None:
     assert len(codes) == 2
     assert _events("mfa.enrol", f"user:{username}")[-1]["method"] == "totp"
     assert browser.get(PREFIX + "/mfa").status_code == 200  # now: "on", nothing else
+    # Setting it up ended every other login (this browser got a new one).
+    assert elsewhere.get(PREFIX + "/projects", follow_redirects=False).status_code in (302, 401)
+    assert _events("session.revoke_all", f"user:{username}")[-1]["reason"] == "MFA set up"
     # Now every login needs the code: without one, or a wrong one, it is refused and counted.
     totp = pyotp.TOTP(secret)
     assert check_login(username, PASSWORD, "test", address=f"10.1.{row}.2").username is None
