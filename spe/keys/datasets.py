@@ -50,8 +50,8 @@ class DatasetCipher:
     def __reduce__(self) -> NoReturn:
         raise TypeError("keys cannot be pickled")
 
-    def _seal(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
-        return self.__aead.encrypt(nonce, data, aad)
+    def _seal_into(self, nonce: bytes, data: Any, aad: bytes, out: memoryview) -> None:
+        self.__aead.encrypt_into(nonce, data, aad, out)
 
     def _open(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
         return self.__aead.decrypt(nonce, data, aad)
@@ -75,6 +75,8 @@ class SealingWriter(io.RawIOBase):
         self._header = _HEADER.pack(MAGIC, chunk, os.urandom(16))
         sink.write(self._header)
         self._buffer = bytearray()
+        # One frame, reused: length, nonce, then the sealed chunk written in place.
+        self._frame = bytearray(_LENGTH.size + _NONCE + chunk + _TAG)
         self._index = 0
         self._digest = hashlib.sha256()
         self.size = 0
@@ -88,20 +90,32 @@ class SealingWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
+        n, pos = len(view), 0
         self._digest.update(view)
-        self.size += len(view)
-        self._buffer += view
-        while len(self._buffer) > self._chunk:  # the last chunk is sealed at close, as final
-            self._emit(bytes(self._buffer[: self._chunk]), final=False)
-            del self._buffer[: self._chunk]
-        return len(view)
+        self.size += n
+        # A chunk is sealed only once more data follows it: the last is sealed at close, final.
+        while len(self._buffer) + n - pos > self._chunk:
+            if self._buffer:
+                need = self._chunk - len(self._buffer)
+                self._buffer += view[pos : pos + need]
+                pos += need
+                self._emit(self._buffer, final=False)
+                self._buffer = bytearray()
+            else:  # whole chunks straight from the caller's buffer, without a copy
+                self._emit(view[pos : pos + self._chunk], final=False)
+                pos += self._chunk
+        self._buffer += view[pos:]
+        return n
 
-    def _emit(self, plain: bytes, final: bool) -> None:
+    def _emit(self, plain: Any, final: bool) -> None:
         nonce = os.urandom(_NONCE)
-        sealed = self._cipher._seal(
-            nonce, plain, _aad(self._header, self._context, self._index, final)
-        )
-        self._sink.write(_LENGTH.pack(len(sealed)) + nonce + sealed)
+        size = len(plain) + _TAG
+        frame = memoryview(self._frame)[: _LENGTH.size + _NONCE + size]
+        _LENGTH.pack_into(frame, 0, size)
+        frame[_LENGTH.size : _LENGTH.size + _NONCE] = nonce
+        aad = _aad(self._header, self._context, self._index, final)
+        self._cipher._seal_into(nonce, plain, aad, frame[_LENGTH.size + _NONCE :])
+        self._sink.write(frame)
         self._index += 1
 
     def close(self) -> None:
