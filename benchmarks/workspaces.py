@@ -1190,6 +1190,7 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
     from spe.db.migrate import upgrade
     from spe.setup import ensure_keys
     from spe.workspaces.airlock import MAX_RECORD_LINE, handle_record, serve_lines
+    from spe.workspaces.quota import AirlockQuota
     from spe.workspaces.registry import RunningWorkspace
 
     state = tmp / "recorder" / "var"
@@ -1203,11 +1204,12 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
     server_sock, recorder_sock = state / "server.sock", state / "recorder.sock"
     record_sock = state / "record.sock"
     ws = RunningWorkspace("bench--bench", "bench", "bench")
+    quota = AirlockQuota(scope="recorder")  # as the airlock's: counted in the database
     loop = asyncio.new_event_loop()
 
     async def record_service() -> None:
         await asyncio.start_unix_server(
-            lambda r, w: serve_lines(r, w, lambda line: handle_record(ws, line)),
+            lambda r, w: serve_lines(r, w, lambda line: handle_record(ws, line, quota)),
             path=str(record_sock),
             limit=MAX_RECORD_LINE,
         )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, String, Table, case, delete, update
+from sqlalchemy import BigInteger, String, Table, delete, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -96,44 +96,34 @@ class QuotaVerdict:
     alarm: dict[str, Any] | None = None  # details of the one alarm event to record, if any
 
 
+# Plain SQL, the same on PostgreSQL and SQLite (3.35+): built once, not per request (building
+# the statement with the expression language cost more than running it).
+_UPSERT = text(
+    "INSERT INTO workspace_quota_windows (workspace, counter, window_start, used) "
+    "VALUES (:workspace, :counter, :window, :floor + :amount) "
+    "ON CONFLICT (workspace, counter, window_start) DO UPDATE SET used = "
+    "CASE WHEN workspace_quota_windows.used > :floor THEN workspace_quota_windows.used "
+    "ELSE :floor END + :amount "
+    "RETURNING used"
+)
+_TAKE_BACK = text(
+    "UPDATE workspace_quota_windows SET used = used - :amount "
+    "WHERE workspace = :workspace AND counter = :counter AND window_start = :window"
+)
+
+
 def _upsert(
     conn: Connection, workspace: str, counter: str, window: int, amount: int, floor: int = 0
 ) -> int:
     """Add ``amount`` to a counter (created at 0; raised to ``floor`` first) and return its new
     value, atomically."""
-    table: Table = QuotaWindow.__table__  # type: ignore[assignment]
-    values = {
-        "workspace": workspace,
-        "counter": counter,
-        "window_start": window,
-        "used": floor + amount,
-    }
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt: Any = pg_insert(table).values(values)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).values(values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["workspace", "counter", "window_start"],
-        set_={"used": case((table.c.used > floor, table.c.used), else_=floor) + amount},
-    ).returning(table.c.used)
-    return int(conn.execute(stmt).scalar_one())
+    params = {"workspace": workspace, "counter": counter, "window": window}
+    return int(conn.execute(_UPSERT, {**params, "amount": amount, "floor": floor}).scalar_one())
 
 
 def _take_back(conn: Connection, workspace: str, counter: str, window: int, amount: int) -> None:
-    table: Table = QuotaWindow.__table__  # type: ignore[assignment]
-    conn.execute(
-        update(table)
-        .where(
-            table.c.workspace == workspace,
-            table.c.counter == counter,
-            table.c.window_start == window,
-        )
-        .values(used=table.c.used - amount)
-    )
+    params = {"workspace": workspace, "counter": counter, "window": window, "amount": amount}
+    conn.execute(_TAKE_BACK, params)
 
 
 def _first_alarm(conn: Connection, workspace: str, kind: str, day: int) -> bool:
