@@ -70,6 +70,8 @@ ACTORS = (
     OPERATOR,
 )
 REVIEWERS = frozenset({REVIEWER, REVIEWER2})
+# Not an actor: a researcher the lead added after approval, waiting for the data holder.
+PENDING = "pending"
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Tenant:
     project: str
     dataset: str  # rows access
     dp_dataset: str  # aggregate-only
-    people: dict[str, str]  # relation -> username
+    people: dict[str, str]  # relation -> username (and PENDING: the person waiting)
 
 
 A = Tenant(
@@ -101,6 +103,7 @@ A = Tenant(
         OTHER_ADMIN: "inst_admin_b",
         AUDITOR: "auditor",
         OPERATOR: "op",
+        PENDING: "pending_a",
     },
 )
 B = Tenant(
@@ -121,11 +124,12 @@ B = Tenant(
         OTHER_ADMIN: "inst_admin",
         AUDITOR: "auditor",
         OPERATOR: "op",
+        PENDING: "pending_b",
     },
 )
 TENANTS = (A, B)
 OTHER = {"a": B, "b": A}
-USERNAMES = sorted({name for t in TENANTS for name in t.people.values()})
+USERNAMES = sorted({t.people[who] for t in TENANTS for who in ACTORS})
 
 
 # --- the refusal sentences, written here independently of the code -------------------------
@@ -168,6 +172,28 @@ def _remove(t: Tenant, who: str) -> str:
     return (
         "Only a platform operator may change roles, except that an institution admin may add "
         "or remove the researcher role for people of their own institution."
+    )
+
+
+def _members_change(t: Tenant, who: str) -> str:
+    return "Only the project's lead or a reviewer of its data holder may change its members."
+
+
+def _members_see(t: Tenant, who: str) -> str:
+    return f"Only members of project {t.project} and reviewers of {t.holder} see its members."
+
+
+def _member_decision(t: Tenant, who: str) -> str:
+    return (
+        f"Only a reviewer of {t.holder}, the data holder of project {t.project}, may approve or "
+        "refuse its new members."
+    )
+
+
+def _remove_account(t: Tenant, who: str) -> str:
+    return (
+        "Only a platform operator, or the institution admin of the person's own institution, "
+        "may change this account."
     )
 
 
@@ -448,6 +474,91 @@ ROUTES: list[Route] = [
     ),
 ]
 
+ROUTES += [
+    # --- a project's members: the lead and the holder's reviewers; decisions by the holder --
+    Route("GET", f"{API}/projects/{{project}}/members", VIEWERS, _members_see),
+    Route(
+        "POST",
+        f"{API}/projects/{{project}}/members",
+        VIEWERS,
+        _members_change,
+        mutates=True,
+        body=lambda t: {"username": t.people[PEER]},
+    ),
+    Route(
+        "DELETE",
+        f"{API}/projects/{{project}}/members/{{username}}",
+        VIEWERS,
+        _members_change,
+        mutates=True,
+    ),
+    Route(
+        "POST",
+        f"{API}/projects/{{project}}/members/{{username}}/approve",
+        REVIEWERS,
+        _member_decision,
+        mutates=True,
+        body=lambda t: {"note": "fine"},
+    ),
+    Route(
+        "POST",
+        f"{API}/projects/{{project}}/members/{{username}}/refuse",
+        REVIEWERS,
+        _member_decision,
+        mutates=True,
+        body=lambda t: {"reason": "not on the application"},
+    ),
+    Route(
+        "POST",
+        f"{PAGES}/projects/{{slug}}/members",
+        VIEWERS,
+        _members_change,
+        mutates=True,
+        body=lambda t: {"username": t.people[PEER]},
+    ),
+    Route(
+        "POST",
+        f"{PAGES}/projects/{{slug}}/members/{{username}}/remove",
+        VIEWERS,
+        _members_change,
+        mutates=True,
+        body=lambda t: {"back": ""},
+    ),
+    Route(
+        "POST",
+        f"{PAGES}/holder/projects/{{slug}}/members/{{username}}/approve",
+        REVIEWERS,
+        _member_decision,
+        mutates=True,
+        body=lambda t: {"note": "fine"},
+    ),
+    Route(
+        "POST",
+        f"{PAGES}/holder/projects/{{slug}}/members/{{username}}/refuse",
+        REVIEWERS,
+        _member_decision,
+        mutates=True,
+        body=lambda t: {"reason": "not on the application"},
+    ),
+    # --- another person's second factor: an operator or the person's institution admin -----
+    Route(
+        "POST",
+        f"{API}/users/{{username}}/mfa-reset",
+        frozenset({ADMIN, OPERATOR}),
+        _remove_account,
+        mutates=True,
+        body=lambda t: {"reason": "a lost phone"},
+    ),
+    Route(
+        "POST",
+        f"{PAGES}/admin/mfa-reset",
+        frozenset({ADMIN, OPERATOR}),
+        _remove_account,
+        mutates=True,
+        body=lambda t: {"username": t.people[PENDING], "reason": "a lost phone"},
+    ),
+]
+
 # Lists of one's own: anyone logged in may open them; what they show is scoped to the viewer
 # (test_lists_show_only_the_own_tenant). Each has a 401 for a visitor.
 SCOPED_LISTS = {
@@ -463,6 +574,8 @@ OWN_ACCOUNT = {
     ("GET", f"{PAGES}/password"),
     ("POST", f"{PAGES}/password"),
     ("GET", f"{PAGES}/terms"),
+    ("GET", f"{PAGES}/mfa"),
+    ("POST", f"{PAGES}/mfa"),
     ("POST", f"{PAGES}/terms/accept"),
 }
 
@@ -489,7 +602,7 @@ def _extend_world(base: Path) -> None:
     from spe.ingest.pipeline import ingest
     from spe.ingest.policy import load_policy
     from spe.projects.extracts import grant_dataset
-    from spe.projects.service import approve_project, create_project, get_project
+    from spe.projects.service import add_member, approve_project, create_project, get_project
 
     with transaction() as s:
         op = get_user(s, "op")
@@ -541,6 +654,20 @@ def _extend_world(base: Path) -> None:
             grant_dataset(s, reviewer, project, t.dp_dataset, ["sex", "age"])
             approve_project(s, reviewer, project)
             set_total(s, reviewer, t.dp_dataset, 3.0)  # room for the matrix's top-ups
+    with transaction() as s:
+        op = get_user(s, "op")
+        for t in TENANTS:
+            institution = get_organisation(s, t.institution)
+            user, _ = create_user(s, op, t.people[PENDING], institution, password=PASSWORD)
+            grant(s, op, user, Role.RESEARCHER, institution)
+    for t in TENANTS:  # added after approval: waits for the data holder
+        with transaction() as s:
+            add_member(
+                s,
+                get_user(s, t.people[AUTHOR]),
+                get_project(s, t.project),
+                get_user(s, t.people[PENDING]),
+            )
     with transaction() as s:
         for name in USERNAMES:
             accept_terms(s, get_user(s, name))
@@ -647,6 +774,7 @@ def path_of(site: Site, route: Route, t: Tenant) -> str:
         .replace("{name}", "notes.txt")
         .replace("{project}", t.project)
         .replace("{slug}", t.project)
+        .replace("{username}", t.people[PENDING])
     )
 
 
