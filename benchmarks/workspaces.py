@@ -1282,12 +1282,46 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
             workspace_mib=round(workspace_pss / 1024, 1),
             share=round(recorder_pss / max(workspace_pss, 1), 3),
         )
+        quota_cost(ws)
     finally:
         for process in (recorder, server):
             process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def quota_cost(ws: Any, records: int = 300) -> None:
+    """What keeping the quota in the database adds to storing one recorder record: the
+    airlock's record handler with the database quota against one that counts nothing,
+    interleaved, same run (limits high enough never to refuse)."""
+    from spe.workspaces.airlock import handle_record
+    from spe.workspaces.quota import AirlockQuota, QuotaLimits, QuotaVerdict
+
+    class Uncounted:
+        def charge(self, workspace: str, nbytes: int) -> QuotaVerdict:
+            return QuotaVerdict()
+
+    counted = AirlockQuota(QuotaLimits(1e9, 10**9, 10**15), scope="bench")
+    line = json.dumps({"action": "workspace.cell", "details": {"code": "x = 1"}}).encode()
+    times: dict[str, list[float]] = {"database": [], "none": []}
+    for _ in range(records):
+        for name, quota in (("database", counted), ("none", Uncounted())):
+            started = time.perf_counter()
+            if not handle_record(ws, line, quota)["ok"]:  # type: ignore[arg-type]
+                raise BenchError("a record was refused in the quota benchmark")
+            times[name].append(time.perf_counter() - started)
+    with_quota, without = (quantile(times[k], 0.5) * 1000 for k in ("database", "none"))
+    emit(
+        "workspaces.recorder.quota_cost.p50",
+        with_quota - without,
+        "ms",
+        record_p50_ms=round(with_quota, 3),
+        record_without_quota_p50_ms=round(without, 3),
+        records=records,
+        loadavg=loadavg(),
+        note=NOTE,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
