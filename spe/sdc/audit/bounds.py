@@ -17,8 +17,9 @@ reviewer, never passes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import highspy
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
@@ -30,7 +31,7 @@ from spe.sdc.rules import Verdict
 # Seconds the bounds of one audit (one space) may take; past them the atoms not yet settled
 # send the output to a reviewer.
 BOUNDS_SECONDS = 5.0
-MAX_WITNESS_VECTORS = 64  # null vectors tried per atom before an LP is solved
+SPREAD_ROUNDS = 1  # LPs per component that try to witness many atoms at once
 _TOL = 1e-7
 
 
@@ -47,6 +48,53 @@ class Bounded:
     new_cells: np.ndarray
 
 
+class _Maximiser:
+    """HiGHS kept warm for one component: the same cells and limits, a new objective per
+    question (a re-solve from the last basis takes milliseconds where a fresh LP through
+    scipy's linprog took tens of them)."""
+
+    def __init__(self, a: sp.csr_matrix, b: np.ndarray, upper: np.ndarray) -> None:
+        csc = a.tocsc().astype(np.float64)
+        n = a.shape[1]
+        self.columns = np.arange(n, dtype=np.int32)
+        lp = highspy.HighsLp()
+        lp.num_col_ = n
+        lp.num_row_ = a.shape[0]
+        lp.sense_ = highspy.ObjSense.kMaximize
+        lp.col_cost_ = np.zeros(n)
+        lp.col_lower_ = np.zeros(n)
+        lp.col_upper_ = np.where(np.isinf(upper), highspy.kHighsInf, upper)
+        lp.row_lower_ = b.astype(np.float64)
+        lp.row_upper_ = b.astype(np.float64)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = csc.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = csc.indices.astype(np.int32)
+        lp.a_matrix_.value_ = csc.data
+        self.highs = highspy.Highs()
+        self.highs.setOptionValue("output_flag", False)
+        self.highs.passModel(lp)
+
+    def maximise(
+        self, cost: np.ndarray, seconds: float
+    ) -> tuple[float, np.ndarray | None, np.ndarray | None] | None:
+        """(largest value, a point reaching it, row multipliers); inf if unbounded; None if
+        HiGHS did not finish (time, numerics)."""
+        self.highs.changeColsCost(len(self.columns), self.columns, cost.astype(np.float64))
+        self.highs.setOptionValue("time_limit", max(seconds, 0.01))
+        self.highs.run()
+        status = self.highs.getModelStatus()
+        if status == highspy.HighsModelStatus.kUnbounded:
+            return np.inf, None, None
+        if status != highspy.HighsModelStatus.kOptimal:
+            return None
+        solution = self.highs.getSolution()
+        return (
+            float(self.highs.getInfo().objective_function_value),
+            np.asarray(solution.col_value, dtype=np.float64),
+            np.asarray(solution.row_dual, dtype=np.float64),
+        )
+
+
 @dataclass
 class _Problem:
     """The released cells over the refined atoms: cells x atoms (0/1, int64), the atoms'
@@ -57,6 +105,17 @@ class _Problem:
     upper: np.ndarray  # per atom: the largest value it may hold (inf: none declared)
     n_old: int
     component: np.ndarray  # per atom: its component (-1: determined, fixed)
+    cache: dict[int, tuple[np.ndarray, sp.csr_matrix, np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )
+    solvers: dict[int, _Maximiser] = field(default_factory=dict)
+
+    def solver(self, atom: int) -> _Maximiser:
+        label = int(self.component[atom])
+        if label not in self.solvers:
+            comp, a, b, _ = _component(self, atom)
+            self.solvers[label] = _Maximiser(a, b, self.upper[comp])
+        return self.solvers[label]
 
 
 def _problem(
@@ -99,114 +158,117 @@ class _Clock:
         return self.deadline - time.perf_counter()
 
 
-def _witness(
-    vectors: tuple[sp.csr_matrix, sp.csc_matrix],
-    problem: _Problem,
-    atom: int,
-    target: float,
-    integral: bool,
-) -> bool:
-    """Walk from the true values along null vectors (each as far as non-negativity allows)
-    while the atom grows; True once it reaches ``target``. Every step keeps the released cells
-    (null vectors, proven) and, for counts, integrality (integer vectors, integer steps)."""
-    rows, csc = vectors
-    row = rows.getrow(atom)
-    if not row.nnz:
-        return False
-    x = problem.values.astype(np.int64 if integral else np.float64).copy()
-    upper = problem.upper
-    columns = row.indices[np.argsort(-np.abs(row.data))][:MAX_WITNESS_VECTORS]
-    for _ in range(2):
-        moved = False
-        for f in columns:
-            col = csc.getcol(int(f))
-            idx, d = col.indices, col.data.astype(x.dtype)
-            sign = 1 if d[np.searchsorted(idx, atom)] > 0 else -1
-            d = d * sign
-            down, up = d < 0, d > 0
-            room = np.concatenate([x[idx[down]] / -d[down], (upper[idx[up]] - x[idx[up]]) / d[up]])
-            step = room.min()
-            if not np.isfinite(step):
-                return True  # the atom can grow without end
-            step = np.floor(step) if integral else step
-            if step <= 0:
-                continue
-            x[idx] = x[idx] + (step * d).astype(x.dtype)
-            moved = True
-            if x[atom] >= target - (0 if integral else _TOL):
-                return True
-        if not moved:
-            break
-    return False
-
-
 @dataclass
 class _Outcome:
     bounded: bool | None  # True: below target; False: target reachable; None: undecided
     duals: np.ndarray | None  # LP multipliers over the component's cells
     cells: np.ndarray
+    point: np.ndarray | None = None  # a checked point of the component's atoms, if found
+    atoms: np.ndarray | None = None  # the component's atoms
+
+
+def _spread(
+    problem: _Problem, targets: np.ndarray, candidates: np.ndarray, integral: bool, clock: _Clock
+) -> np.ndarray:
+    """Candidates witnessed a few LPs per component: the released cells with every atom in its
+    limits, maximising the sum of the candidates not yet witnessed. At a vertex that keeps the
+    cells exactly (for counts: an integer point, checked in integers), every candidate at its
+    target is witnessed; rounds go on while they witness more."""
+    witnessed = np.zeros(len(problem.values), dtype=bool)
+    labels = problem.component[candidates]
+    for label in np.unique(labels):
+        comp, a, b, _ = _component(problem, int(candidates[labels == label][0]))
+        chosen = np.flatnonzero(np.isin(comp, candidates))
+        for _ in range(SPREAD_ROUNDS):
+            left = chosen[~witnessed[comp[chosen]]]
+            if not len(left) or clock.left() <= 0:
+                break
+            cost = np.zeros(len(comp))
+            cost[left] = 1.0
+            found = problem.solver(int(comp[0])).maximise(cost, clock.left())
+            if found is None or found[1] is None:
+                break
+            point = _checked_point(a, b, found[1], problem.upper[comp], integral)
+            if point is None:
+                break
+            reached = point >= targets[comp] - (0 if integral else _TOL)
+            if not (reached[left]).any():
+                break
+            witnessed[comp] |= reached
+    return witnessed
+
+
+def _component(
+    problem: _Problem, atom: int
+) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray, np.ndarray]:
+    """(atoms, cells x atoms, cell values, cells) of the component holding ``atom``."""
+    label = int(problem.component[atom])
+    if label not in problem.cache:
+        comp = np.flatnonzero(problem.component == label)
+        sub = problem.matrix[:, comp]
+        cells = np.flatnonzero(np.diff(sub.indptr) > 0)
+        a = sub[cells]
+        problem.cache[label] = (comp, a, a @ problem.values[comp], cells)
+    return problem.cache[label]
+
+
+def _checked_point(
+    a: sp.csr_matrix, b: np.ndarray, x: np.ndarray, upper: np.ndarray, integral: bool
+) -> np.ndarray | None:
+    """``x`` if it keeps the cells: for counts exactly, in integers; for totals to within a
+    relative 1e-9 (values are real numbers: a point that close is one an intruder must allow)."""
+    if integral:
+        guess = np.round(x).astype(np.int64)
+        ok = (guess >= 0).all() and np.array_equal(a @ guess, b)
+        return guess if ok else None
+    scale = max(1.0, float(np.abs(b).max(initial=0.0)))
+    if (x < -1e-9 * scale).any() or (x > upper + 1e-9 * scale).any():
+        return None
+    if np.abs(a @ x - b).max(initial=0.0) > 1e-9 * scale:
+        return None
+    return x
 
 
 def _decide(problem: _Problem, atom: int, target: float, integral: bool, clock: _Clock) -> _Outcome:
     """Can the atom reach ``target`` with every released cell kept and every atom >= 0?"""
-    comp = np.flatnonzero(problem.component == problem.component[atom])
-    sub = problem.matrix[:, comp]
-    cells = np.flatnonzero(np.diff(sub.indptr) > 0)
-    a = sub[cells]
-    x0 = problem.values[comp]
-    b = a @ x0
-    limits = np.column_stack([np.zeros(len(comp)), problem.upper[comp]])
+    comp, a, b, cells = _component(problem, atom)
     k = int(np.searchsorted(comp, atom))
     if clock.left() <= 0:
         return _Outcome(None, None, cells)
     cost = np.zeros(len(comp))
-    cost[k] = -1.0
-    res = linprog(
-        cost,
-        A_eq=a.astype(np.float64),
-        b_eq=b.astype(np.float64),
-        bounds=limits,
-        method="highs",
-        options={"time_limit": max(clock.left(), 0.01), "presolve": True},
-    )
-    if res.status == 3:  # unbounded
-        return _Outcome(False, None, cells)
-    if res.status != 0 or res.x is None:
+    cost[k] = 1.0
+    found = problem.solver(atom).maximise(cost, clock.left())
+    if found is None:
         return _Outcome(None, None, cells)
-    duals = np.asarray(res.eqlin.marginals, dtype=np.float64)
-    top = -float(res.fun)
+    top, x, duals = found
+    if x is None:  # unbounded
+        return _Outcome(False, None, cells)
     if top < target - 1e-6 * max(1.0, abs(target)):
         return _Outcome(True, duals, cells)
+    point = _checked_point(a, b, x, problem.upper[comp], integral)
     if not integral:
-        return _Outcome(False, duals, cells)
+        return _Outcome(False, duals, cells, point, comp)
     # Counts: the LP's vertex is an integer witness when it is integral and exact.
-    guess = np.round(res.x).astype(np.int64)
-    if _exact_witness(a, b, guess, k, target):
-        return _Outcome(False, duals, cells)
+    if point is not None and point[k] >= target:
+        return _Outcome(False, duals, cells, point, comp)
     if clock.left() <= 0:
         return _Outcome(None, duals, cells)
     lower = np.zeros(len(comp))
     lower[k] = target
-    found = milp(
+    search = milp(
         c=np.zeros(len(comp)),
         constraints=[LinearConstraint(a.astype(np.float64), b, b)],
         integrality=np.ones(len(comp)),
         bounds=Bounds(lower, np.inf),
         options={"time_limit": max(clock.left(), 0.01)},
     )
-    if found.status == 2:  # no integer point reaches the target
+    if search.status == 2:  # no integer point reaches the target
         return _Outcome(True, duals, cells)
-    if (
-        found.status == 0
-        and found.x is not None
-        and _exact_witness(a, b, np.round(found.x).astype(np.int64), k, target)
-    ):
-        return _Outcome(False, duals, cells)
+    if search.status == 0 and search.x is not None:
+        point = _checked_point(a, b, search.x, problem.upper[comp], integral)
+        if point is not None and point[k] >= target:
+            return _Outcome(False, duals, cells, point, comp)
     return _Outcome(None, duals, cells)
-
-
-def _exact_witness(a: sp.csr_matrix, b: np.ndarray, x: np.ndarray, k: int, target: float) -> bool:
-    return bool((x >= 0).all() and x[k] >= target and np.array_equal(a @ x, b))
 
 
 def _already(
@@ -275,25 +337,27 @@ def count_bounds(
     # atoms of the new cells first: they are what the output is about
     first = np.isin(candidates, touched)
     candidates = np.concatenate([candidates[first], candidates[~first]])
-    rows = (vectors.tocsr(), vectors.tocsc())
     stats = _stats(stats, len(candidates))
     clock = _Clock(seconds)
+    targets = np.full(len(sizes), float(threshold))
+    witnessed = _spread(problem, targets, candidates, True, clock)
     out: list[Bounded] = []
     for n, atom in enumerate(candidates):
         atom = int(atom)
-        if clock.left() <= 0:
-            rest = candidates[n:]
-            out.append(_limit(problem, rest))
-            break
-        if _witness(rows, problem, atom, threshold, integral=True):
+        if witnessed[atom]:
             stats["witnessed"] += 1
             continue
+        if clock.left() <= 0:
+            out.append(_limit(problem, candidates[n:][~witnessed[candidates[n:]]]))
+            break
         stats["lps"] += 1
         outcome = _decide(problem, atom, threshold, True, clock)
+        if outcome.point is not None and outcome.atoms is not None:
+            witnessed[outcome.atoms] |= outcome.point >= threshold
         if outcome.bounded is False:
             continue
         if outcome.bounded is None:
-            out.append(_limit(problem, candidates[n:]))
+            out.append(_limit(problem, candidates[n:][~witnessed[candidates[n:]]]))
             break
         # a part of a group already known to be small is no news: it is smaller still
         if _already(history, merge, atom, threshold, history.sizes.astype(float), whole=False):
@@ -320,8 +384,7 @@ def sum_bounds(
     candidates = np.array(
         sorted(a for a, need in needs.items() if need > 0 and a not in skip), dtype=np.int64
     )
-    rows = (vectors.tocsr(), vectors.tocsc())
-    support = np.flatnonzero(np.diff(rows[0].indptr) > 0)
+    support = np.flatnonzero(np.diff(vectors.tocsr().indptr) > 0)
     candidates = candidates[np.isin(candidates, support)]
     if not len(candidates):
         return []
@@ -333,22 +396,27 @@ def sum_bounds(
     valid = parent >= 0
     old_totals = np.bincount(parent[valid], weights=totals[valid], minlength=history.n_atoms)
     clock = _Clock(seconds)
+    targets = np.full(len(totals), np.inf)
+    targets[candidates] = [float(totals[a]) + needs[int(a)] for a in candidates]
+    witnessed = _spread(problem, targets, candidates, False, clock)
     out: list[Bounded] = []
     for n, atom in enumerate(candidates):
         atom = int(atom)
-        target = float(totals[atom]) + needs[atom]
-        if clock.left() <= 0:
-            out.append(_limit(problem, candidates[n:]))
-            break
-        if _witness(rows, problem, atom, target, integral=False):
+        target = float(targets[atom])
+        if witnessed[atom]:
             stats["witnessed"] += 1
             continue
+        if clock.left() <= 0:
+            out.append(_limit(problem, candidates[n:][~witnessed[candidates[n:]]]))
+            break
         stats["lps"] += 1
         outcome = _decide(problem, atom, target, False, clock)
+        if outcome.point is not None and outcome.atoms is not None:
+            witnessed[outcome.atoms] |= outcome.point >= targets[outcome.atoms] - _TOL
         if outcome.bounded is False:
             continue
         if outcome.bounded is None:
-            out.append(_limit(problem, candidates[n:]))
+            out.append(_limit(problem, candidates[n:][~witnessed[candidates[n:]]]))
             break
         if _already(history, merge, atom, target, old_totals, whole=True):
             continue
