@@ -47,6 +47,51 @@ setup_acro() {
     echo "$wanted" >"$ACRO_STAMP"
 }
 
+# The images (docker/) built and run for real with podman (tests/containers/): Debian's podman
+# and its helpers, two settings this machine kind needs, and the images (scripts/images.sh:
+# debootstrap base images once, then each image only when its inputs changed).
+CONTAINER_PACKAGES=(podman buildah runc slirp4netns uidmap containernetworking-plugins iptables debootstrap)
+CONTAINERS_DROP_IN=/etc/containers/containers.conf.d/50-spe.conf
+setup_containers() {
+    local missing=() pkg
+    for pkg in "${CONTAINER_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "warning: the container tests need podman; run this, then make setup again:" >&2
+            echo "    sudo apt-get install -y ${missing[*]}" >&2
+            return 0
+        fi
+        echo "==> installing podman and its helpers: ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    # runc, not crun (crun refuses a cgroup v1/v2 hybrid), and ulimits root may set without
+    # CAP_SYS_RESOURCE. Podman 4.3 reads drop-ins; an operator's own settings are left alone.
+    if [[ ! -f "$CONTAINERS_DROP_IN" ]] &&
+        ! grep -s -q -E '^[[:space:]]*(runtime|default_ulimits)[[:space:]]*=' \
+            /etc/containers/containers.conf /etc/containers/containers.conf.d/*.conf; then
+        if [[ $(id -u) -eq 0 ]]; then
+            echo "==> podman settings: $CONTAINERS_DROP_IN (runc, explicit ulimits)"
+            mkdir -p "$(dirname "$CONTAINERS_DROP_IN")"
+            cat >"$CONTAINERS_DROP_IN" <<'EOF'
+# Written by SPE's scripts/setup.sh: crun fails on a cgroup v1/v2 hybrid, and root without
+# CAP_SYS_RESOURCE cannot raise podman's default ulimits.
+[containers]
+default_ulimits = ["nofile=1024:20000", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+EOF
+        else
+            echo "warning: podman may need runc and explicit ulimits here; see $CONTAINERS_DROP_IN in scripts/setup.sh" >&2
+        fi
+    fi
+    if [[ "${SPE_SETUP_IMAGES:-1}" == 1 ]]; then
+        # Cold: about 2 + 5 + 3.5 minutes once per machine; afterwards a no-op unless inputs changed.
+        ./scripts/images.sh all >/dev/null
+    fi
+}
+
 if [[ "$PART" == acro ]]; then
     setup_acro
     exit 0
@@ -123,4 +168,5 @@ PY
 fi
 # The workspaces' own environment (Debian's Python, readable by every workspace user).
 ./scripts/workspace-env.sh "${WORKSPACE_ENV:-.venv-workspace}"
+setup_containers
 echo "==> set-up done"

@@ -1,5 +1,5 @@
-"""The images (docker/), checked statically: there is no Docker engine on the development
-machine. Each Dockerfile is multi-stage with base images pinned by version, runs as a non-root
+"""The images (docker/), checked statically (tests/containers builds and runs them with podman).
+Each Dockerfile is multi-stage with base images pinned by version, runs as a non-root
 user in its final stage and documents its build command; the workspace's final stage installs
 no compiler, package manager or network tool."""
 
@@ -86,8 +86,10 @@ def test_the_workspace_final_stage_has_no_compiler_package_manager_or_network_to
             assert "apt-get install" not in rest and "pip install" not in rest, rest
             assert not FORBIDDEN_IN_WORKSPACE.search(rest), rest
         if word == "COPY":
-            # Only the build stage's environment and configuration, and the templates.
-            assert rest.startswith("--from=build") or rest.startswith("notebooks_templates"), rest
+            # Only the earlier stages' environment, SPE and configuration, and the templates.
+            own = {s.name for s in stages[:-1]}
+            source = rest.split()[0]
+            assert source.removeprefix("--from=") in own or source == "notebooks_templates", rest
     runs = " ".join(rest for word, rest in final.instructions if word == "RUN")
     assert "site-packages/pip" in runs  # pip removed
     # The compilers were in the build stage only.
@@ -285,3 +287,23 @@ def test_the_build_context_of_this_checkout_is_small() -> None:
             (Path(folder) / f).lstat().st_size for f in files if not _ignored(prefix + f, rules)
         )
     assert total < 50 * 2**20, f"the build context is {total / 2**20:.0f} MiB"
+
+
+def test_a_change_to_spe_rebuilds_only_spes_own_layers() -> None:
+    """In both images spe/ is copied after the third-party environment is installed, in a stage
+    of its own, and the final image copies it last: a change to spe/ rebuilds SPE's few
+    megabytes, not the environment (benchmarks/images.py measures it). README.md, which changes
+    often, is not copied (pyproject's readme is an empty file in the build)."""
+    for name in IMAGES:
+        _args, stages = parse(DOCKER / name)
+        spe_stage = next(s for s in stages if any(r.startswith("spe ") for w, r in s.instructions))
+        assert spe_stage is not stages[-1] and spe_stage.name == "spe"
+        heavy = next(s for s in stages if s.name == "build")
+        assert not any(r.startswith("spe ") for w, r in heavy.instructions if w == "COPY")
+        final = [r for w, r in stages[-1].instructions if w == "COPY"]
+        spe_copies = [i for i, r in enumerate(final) if r.startswith("--from=spe")]
+        assert spe_copies and spe_copies[-1] == len(final) - 1
+        assert all(i > 0 for i in spe_copies)
+        for stage in stages:
+            for word, rest in stage.instructions:
+                assert not (word == "COPY" and "README.md" in rest.split()), (name, rest)
