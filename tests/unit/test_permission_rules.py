@@ -540,3 +540,53 @@ def test_project_transitions_members_and_working_days():
     assert not PS.is_open_for_work(project(S.PENDING, start=TODAY, end=TODAY), TODAY)
     assert not PS.is_open_for_work(project(start=TODAY + day, end=TODAY + 2 * day))
     assert not PS.is_open_for_work(project(start=TODAY - 2 * day, end=TODAY - day))
+
+
+# --- what mutation testing asked for -------------------------------------------------------
+
+
+def test_rule_factories_build_rules_that_answer_by_role_and_holder():
+    """RULES is built once at import; calling the factories here proves what they build (the
+    mutants of a factory's inner rule only run when the factory runs)."""
+    rule = P._operator_only("add organisations")
+    assert rule(YES, OP, Target()) is None
+    assert rule(YES, ADM, Target()) == (
+        "Only a platform operator may add organisations; ask your operator."
+    )
+    holder_rule = P._holder_reviewer("publish its datasets")
+    refused = "Only a reviewer of the data holder may publish its datasets."
+    assert holder_rule(YES, REV, Target(project=project())) is None
+    assert holder_rule(YES, REV, Target(organisation=HOLDER)) is None
+    assert holder_rule(YES, REV, Target(project=project(), organisation=OTHER_HOLDER)) is None
+    assert holder_rule(YES, OTHER_REV, Target(project=project())) == refused
+    assert holder_rule(YES, OTHER_REV, Target(organisation=HOLDER)) == refused
+    assert holder_rule(YES, REV, Target()) == refused
+
+
+def test_the_queue_of_one_project_is_its_holders_reviewers_only():
+    p = project()
+    assert EP.user_can_see_queue(YES, REV, p) is True
+    assert EP.user_can_see_queue(YES, OTHER_REV, p) is False
+    EP.check_user_can_see_queue(YES, REV, p)
+    with pytest.raises(PermissionDenied, match=r"Only a reviewer of Holder Agency may see"):
+        EP.check_user_can_see_queue(YES, OTHER_REV, p)
+
+
+@pytest.mark.parametrize("zone", ["Etc/GMT-14", "Etc/GMT+12"])
+def test_a_project_is_open_on_its_last_day_in_utc_whatever_the_machines_zone(monkeypatch, zone):
+    """Dates are UTC: on a machine whose zone is 14 hours ahead or 12 behind, a project that
+    runs today (UTC) only is open today (at any hour one of the two zones is on another date)."""
+    import time
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        today = dt.datetime.now(dt.UTC).date()
+        one_day = project(start=today, end=today)
+        assert PS.is_open_for_work(one_day)
+        local = dt.datetime.now().date()
+        if local != today:  # the zone is on another date now: the rule must not use it
+            assert not PS.is_open_for_work(one_day, local)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
