@@ -1941,6 +1941,7 @@ def safe_preview(
         check = safe.check
     else:
         sidecar = json.loads(safe.sidecar)
+        assert safe.evidence is not None  # a workspace output's safe version has its evidence
         with tempfile.TemporaryDirectory(prefix="spe-safe-") as folder:
             csv_path = Path(folder) / sidecar["file"]
             csv_path.write_bytes(safe.csv)
