@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from spe.audit.refusals import record_refusal
 from spe.errors import SPEError
 from spe.keys.workspace_tokens import RECORDER_ROLE
 from spe.workspaces import kube_objects, layout
@@ -165,7 +166,9 @@ def handle_line(
         }
     if role == RECORDER_ROLE:
         if "op" in request:
-            return {"ok": False, "error": "A recorder's token only stores the recorder's records."}
+            sentence = "A recorder's token only stores the recorder's records."
+            record_refusal(ws.username, "airlock.recorder_verb", f"workspace:{ws.name}", sentence)
+            return {"ok": False, "error": sentence}
         # The sidecar outside the workspace container: stored as the recorder's (source
         # recorder), on a quota of its own, as the unix-socket airlock's record socket.
         record = json.dumps(
@@ -175,16 +178,19 @@ def handle_line(
         return handle_record(ws, record, record_quota)
     if len(line) > MAX_LINE:  # the recorder's lines may be longer; a workspace's may not
         return {"ok": False, "error": f"A request may be at most {MAX_LINE} bytes."}
-    if "action" in request:
-        log.warning("airlock refused a recorder record sent with %s's workspace token", ws.name)
-        return {
-            "ok": False,
-            "error": "Only the workspace's recorder may write the recorder's records; a "
-            "workspace records cells and loads with op 'cell' and 'load'.",
-        }
     refusal = charge(ws, len(line), quota)
     if refusal is not None:
         return refusal
+    if "action" in request:
+        # A workspace dressing its claims as the recorder's: refused, and written down (the
+        # charge above bounds how often).
+        log.warning("airlock refused a recorder record sent with %s's workspace token", ws.name)
+        sentence = (
+            "Only the workspace's recorder may write the recorder's records; a workspace "
+            "records cells and loads with op 'cell' and 'load'."
+        )
+        record_refusal(ws.username, "airlock.recorder_record", f"workspace:{ws.name}", sentence)
+        return {"ok": False, "error": sentence}
     return dispatch(ws, request)
 
 

@@ -409,6 +409,14 @@ def test_the_sidecar_records_a_cell_before_the_notebook_sees_it_and_only_its_tok
     answer = _raw_airlock(port, {"token": sidecar["tokens"]["recorder"], "op": "cell", "code": "x"})
     assert not answer["ok"] and "only stores the recorder's records" in answer["error"]
     assert _cells("forged") == [] and _cells("x") == []
+    with readonly() as s:
+        refused = s.scalars(
+            select(AuditEvent.details).where(AuditEvent.action == "request.refused")
+        ).all()
+    assert {json.loads(d)["action"] for d in refused} >= {
+        "airlock.recorder_record",
+        "airlock.recorder_verb",
+    }
     # The recorder's token sent from another pod's address is refused like any token.
     sidecar["pods"].add("researcher", B_IP)
     sidecar["airlock"].airlock.pods.seconds = 0
