@@ -174,6 +174,10 @@ def verify_token(
         claims = json.loads(payload)
     except ValueError:
         raise WorkspaceTokenError("The workspace token is malformed.") from None
+    if isinstance(claims, dict) and set(claims) == set(CLAIMS) - {"role"}:
+        # Issued before tokens had roles (running pods keep theirs until the spawner renews it
+        # at half-life): the workspace's, the role with the least.
+        claims["role"] = WORKSPACE_ROLE
     if not isinstance(claims, dict) or set(claims) != set(CLAIMS):
         raise WorkspaceTokenError("The workspace token's claims are not SPE's.")
     if claims["role"] not in ROLES:

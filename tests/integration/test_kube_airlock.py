@@ -524,3 +524,30 @@ def test_quotas_are_shared_by_processes_and_fail_closed(
     )
     answer = quota.charge_read("w", "study", "researcher", {"counted_bytes": 5})
     assert answer is not None and not answer["ok"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_token_from_before_roles_is_the_workspaces_and_a_made_up_role_is_refused(
+    spe_env: dict[str, str],
+) -> None:
+    """Pods keep their token until the spawner renews it, so a genuine token issued before
+    roles existed is read as the workspace's (the role with the least); a signed token naming a
+    role SPE does not know is refused."""
+    from spe.keys import workspace_tokens as wt
+
+    with transaction() as s:  # a token issued makes the key, audited
+        issue_workspace_token(s, "study", "researcher", namespace=NS, lifetime_seconds=60)
+
+    def signed(claims: dict[str, Any]) -> str:
+        payload = json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
+        with readonly() as s:
+            signature = wt._key(s, None).sign(wt._DOMAIN + payload)
+        return f"{wt.PREFIX}.{wt._b64(payload)}.{wt._b64(signature)}"
+
+    now = int(time.time())
+    old = {"ws": "study--researcher", "pod": "p", "project": "study", "user": "researcher",
+           "ns": NS, "iat": now, "exp": now + 60, "jti": "00"}  # fmt: skip
+    with readonly() as s:
+        assert wt.verify_token(s, signed(old))["role"] == "workspace"
+        with pytest.raises(wt.WorkspaceTokenError, match="role"):
+            wt.verify_token(s, signed({**old, "role": "admin"}))
