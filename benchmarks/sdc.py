@@ -439,12 +439,56 @@ def history_figures(counts: tuple[int, ...] = (10, 100, 1000), persons: int = 1_
                 load_s=round(load_s, 3),
                 audit_s=round(total - load_s, 3),
                 findings=len(result.findings),
+                bounds_s=round(result.figures.get("bounds_seconds", 0.0), 3),
+                small_atoms_bounded=int(result.figures.get("bounds_candidates", 0)),
+                bounds_witnessed=int(result.figures.get("bounds_witnessed", 0)),
+                bounds_lps=int(result.figures.get("bounds_lps", 0)),
                 growth=None if previous is None else round(total / previous, 2),
                 goal="<= 2 s at 1,000 tables",
                 record_s_per_table=round(build_seconds / built, 3),
             )
             previous = total
         db.close()
+
+
+def small_groups_figure(persons: int = 20_000, tables: int = 100) -> None:
+    """The audit's bounds where the history leaves many small groups: the same 100-cell tables
+    over 20,000 persons (cells below 10 left out, as the threshold would), so that most atoms
+    hold fewer than 10 persons; a new table over everyone is audited with the default budget
+    and with one long enough to settle every group (how long the bounds take in full)."""
+    import numpy as np
+
+    from spe.sdc.audit import History, NewCell, ReleaseInfo, audit
+    from spe.sdc.audit.bounds import BOUNDS_SECONDS
+
+    world = _history_world(persons, seed=21)
+    rng = np.random.default_rng(22)
+    history = History.empty("bench-holder")
+    for n in range(tables):
+        cells = [NewCell("count", c) for c in _history_table(world, rng) if len(c) >= 10]
+        when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=n)
+        history = history.extended(ReleaseInfo(f"r{n}", "p", f"T{n}", when, "t.csv"), cells)
+    new = [NewCell("count", c) for c in _history_table(world, rng, 0) if len(c)]
+    for budget in (BOUNDS_SECONDS, 120.0):
+        started = time.perf_counter()
+        result = audit(history, new, 10, bounds_seconds=budget)
+        figures = result.figures
+        emit(
+            "sdc.history.small_groups",
+            time.perf_counter() - started,
+            "s",
+            persons=persons,
+            tables=tables,
+            atoms=history.n_atoms,
+            small_atoms=int((history.sizes < 10).sum()),
+            budget_s=budget,
+            bounds_s=round(figures.get("bounds_seconds", 0.0), 3),
+            small_atoms_bounded=int(figures.get("bounds_candidates", 0)),
+            bounds_witnessed=int(figures.get("bounds_witnessed", 0)),
+            bounds_lps=int(figures.get("bounds_lps", 0)),
+            status=result.status.value,
+            rules=sorted({f.rule for f in result.findings}),
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         emit("sdc.history.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
         failed.append("history")
+    try:
+        small_groups_figure()
+    except Exception as exc:
+        emit("sdc.history.small_groups.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
+        failed.append("small_groups")
     if failed:
         progress(f"failed: {', '.join(failed)}")
     return 1 if failed else 0

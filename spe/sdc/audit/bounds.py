@@ -207,6 +207,14 @@ def _component(
         comp = np.flatnonzero(problem.component == label)
         sub = problem.matrix[:, comp]
         cells = np.flatnonzero(np.diff(sub.indptr) > 0)
+        # A cell released again (or by another project) is the same constraint: keep its first
+        # release, which is also the one a reason names.
+        rows = sub[cells]
+        rows.sort_indices()
+        first: dict[bytes, int] = {}
+        for i in range(rows.shape[0]):
+            first.setdefault(rows.indices[rows.indptr[i] : rows.indptr[i + 1]].tobytes(), i)
+        cells = cells[np.fromiter(first.values(), dtype=np.int64, count=len(first))]
         a = sub[cells]
         problem.cache[label] = (comp, a, a @ problem.values[comp], cells)
     return problem.cache[label]
