@@ -17,11 +17,18 @@ reported. A determined total of a larger group also fails when its largest value
 estimated within p % by the second largest contributor (values needed; without them, review).
 Reasons name the earlier releases involved by title and date, never a count or a membership.
 
-Limits. Only exact determination is proved: an intruder who also uses that counts and values
-are non-negative can sometimes narrow an undetermined small group to an interval, and such
-bounds are not audited yet. Released numbers are taken as exact (rounded releases are audited as
-if exact, which is conservative). DP answers take no part. Cells whose persons the server does
-not know cannot be audited. Cost grows with the number of atoms squared (dense basis).
+Bounds (``bounds``). Counts are never negative, so an undetermined small group can still be
+confined: per atom below the threshold linked to the new output, the intruder's largest count
+over the released cells with every atom non-negative is sought (HiGHS); a group that cannot
+reach the threshold fails, one that can passes only on an integer witness checked exactly, and
+what the time budget does not settle goes to a reviewer. For sums with values given (none
+negative), a total bounded from above within the p % rule's upper protection level fails.
+
+Limits. Only the upper protection level is asked of bounds, not the lower one; the export check
+gives no values, so bounds on sums are audited only where a caller gives them. Released numbers
+are taken as exact (rounded releases are audited as if exact, which is conservative). DP
+answers take no part. Cells whose persons the server does not know cannot be audited. Cost
+grows with the number of atoms squared (dense basis).
 
 Public entry points: ``NewCell``, ``History``, ``audit``, ``AuditResult``, ``Finding``,
 ``record_release`` and ``load_history``.
