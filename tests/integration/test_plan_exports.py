@@ -480,6 +480,24 @@ def test_a_failing_plan_takes_its_safe_version_computed_by_the_server(ws, tmp_pa
     assert preview["suppressed_cells"] >= len(failing) and preview["status"] == "pass"
     with pytest.raises(ExportInputError, match="not a safe version"):
         act(RESEARCHER, actions.safe_preview, rid, name, "jitter")
+    # The request page offers it for the plan, and the preview page has the button.
+    from fastapi.testclient import TestClient
+
+    from spe.accounts.tokens import create_token
+    from spe.api import create_app
+    from spe.web import PREFIX
+    from tests.integration.test_pages import set_own_passwords
+
+    set_own_passwords([RESEARCHER])  # a one-time password gets no API token
+    with transaction() as s:
+        token = create_token(s, get_user(s, RESEARCHER))
+    client = TestClient(create_app())
+    headers = {"Authorization": f"Bearer {token}"}
+    page = client.get(f"{PREFIX}/exports/{rid}", headers=headers)
+    assert page.status_code == 200 and f"A safe version of {name}" in page.text
+    shown = client.get(f"{PREFIX}/exports/{rid}/outputs/{name}/safe-version", headers=headers)
+    assert shown.status_code == 200 and "by evaluating the plan on the extract" in shown.text
+    assert f"Accept this safe version of {name}" in shown.text
     job = act(RESEARCHER, actions.accept_safe_version, rid, name, "suppress")
     run_inline(job)
     view = seen_by(RESEARCHER, rid)
