@@ -6,7 +6,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${VENV:-$here/.venv}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/spe-mutation-XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+# MUTATION_KEEP=1 keeps the scratch copy (to rerun or show single mutants with mutmut there).
+if [ -z "${MUTATION_KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT; else echo "scratch copy: $work"; fi
 cd "$here"
 # The files git knows, as they are in the work tree now (uncommitted edits included).
 git ls-files -z --cached --others --exclude-standard \

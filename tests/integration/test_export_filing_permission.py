@@ -45,3 +45,24 @@ def test_only_a_member_who_may_use_the_data_files_and_the_others_are_told_why(wo
         waiting = perms.file_refusal(s, pending, study)
         assert waiting is not None and "waiting for approval by Holder Agency" in waiting
         assert perms.user_can_file(s, pending, study) is False
+
+
+def test_terms_accepted_by_someone_else_or_in_an_older_version_do_not_count(world):
+    from spe.accounts.models import TermsAcceptance
+    from spe.accounts.permissions import terms_accepted
+
+    with transaction() as s:
+        approve_project(s, get_user(s, "reviewer"), get_project(s, "study"))
+        accept_terms(s, get_user(s, "researcher2"))  # another person, the current version
+        s.add(
+            TermsAcceptance(
+                user_id=get_user(s, "researcher").id, version="0-old", text_sha256="0" * 64
+            )
+        )
+    with transaction() as s:
+        member = get_user(s, "researcher")
+        assert terms_accepted(s, get_user(s, "researcher2")) is True
+        assert terms_accepted(s, member) is False
+        assert perms.file_refusal(s, member, get_project(s, "study")) == (
+            "Accept the current terms of use first (`spe terms accept`)."
+        )
