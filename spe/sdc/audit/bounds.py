@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import highspy
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
@@ -54,6 +53,9 @@ class _Maximiser:
     scipy's linprog took tens of them)."""
 
     def __init__(self, a: sp.csr_matrix, b: np.ndarray, upper: np.ndarray) -> None:
+        import highspy  # the control plane's: a workspace's environment never audits
+
+        self.hs = highspy
         csc = a.tocsc().astype(np.float64)
         n = a.shape[1]
         self.columns = np.arange(n, dtype=np.int32)
@@ -79,6 +81,7 @@ class _Maximiser:
     ) -> tuple[float, np.ndarray | None, np.ndarray | None] | None:
         """(largest value, a point reaching it, row multipliers); inf if unbounded; None if
         HiGHS did not finish (time, numerics)."""
+        highspy = self.hs
         self.highs.changeColsCost(len(self.columns), self.columns, cost.astype(np.float64))
         self.highs.setOptionValue("time_limit", max(seconds, 0.01))
         self.highs.run()
@@ -315,7 +318,11 @@ def _already(
     cost = np.zeros(len(atoms))
     cost[int(np.searchsorted(atoms, old))] = -1.0
     res = linprog(
-        cost, A_eq=a.astype(np.float64), b_eq=(a @ x0).astype(np.float64), bounds=(0, None)
+        cost,
+        A_eq=a.astype(np.float64),
+        b_eq=(a @ x0).astype(np.float64),
+        bounds=(0, None),
+        options={"time_limit": 10.0},  # unsettled: reported as new, the conservative side
     )
     return bool(res.status == 0 and -float(res.fun) < target - 1e-6 * max(1.0, abs(target)))
 
