@@ -1,7 +1,7 @@
 """Bounds an intruder draws from counts and values never being negative (issue 14, point 1).
 
-Released cells that determine no small group exactly can still confine one: with A + B = 12,
-B + C = 11 and other cells, non-negativity may leave a group of 5 between 3 and 8 persons. Per
+Released cells that determine no small group exactly can still confine one: with D+E, A+C+D+E,
+A+B+E and C+E released (26, 55, 11 and 26 persons), a group A of 6 lies between 3 and 7. Per
 atom below the threshold (for sums: per atom whose largest value matters) in the part of the
 person space the new output is linked to, the intruder's largest value for the atom is sought
 as a linear program over the released cells with every atom non-negative (HiGHS). A group whose
