@@ -573,7 +573,7 @@ def test_the_queue_of_one_project_is_its_holders_reviewers_only():
 
 
 @pytest.mark.parametrize("zone", ["Etc/GMT-14", "Etc/GMT+12"])
-def test_a_project_is_open_on_its_last_day_in_utc_whatever_the_machines_zone(monkeypatch, zone):
+def test_a_projects_last_day_is_in_utc_whatever_the_machines_zone(monkeypatch, zone):
     """Dates are UTC: on a machine whose zone is 14 hours ahead or 12 behind, a project that
     runs today (UTC) only is open today (at any hour one of the two zones is on another date)."""
     import time
@@ -587,6 +587,15 @@ def test_a_project_is_open_on_its_last_day_in_utc_whatever_the_machines_zone(mon
         local = dt.datetime.now().date()
         if local != today:  # the zone is on another date now: the rule must not use it
             assert not PS.is_open_for_work(one_day, local)
+        # Data access ends after the end date in UTC: a project ending today is usable, one
+        # that ended yesterday is not (14 hours ahead or 12 behind changes neither).
+        ends_today = project(members=((RES, MemberRole.MEMBER),), start=today, end=today)
+        yesterday = today - dt.timedelta(days=1)
+        ended = project(members=((RES, MemberRole.MEMBER),), start=yesterday, end=yesterday)
+        assert why(RES, Action.PROJECT_DATA_ACCESS, Target(project=ends_today)) is None
+        assert why(RES, Action.PROJECT_DATA_ACCESS, Target(project=ended)) == (
+            f"Project study ended on {yesterday}; its data can no longer be used."
+        )
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
