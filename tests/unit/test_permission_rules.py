@@ -599,3 +599,56 @@ def test_a_projects_last_day_is_in_utc_whatever_the_machines_zone(monkeypatch, z
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+# --- projects: who decides on a person added after approval --------------------------------
+
+
+def test_a_member_added_after_approval_is_decided_by_an_uninvolved_reviewer_of_the_holder():
+    from spe.projects import permissions as PP
+
+    newcomer = person("new", (Role.RESEARCHER, UNI), home=UNI)
+    p = project(members=((RES, MemberRole.LEAD),), removed=(OTHER_REV,))
+    assert PP.is_current_member(p, RES) is True
+    assert PP.is_current_member(p, OTHER_REV) is False  # removed
+    assert PP.is_current_member(p, newcomer) is False
+    assert PP.member_decision_refusal(REV, p, "res", newcomer.id) is None
+    assert PP.can_decide_member(REV, p, "res", newcomer.id) is True
+    PP.check_can_decide_member(REV, p, "res", newcomer.id, "member.approve")
+    outsider = (
+        "Only a reviewer of Holder Agency, the data holder of project study, may approve or "
+        "refuse its new members."
+    )
+    for actor, requested_by, user_id, sentence in (
+        (OTHER_REV, "res", newcomer.id, outsider),
+        (RES, "res", newcomer.id, outsider),
+        (
+            REV,
+            "res",
+            REV.id,
+            "You cannot decide on your own membership; another reviewer of Holder Agency must.",
+        ),
+        (
+            REV,
+            "rev",
+            newcomer.id,
+            "You added this person yourself, so another reviewer of Holder Agency must decide.",
+        ),
+    ):
+        assert PP.member_decision_refusal(actor, p, requested_by, user_id) == sentence
+        assert PP.can_decide_member(actor, p, requested_by, user_id) is False
+        with pytest.raises(PermissionDenied) as refused:
+            PP.check_can_decide_member(actor, p, requested_by, user_id, "member.refuse")
+        assert refused.value.message == sentence
+        assert refused.value.refused_action == "member.refuse"  # type: ignore[attr-defined]
+        assert refused.value.refused_target == "project:study"  # type: ignore[attr-defined]
+    member_reviewer = project(members=((RES, MemberRole.LEAD), (REV, MemberRole.MEMBER)))
+    assert PP.member_decision_refusal(REV, member_reviewer, "res", newcomer.id) == (
+        "You are a member of project study, so another reviewer of Holder Agency must decide "
+        "on its new members."
+    )
+    gone = person("rev", (Role.HOLDER_REVIEWER, HOLDER), home=HOLDER)
+    gone.active = False
+    assert PP.member_decision_refusal(gone, p, "res", newcomer.id) == (
+        "The account rev is deactivated; ask to have it reactivated."
+    )
