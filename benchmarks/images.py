@@ -120,6 +120,7 @@ def start_to_answer(workspace: str, controlplane: str, starts: int) -> list[floa
             "JUPYTERHUB_USER": "researcher",
             "JUPYTERHUB_SERVER_NAME": "study",
             "JUPYTERHUB_SERVICE_PREFIX": prefix,
+            "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:8888{prefix}",
             "JUPYTERHUB_BASE_URL": "/",
             "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{prefix}oauth_callback",
             "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps(
