@@ -22,6 +22,7 @@ from spe.workspaces.spawner import (
     _form_projects,
     _in_thread,
     _refusal_now,
+    record_spawn_refusal,
     record_stopped,
     workspace_refusal,
 )
@@ -41,14 +42,16 @@ def admit_kube_workspace(username: str, project_slug: str) -> tuple[list[str], s
 
     with transaction() as session:
         reason = workspace_refusal(session, username, project_slug)
-        if reason is not None:
-            raise WorkspaceRefused(reason)
-        user = session.scalar(select(User).where(User.username == username))
-        project = session.scalar(select(Project).where(Project.slug == project_slug))
-        assert user is not None and project is not None
-        datasets = sorted(workspace_mounts(session, project))
-        workspace_started(session, user, project)
-        token, recorder_token, issued = _issue_tokens(session, username, project_slug)
+        if reason is None:
+            user = session.scalar(select(User).where(User.username == username))
+            project = session.scalar(select(Project).where(Project.slug == project_slug))
+            assert user is not None and project is not None
+            datasets = sorted(workspace_mounts(session, project))
+            workspace_started(session, user, project)
+            token, recorder_token, issued = _issue_tokens(session, username, project_slug)
+    if reason is not None:  # recorded once the refused transaction has ended
+        record_spawn_refusal(username, project_slug, reason)
+        raise WorkspaceRefused(reason)
     return datasets, token, recorder_token, issued
 
 

@@ -152,6 +152,13 @@ def test_start_is_refused_to_a_non_member_and_for_another_project(open_study: No
     with pytest.raises(WorkspaceRefused, match="member"):
         asyncio.run(stranger.load_user_options())
     assert stranger.api.created == []
+    with readonly() as s:  # the refusal leaves its event, as on one machine
+        refused = s.scalars(
+            select(AuditEvent.target).where(
+                AuditEvent.action == "request.refused", AuditEvent.actor == "researcher_b"
+            )
+        ).all()
+    assert refused == ["project:study"]
     other = make_spawner("researcher", "study", {"profile": "elsewhere"})
     with pytest.raises(Exception, match="elsewhere"):
         asyncio.run(other.load_user_options())
