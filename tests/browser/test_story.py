@@ -91,6 +91,7 @@ class Platform:
     a11y: dict[str, list[str]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     totp: dict[str, str] = field(default_factory=dict)  # username -> TOTP secret ("the app")
+    totp_steps: dict[str, int] = field(default_factory=dict)  # username -> last TOTP step used
 
     def logs(self) -> str:
         parts = [f"--- spe up ---\n{self.log.read_text(errors='replace')[-4000:]}"]
@@ -242,6 +243,10 @@ class Person:
         if secret is not None:  # two-step login: the code the person's app shows now
             import pyotp
 
+            # A code is taken once: wait for the next one if this step's was used already.
+            while int(time.time()) // 30 <= self.platform.totp_steps.get(self.username, -1):
+                time.sleep(1)
+            self.platform.totp_steps[self.username] = int(time.time()) // 30
             page.fill("#otp_input", pyotp.TOTP(secret).now())
         page.click("#login_submit")
 
@@ -257,6 +262,7 @@ class Person:
         self.open("/projects")  # nothing else opens before it is set up
         assert page.url.endswith("/services/spe/mfa"), page.url
         secret = page.inner_text("#secret").replace(" ", "")
+        self.platform.totp_steps[self.username] = int(time.time()) // 30
         page.fill("#code", pyotp.TOTP(secret).now())
         with page.expect_navigation():
             page.click("form.mfa button[type=submit]")
@@ -300,7 +306,13 @@ class Person:
         assert self.username in page.inner_text("header")
 
     def log_in_again(self) -> None:
-        """A later login at the hub: the password and, in the hub's form, the app's code."""
+        """A later login at the hub from a fresh browser (no cookie of the first login, which
+        the hub would honour by skipping its form): the password and the app's code."""
+        self.context.close()
+        self.context = self.platform.browser.new_context(
+            viewport={"width": 1280, "height": 900}, accept_downloads=True, bypass_csp=True
+        )
+        self.page = self.context.new_page()
         self._hub_login(self.platform.passwords[self.username])
         self.page.wait_for_url(re.compile(r".*/services/spe/$"), timeout=30000)
         assert self.username in self.page.inner_text("header")
