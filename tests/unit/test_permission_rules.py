@@ -27,7 +27,15 @@ from spe.exports.models import ExportRequest, RequestStatus
 from spe.projects import states as PS
 from spe.projects.models import MemberRole, Project, ProjectMember, ProjectStatus
 
+# The date the code under test calls "today", read again before every test: a date read
+# once at collection goes stale when a run crosses midnight (it did, under CI).
 TODAY = dt.datetime.now(dt.UTC).date()
+
+
+@pytest.fixture(autouse=True)
+def _today_is_read_per_test() -> None:
+    global TODAY
+    TODAY = dt.datetime.now(dt.UTC).date()
 
 
 class Terms:
@@ -66,8 +74,8 @@ def person(
 def project(
     status: ProjectStatus = ProjectStatus.APPROVED,
     members: tuple[tuple[User, MemberRole], ...] = (),
-    start: dt.date = TODAY,
-    end: dt.date = TODAY,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
     removed: tuple[User, ...] = (),
 ) -> Project:
     p = Project(
@@ -76,8 +84,8 @@ def project(
         status=status,
         holder_id=HOLDER.id,
         institution_id=UNI.id,
-        start_date=start,
-        end_date=end,
+        start_date=TODAY if start is None else start,
+        end_date=TODAY if end is None else end,
     )
     p.holder = HOLDER
     rows = [ProjectMember(user_id=u.id, role=r, removed_at=None) for u, r in members]
