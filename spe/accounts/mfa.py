@@ -164,16 +164,19 @@ def _matching_step(secret: str, code: str, now: dt.datetime) -> int | None:
     return None
 
 
-def _new_recovery_codes(session: Session, user: User) -> list[str]:
+def _new_recovery_codes(session: Session, user: User, secret: str) -> list[str]:
+    """New recovery codes for ``user``; each is kept as a digest keyed by the account's sealed
+    TOTP secret (spe.keys.passwords.recovery_code_digest), so a check costs microseconds."""
     from spe.config import get_settings
-    from spe.keys.passwords import hash_password
+    from spe.keys.passwords import recovery_code_digest
 
     session.execute(delete(MfaRecoveryCode).where(MfaRecoveryCode.user_id == user.id))
     codes = []
     for _ in range(get_settings().mfa_recovery_codes):
         raw = "".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(_RECOVERY_LENGTH))
         codes.append(f"{raw[:4]}-{raw[4:8]}-{raw[8:]}")
-        session.add(MfaRecoveryCode(user_id=user.id, code_hash=hash_password(raw)))
+        digest = recovery_code_digest(secret.encode(), str(user.id), raw)
+        session.add(MfaRecoveryCode(user_id=user.id, code_hash=digest))
     return codes
 
 
@@ -194,7 +197,8 @@ def confirm_enrolment(
     if row.confirmed_at is not None:
         raise MfaError("Two-step login is set up for your account already.")
     code = code.strip().replace(" ", "")
-    step = _matching_step(_secret(row, user), code, now) if _CODE.match(code) else None
+    secret = _secret(row, user)
+    step = _matching_step(secret, code, now) if _CODE.match(code) else None
     if step is None:
         raise MfaError(
             "That code is not the current one of the secret shown; check the app's clock and "
@@ -202,7 +206,7 @@ def confirm_enrolment(
         )
     row.confirmed_at = now
     row.last_step = step
-    codes = _new_recovery_codes(session, user)
+    codes = _new_recovery_codes(session, user, secret)
     record(
         session,
         user,
@@ -217,19 +221,33 @@ def confirm_enrolment(
 # --- at login ----------------------------------------------------------------------------------
 
 
-def check_code(session: Session, user: User, code: str, now: dt.datetime | None = None) -> str:
-    """Check a login's second factor; returns how it passed ("totp" or "recovery"), or raises
-    MfaError with why not (for the audit record; the person is told only that it failed). A
-    TOTP code is accepted once; a recovery code once ever (its use is audited)."""
-    now = now or utcnow()
-    # Locked for the rest of the login's transaction: two logins with one code, at once, do
-    # not both pass (PostgreSQL; SQLite writes one transaction at a time anyway).
-    row = session.scalar(
+def login_credential(session: Session, user: User) -> MfaCredential | None:
+    """The account's second factor, read fresh and locked for the rest of the login's
+    transaction: two logins with one code, at once, do not both pass (PostgreSQL; SQLite
+    writes one transaction at a time anyway)."""
+    return session.scalar(
         select(MfaCredential)
         .where(MfaCredential.user_id == user.id)
         .with_for_update()
         .execution_options(populate_existing=True)
     )
+
+
+def check_code(
+    session: Session,
+    user: User,
+    code: str,
+    now: dt.datetime | None = None,
+    row: MfaCredential | None = None,
+) -> str:
+    """Check a login's second factor; returns how it passed ("totp" or "recovery"), or raises
+    MfaError with why not (for the audit record; the person is told only that it failed). A
+    TOTP code is accepted once; a recovery code once ever (its use is audited). ``row`` is
+    the account's credential as login_credential read it in this transaction (read here when
+    not given)."""
+    now = now or utcnow()
+    if row is None:
+        row = login_credential(session, user)
     if row is None or row.confirmed_at is None:
         raise MfaError("no second factor set up")
     cleaned = code.strip().replace(" ", "")
@@ -246,15 +264,20 @@ def check_code(session: Session, user: User, code: str, now: dt.datetime | None 
     raw = cleaned.replace("-", "").lower()
     if len(raw) != _RECOVERY_LENGTH or set(raw) - set(_RECOVERY_ALPHABET):
         raise MfaError("wrong code")
-    from spe.keys.passwords import verify_password
+    from spe.keys.passwords import is_recovery_digest, recovery_code_matches
 
+    # Read after the credential's lock: two logins with one recovery code take turns here.
     unused = session.scalars(
         select(MfaRecoveryCode).where(
             MfaRecoveryCode.user_id == user.id, MfaRecoveryCode.used_at.is_(None)
         )
     ).all()
-    for candidate in unused:
-        if verify_password(raw, candidate.code_hash):
+    key, owner = _secret(row, user).encode(), str(user.id)
+    # The keyed digests first (microseconds each); codes kept as password hashes, by releases
+    # before the digests, cost one hash each and are tried last.
+    ordered = sorted(unused, key=lambda c: not is_recovery_digest(c.code_hash))
+    for candidate in ordered:
+        if recovery_code_matches(key, owner, raw, candidate.code_hash):
             candidate.used_at = now
             record(
                 session,

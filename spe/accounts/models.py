@@ -169,7 +169,7 @@ class MfaCredential(Base):
 
 
 class MfaRecoveryCode(Base):
-    """A single-use recovery code; only its scrypt hash is kept (the code is shown once)."""
+    """A single-use recovery code; only its keyed digest is kept (the code is shown once)."""
 
     __tablename__ = "mfa_recovery_codes"
 

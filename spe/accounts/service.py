@@ -311,19 +311,25 @@ def deactivate_inactive(
 
 
 @state_change("user.login")
-def record_login(session: Session, user: User, ok: bool, source: str = "") -> None:
-    """Record a login attempt; a success also counts as activity."""
+def record_login(
+    session: Session, user: User, ok: bool, source: str = "", password_rehashed: str = ""
+) -> None:
+    """Record a login attempt; a success also counts as activity. ``password_rehashed`` says
+    how the login upgraded the stored password hash (e.g. "scrypt to argon2id"), if it did."""
     if ok:
         user.last_active_at = user.last_login_at = utcnow()
         user.failed_logins = 0
     else:
         user.failed_logins += 1
+    details = {"source": source}
+    if password_rehashed:
+        details["password_rehashed"] = password_rehashed
     record(
         session,
         user,
         "user.login" if ok else "user.login_failed",
         f"user:{user.username}",
-        {"source": source},
+        details,
     )
 
 

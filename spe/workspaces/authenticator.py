@@ -21,11 +21,6 @@ MAX_FAILED_LOGINS = 5
 LOCKOUT_MINUTES = 15
 
 _USERNAME = re.compile(r"^[a-z][a-z0-9._-]{1,62}$")
-# Checked when the username is unknown, so that answer takes as long as a real one (no telling
-# which usernames exist from the timing): a well-formed scrypt hash no password is known for.
-_DUMMY_HASH = (
-    "scrypt$16384$8$1$gSClP5SVBxZ/0IltHd9WZg==$L3Vdy7Q6VMSK4EugWlAC6TwY3DSsNXzmo2oPHVAlYqM="
-)
 ONE_TIME_LOGIN_ONLY = (
     "Set your own password first: open /services/spe/password (you logged in with a one-time "
     "password)."
@@ -118,7 +113,13 @@ def _check_login(
     from spe.audit import record
     from spe.config import get_settings
     from spe.db import transaction
-    from spe.keys.passwords import verify_password
+    from spe.keys.passwords import (
+        burn_check,
+        hash_password,
+        needs_rehash,
+        scheme_of,
+        verify_password,
+    )
 
     settings = get_settings()
     max_failures = max_failures or settings.login_max_failures
@@ -127,13 +128,15 @@ def _check_login(
     now = now or utcnow()
     address = (address or source or "unknown")[:200]
     if not _USERNAME.match(username):
-        verify_password(password, _DUMMY_HASH)
+        # Every refusal before a password check spends the time of one (burn_check: the same
+        # Argon2id parameters), so that no timing tells which usernames exist.
+        burn_check(password)
         return LoginResult(None, "malformed username")
     with transaction() as session:
         origin = _source_row(session, address, now, window)
         user = session.scalar(select(User).where(User.username == username))
         if origin.throttled_until is not None and _aware(origin.throttled_until) > now:
-            verify_password(password, _DUMMY_HASH)
+            burn_check(password)
             # Not checked, and not counted against the account: the address is throttled.
             origin.failures += 1
             record(
@@ -161,7 +164,7 @@ def _check_login(
                 )
 
         if user is None:
-            verify_password(password, _DUMMY_HASH)
+            burn_check(password)
             # No account to hang the attempt on: the event names the username tried.
             record(
                 session,
@@ -173,7 +176,9 @@ def _check_login(
             failed_from_address()
             return LoginResult(None, "unknown user")
         if user.locked_until is not None and _aware(user.locked_until) > now:
-            # Not even checked: a correct guess during the lock must not be told apart.
+            # Not even checked: a correct guess during the lock must not be told apart. The time
+            # of a check is spent all the same (a lock must not show in the timing either).
+            burn_check(password)
             record_login(session, user, False, f"{source}; refused: account locked")
             failed_from_address()
             return LoginResult(None, "account locked")
@@ -221,10 +226,13 @@ def _check_login(
             record_login(session, user, False, f"{source}; refused: one-time password {state}")
             return LoginResult(None, f"one-time password {state}")
         factor = ""
-        if mfa.enrolled(session, user):
+        # One query for the second factor, locked for the rest of the transaction (a code is
+        # accepted once; see mfa.check_code).
+        second = mfa.login_credential(session, user)
+        if second is not None and second.confirmed_at is not None:
             # Even a one-time login: whoever handed the password over has no code.
             try:
-                factor = mfa.check_code(session, user, otp, now)
+                factor = mfa.check_code(session, user, otp, now, second)
             except mfa.MfaError as why:
                 failed_for_account(f"second factor: {why.message}")
                 return LoginResult(None, f"second factor: {why.message}")
@@ -239,7 +247,13 @@ def _check_login(
                 "; MFA to set up" if must_enrol else "",
             )
         )
-        record_login(session, user, True, source + how)
+        upgraded = ""
+        if needs_rehash(user.password_hash):
+            # An older hash (scrypt) is replaced now that the password is known, in this
+            # login's transaction; the login's event says so (never with the hash).
+            upgraded = f"{scheme_of(user.password_hash)} to argon2id"
+            user.password_hash = hash_password(password)
+        record_login(session, user, True, source + how, password_rehashed=upgraded)
         user.locked_until = None
         return LoginResult(user.username, "ok", must_set, must_enrol, factor)
 

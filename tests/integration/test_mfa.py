@@ -45,7 +45,7 @@ ROLES = {
 def mfa_world(spe_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> World:
     from spe.config import reset_settings
 
-    monkeypatch.setenv("SPE_MFA_RECOVERY_CODES", "2")  # scrypt per code: fewer, faster tests
+    monkeypatch.setenv("SPE_MFA_RECOVERY_CODES", "2")
     reset_settings()
     world = World()
     with transaction() as s:  # the bootstrap operator's password is a one-time one: set it
@@ -167,7 +167,7 @@ def test_a_recovery_code_logs_in_once_and_its_use_is_audited(mfa_world: World) -
 
         hashes = [r.code_hash for r in s.query(MfaRecoveryCode).all()]
         sealed = s.query(MfaCredential).one().secret_sealed
-    assert all(h.startswith("scrypt$") for h in hashes)
+    assert all(h.startswith("hmac-sha256$1$") for h in hashes)
     assert not any(c.replace("-", "") in h for c in codes for h in hashes)
     assert _secret.encode() not in sealed
     # A password reset does not skip the second factor: the one-time login needs the code too
@@ -180,6 +180,56 @@ def test_a_recovery_code_logs_in_once_and_its_use_is_audited(mfa_world: World) -
     later = _at(3)
     first = check_login("reviewer", one_time, "test", now=later, otp=pyotp.TOTP(_secret).at(later))
     assert first.username == "reviewer" and first.must_set_password
+
+
+def test_the_last_of_ten_recovery_codes_costs_no_password_hash_and_logs_in_once(
+    mfa_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recovery code is checked by its keyed digest: a login with the last of ten codes
+    hashes the password once, not once per code left (each hash is tens of milliseconds)."""
+    import spe.keys.passwords as passwords
+    from spe.config import reset_settings
+
+    monkeypatch.setenv("SPE_MFA_RECOVERY_CODES", "10")
+    reset_settings()
+    _secret, codes = _enrol_on_the_pages(_browser("reviewer"))
+    assert len(codes) == 10
+    real_verify = passwords.verify_password
+    checked: list[str] = []
+
+    def counting(password: str, stored: str | None) -> bool:
+        checked.append(password)
+        return real_verify(password, stored)
+
+    monkeypatch.setattr(passwords, "verify_password", counting)
+    for code in reversed(codes):
+        checked.clear()
+        ok = check_login("reviewer", PASSWORD, "test", address="10.3.0.1", otp=code)
+        assert ok.username == "reviewer" and ok.second_factor == "recovery"
+        assert checked == [PASSWORD]
+    assert _events("mfa.recovery_use", "user:reviewer")[-1]["left"] == 0
+    for code in codes[:2]:  # each once only
+        again = check_login("reviewer", PASSWORD, "test", address="10.3.0.2", otp=code)
+        assert again.username is None and "wrong recovery code" in again.reason
+
+
+def test_recovery_codes_kept_as_password_hashes_still_work_once(mfa_world: World) -> None:
+    """Codes made before the keyed digests (kept as password hashes) keep working, once."""
+    from spe.accounts.models import MfaRecoveryCode
+    from spe.audit import record
+    from spe.keys.passwords import hash_password
+
+    _secret, codes = _enrol_on_the_pages(_browser("reviewer"))
+    old = "abcd-efgh-jkmn"
+    with transaction() as s:
+        user = get_user(s, "reviewer")
+        s.add(MfaRecoveryCode(user_id=user.id, code_hash=hash_password(old.replace("-", ""))))
+        record(s, "system:test", "mfa.enrol", "user:reviewer", {"how": "an older code"})
+    ok = check_login("reviewer", PASSWORD, "test", address="10.3.1.1", otp=old)
+    assert ok.username == "reviewer" and ok.second_factor == "recovery"
+    again = check_login("reviewer", PASSWORD, "test", address="10.3.1.2", otp=old)
+    assert again.username is None and "wrong recovery code" in again.reason
+    assert check_login("reviewer", PASSWORD, "test", otp=codes[1]).username == "reviewer"
 
 
 def test_the_hub_asks_for_the_code_and_refuses_to_spawn_before_enrolment(mfa_world: World) -> None:

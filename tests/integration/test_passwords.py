@@ -228,3 +228,93 @@ def test_the_api_changes_the_callers_password_and_ends_their_tokens(
     after = client.get("/api/v1/exports", headers=headers)
     assert after.status_code == 401
     assert check_login("researcher", NEW, "test").username == "researcher"
+
+
+def _scrypt_hash(password: str) -> str:
+    """A hash as SPE stored them before Argon2id (scrypt, N = 2^14, r = 8, p = 1)."""
+    import base64
+    import hashlib
+    import os
+
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    encoded = base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+    return f"scrypt$16384$8$1${encoded[0]}${encoded[1]}"
+
+
+def _stored_hash(username: str) -> str:
+    from spe.accounts.models import User
+
+    with readonly() as s:
+        return s.scalar(select(User.password_hash).where(User.username == username)) or ""
+
+
+def test_a_stored_scrypt_hash_logs_in_and_is_upgraded_to_argon2id_in_the_login_transaction(
+    spe_env: dict[str, str], monkeypatch: Any
+) -> None:
+    import spe.accounts.service as accounts
+
+    World()
+    legacy = _scrypt_hash(PASSWORD)
+    with transaction() as s:
+        from spe.audit import record
+
+        get_user(s, "researcher").password_hash = legacy
+        record(s, "system:test", "user.password_change", "user:researcher", {"how": "scrypt"})
+    # A wrong password upgrades nothing.
+    assert check_login("researcher", "not the password", "test").username is None
+    assert _stored_hash("researcher") == legacy
+    # The upgrade belongs to the login's transaction: when the login's event cannot be
+    # written, the old hash stays.
+    real_record_login = accounts.record_login
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the audit event could not be written")
+
+    monkeypatch.setattr(accounts, "record_login", broken)
+    with pytest.raises(RuntimeError):
+        check_login("researcher", PASSWORD, "test")
+    assert _stored_hash("researcher") == legacy
+    monkeypatch.setattr(accounts, "record_login", real_record_login)
+
+    assert check_login("researcher", PASSWORD, "test").username == "researcher"
+    upgraded = _stored_hash("researcher")
+    assert upgraded.startswith("$argon2id$v=19$m=19456,t=2,p=1$"), upgraded
+    login = _events("user.login", "user:researcher")[-1]
+    assert login["password_rehashed"] == "scrypt to argon2id"
+    with readonly() as s:  # neither hash is in the log
+        details = " ".join(s.scalars(select(AuditEvent.details)).all())
+    assert legacy.split("$")[-1] not in details and upgraded.split("$")[-1] not in details
+    # The next login finds nothing to upgrade.
+    assert check_login("researcher", PASSWORD, "test").username == "researcher"
+    assert "password_rehashed" not in _events("user.login", "user:researcher")[-1]
+    assert _stored_hash("researcher") == upgraded
+
+
+def test_an_unknown_users_login_takes_as_long_as_a_known_users(spe_env: dict[str, str]) -> None:
+    """No telling which usernames exist from the time an answer takes: an unknown username, a
+    throttled address and a locked account spend the time of one password check too."""
+    import statistics
+    import time
+
+    World()
+
+    def median_ms(username: str, address: str) -> float:
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            assert check_login(username, "not the password", "t", address=address).username is None
+            samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+    check_login("nobody-here", "warm", "t", address="10.9.0.9")  # imports, connections
+    # Each from its own address (a throttled one would not check the password); ahead of the
+    # lock-out, which needs 5 failures per account.
+    known = median_ms("researcher", "10.9.0.1")
+    unknown = median_ms("nobody-here", "10.9.0.2")
+    again = median_ms("reviewer", "10.9.0.3")
+    assert 0.5 < unknown / known < 2, (unknown, known)
+    assert 0.5 < unknown / again < 2, (unknown, again)
+    locked = median_ms("reviewer", "10.9.0.4")  # the account is locked by now
+    assert _events("user.login_failed", "user:reviewer")[-1]["source"].endswith("account locked")
+    assert 0.5 < locked / known < 2, (locked, known)
