@@ -9,6 +9,7 @@ zero, ties in windows and quantile groups broken by the other columns) in plain 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from decimal import Decimal
 from pathlib import Path
@@ -634,3 +635,145 @@ def test_hist_by_width_has_grid_edges_covering_the_values(extracts: Catalogue) -
     assert edges[0] <= wages.min() and edges[-1] > wages.max()
     assert all(e % 20000 == 0 for e in edges)
     assert evidence.frame["wage"].notna().sum() == len(wages)
+
+
+# -- the person-space key, read beside its extract -------------------------------------------
+def _space_keys(catalogue: Catalogue) -> dict[str, int]:
+    """A person-space key per pseudonym of either extract (negative ones too, as real keys)."""
+    rng = np.random.default_rng(11)
+    ids = sorted(
+        set(pd.read_parquet(catalogue.sources["income"].path)["pid"])
+        | set(pd.read_parquet(catalogue.sources["population"].path)["person"])
+    )
+    keys = rng.integers(-(2**63), 2**63 - 1, size=len(ids), dtype=np.int64)
+    return dict(zip(ids, keys.tolist(), strict=True))
+
+
+def _person_map(
+    catalogue: Catalogue, dataset: str, folder: Path, *, shuffled: bool = False
+) -> Path:
+    """The map spe.projects.extracts writes beside an extract: a row per extract row, in the
+    extract's order (``shuffled``: in another order, as a map written otherwise would be)."""
+    source = catalogue.sources[dataset]
+    ids = pd.read_parquet(source.path)[source.person_column].astype(str)
+    keys = _space_keys(catalogue)
+    frame = pd.DataFrame({"person_id": ids, "space": [keys[i] for i in ids]})
+    if shuffled:
+        frame = frame.sample(frac=1.0, random_state=5)
+    path = folder / "person-space" / dataset / ("shuffled" if shuffled else "k") / "persons.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return path
+
+
+JOINED_MEAN = _plan(
+    {
+        "op": "join",
+        "left": INCOME,
+        "right": {"op": "scan", "dataset": "population", "version": 1, "columns": None},
+        "how": "inner",
+    },
+    {
+        "command": "crosstab",
+        "index": ["county"],
+        "columns": ["sex"],
+        "values": "wage",
+        "agg": "mean",
+        "safe": None,
+    },
+)
+
+
+def _pandas_cells(catalogue: Catalogue) -> tuple[pd.DataFrame, dict[tuple[Any, ...], set[int]]]:
+    """The evidence and each cell's persons of JOINED_MEAN, computed plainly in pandas."""
+    income = pd.read_parquet(catalogue.sources["income"].path)
+    population = pd.read_parquet(catalogue.sources["population"].path)
+    joined = income.merge(population, left_on="pid", right_on="person", how="inner")
+    keys = _space_keys(catalogue)
+    joined["space"] = joined["pid"].map(keys).astype(np.int64)
+    joined["county"] = joined["county"].where(joined["county"].isin(COUNTIES))
+    evidence = joined[["space", "county", "sex", "wage"]]
+    cells: dict[tuple[Any, ...], set[int]] = {}
+    for row in evidence.dropna(subset=["county", "sex", "wage"]).itertuples(index=False):
+        cells.setdefault((row.county, row.sex), set()).add(int(row.space))
+    return evidence, cells
+
+
+def _assert_as_pandas(evidence: Any, catalogue: Catalogue) -> None:
+    from spe.analysis.outputs import compute
+    from spe.sdc import Rules
+    from spe.sdc.differencing import hash_person_ids
+
+    want, want_cells = _pandas_cells(catalogue)
+    got = evidence.frame
+    assert got["pid"].dtype == np.int64
+
+    def rows(frame: pd.DataFrame, person: str) -> list[tuple[Any, ...]]:
+        return sorted(
+            (
+                int(r[0]),
+                "" if pd.isna(r[1]) else str(r[1]),
+                str(r[2]),
+                -1e300 if pd.isna(r[3]) else round(float(r[3]), 6),
+            )
+            for r in frame[[person, "county", "sex", "wage"]].itertuples(index=False)
+        )
+
+    assert rows(got, "pid") == rows(want, "space")
+    computed = compute(evidence.command, got, evidence.spec, Rules(), ())
+    (table,) = computed.released_tables("t")
+    seen = set()
+    for i in range(len(table)):
+        label = dict(table.labels[i])
+        if set(label) != {"county", "sex"}:
+            continue  # a margin
+        key = (label["county"], label["sex"])
+        expected = np.unique(hash_person_ids(np.array(sorted(want_cells[key]), dtype=np.int64)))
+        assert np.array_equal(np.sort(table.cell(i)), expected), key
+        seen.add(key)
+    assert seen == set(want_cells)
+    means = want.dropna(subset=["county", "wage"]).groupby(["county", "sex"])["wage"].mean()
+    for (county, sex), mean in means.items():
+        assert computed.table.loc[county, sex] == pytest.approx(mean, rel=1e-12)
+
+
+@pytest.mark.parametrize("dataset", ["population", "income"])
+def test_person_space_key_read_beside_its_extract_gives_the_pandas_persons(
+    extracts: Catalogue, tmp_path: Path, dataset: str
+) -> None:
+    from spe.analysis.plan.evaluate import aligned_dataset, compile_plan
+
+    person_map = _person_map(extracts, dataset, tmp_path)
+    plan = validate(JOINED_MEAN, extracts)
+    paths = {name: Path(s.path) for name, s in extracts.sources.items() if s.path is not None}
+    assert aligned_dataset(paths, [person_map]) == dataset
+    sql, _ = compile_plan(plan, paths, [person_map], aligned=dataset)
+    assert "POSITIONAL JOIN" in sql and "DISTINCT" not in sql
+    evidence = evaluate(plan, extracts, person_maps=[person_map])
+    _assert_as_pandas(evidence, extracts)
+
+
+def test_a_person_map_out_of_step_with_its_extract_is_joined_on_the_pseudonyms(
+    extracts: Catalogue, tmp_path: Path
+) -> None:
+    person_map = _person_map(extracts, "population", tmp_path, shuffled=True)
+    evidence = evaluate(validate(JOINED_MEAN, extracts), extracts, person_maps=[person_map])
+    _assert_as_pandas(evidence, extracts)
+
+
+def test_a_map_that_does_not_reach_every_row_is_joined_on_the_pseudonyms(
+    extracts: Catalogue, tmp_path: Path
+) -> None:
+    """Population's map, population on the right of a left join: income rows without a
+    population row would have no key, so the map is joined on the pseudonyms instead."""
+    from spe.analysis.plan.evaluate import compile_plan
+
+    person_map = _person_map(extracts, "population", tmp_path)
+    document = json.loads(json.dumps(JOINED_MEAN))
+    document["frame"]["how"] = "left"
+    plan = validate(document, extracts)
+    paths = {name: Path(s.path) for name, s in extracts.sources.items() if s.path is not None}
+    sql, _ = compile_plan(plan, paths, [person_map], aligned="population")
+    assert "POSITIONAL JOIN" not in sql and "DISTINCT" in sql
+    evidence = evaluate(plan, extracts, person_maps=[person_map])
+    _assert_as_pandas(evidence, extracts)  # the map has no key for income-only persons

@@ -48,6 +48,10 @@ _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 _MAX_WIDTH_BINS = 10_000
 _EXP_MAX = 709.0  # exp above this overflows a double; the plan language gives null instead
 _BINARY = {"add": "+", "sub": "-", "mul": "*"}
+# The person-space key carried beside the rows when the map is read in step with its extract: a
+# name no plan column can have (the grammar has no colon; DuckDB folds case even when quoted).
+SPACE = '"spe:space"'
+_MISALIGNED = "spe: the person map is not in step with its extract"
 _COMPARE = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
@@ -71,10 +75,14 @@ def quote(name: str) -> str:
 class _Compiler:
     """Builds the SQL text from the checked tree; values go to ``params`` only."""
 
-    def __init__(self, sources: dict[str, Path]) -> None:
+    def __init__(self, sources: dict[str, Path], aligned: tuple[str, Path] | None = None) -> None:
         self.sources = sources
         self.params: dict[str, Any] = {}
         self.ctes: list[str] = []
+        # (dataset, its person map, row for row): the map is read beside the extract's scan and
+        # its key carried through every frame, instead of a hash join on the pseudonyms after.
+        self.aligned = aligned
+        self.spaced: set[str] = set()  # the frames (CTE names) that carry SPACE
 
     def param(self, value: Any) -> str:
         key = f"p{len(self.params)}"
@@ -91,16 +99,33 @@ class _Compiler:
         inputs = [self.frame(child) for child in node.inputs]
         schema = node.schema
         person = quote(schema.person)
+        spaced = bool(inputs) and inputs[0] in self.spaced
+        carry = f", {SPACE}" if spaced else ""
         if node.op == "scan":
             path = self.sources[node.parts["dataset"]]
-            items = [f"CAST({person} AS VARCHAR) AS {person}"]
+            aligned = self.aligned is not None and node.parts["dataset"] == self.aligned[0]
+            x = "x." if aligned else ""
+            items = [f"CAST({x}{person} AS VARCHAR) AS {person}"]
             for name in node.parts["columns"]:
                 kind = schema.fields[name].kind
-                items.append(f"CAST({quote(name)} AS {SQL_TYPES[kind]}) AS {quote(name)}")
-            body = f"SELECT {', '.join(items)} FROM read_parquet({self.param(str(path))})"
+                items.append(f"CAST({x}{quote(name)} AS {SQL_TYPES[kind]}) AS {quote(name)}")
+            source = f"read_parquet({self.param(str(path))})"
+            if aligned and self.aligned is not None:
+                # Every row's key is taken only from the map row that names the same pseudonym:
+                # a map out of step fails the query, and the caller joins the map instead.
+                items.append(
+                    f"CASE WHEN m.person_id = CAST(x.{person} AS VARCHAR) THEN m.space ELSE "
+                    f"error({self.param(_MISALIGNED)}) END AS {SPACE}"
+                )
+                source = (
+                    f"{source} AS x POSITIONAL JOIN "
+                    f"read_parquet({self.param(str(self.aligned[1]))}) AS m"
+                )
+                spaced = True
+            body = f"SELECT {', '.join(items)} FROM {source}"
         elif node.op == "filter":
             where = self.expr(node.parts["where"])
-            body = f"SELECT {self.columns(schema)} FROM {inputs[0]} WHERE {where}"
+            body = f"SELECT {self.columns(schema)}{carry} FROM {inputs[0]} WHERE {where}"
         elif node.op == "derive":
             derived = dict(node.parts["columns"])
             items = []
@@ -110,15 +135,22 @@ class _Compiler:
                 else:
                     items.append(quote(name))
             items += [f"{self.expr(e)} AS {quote(n)}" for n, e in derived.items()]
-            body = f"SELECT {', '.join(items)} FROM {inputs[0]}"
+            body = f"SELECT {', '.join(items)}{carry} FROM {inputs[0]}"
         elif node.op == "select":
-            body = f"SELECT {self.columns(schema)} FROM {inputs[0]}"
+            body = f"SELECT {self.columns(schema)}{carry} FROM {inputs[0]}"
         elif node.op == "join":
             right_person = quote(node.inputs[1].schema.person)
             left_names = list(node.inputs[0].schema.fields)
             items = [f"l.{quote(n)}" for n in left_names]
             items += [f"r.{quote(n)}" for n in schema.fields if n not in left_names]
             how = {"inner": "INNER", "left": "LEFT"}[node.parts["how"]]
+            # Joined on the pseudonym, both sides' keys agree; a left join keeps every left row,
+            # so only the left side's key covers all of them.
+            if spaced:
+                items.append(f"l.{SPACE}")
+            elif inputs[1] in self.spaced and how == "INNER":
+                items.append(f"r.{SPACE}")
+                spaced = True
             body = (
                 f"SELECT {', '.join(items)} FROM {inputs[0]} AS l {how} JOIN {inputs[1]} AS r "
                 f"ON l.{person} = r.{right_person}"
@@ -143,7 +175,7 @@ class _Compiler:
                         "CURRENT ROW)"
                     )
                 items.append(f"CAST({value} AS {SQL_TYPES[kind]}) AS {quote(name)}")
-            body = f"SELECT {', '.join(items)} FROM {inputs[0]}"
+            body = f"SELECT {', '.join(items)}{carry} FROM {inputs[0]}"
         elif node.op == "quantile_group":
             child = node.inputs[0].schema
             of = quote(node.parts["of"])
@@ -161,11 +193,13 @@ class _Compiler:
                 f"CAST(CASE WHEN {of} IS NULL THEN NULL ELSE {rank} END AS BIGINT) AS "
                 f"{quote(node.parts['name'])}"
             )
-            body = f"SELECT {', '.join(items)} FROM {inputs[0]}"
+            body = f"SELECT {', '.join(items)}{carry} FROM {inputs[0]}"
         else:  # pragma: no cover - the validator admits no other operation
             raise PlanError(f"There is no frame operation {node.op!r}.")
         name = f"f{len(self.ctes)}"
         self.ctes.append(f"{name} AS ({body})")
+        if spaced:
+            self.spaced.add(name)
         return name
 
     def columns(self, schema: Schema) -> str:
@@ -412,6 +446,32 @@ def _connection(
             shutil.rmtree(spill, ignore_errors=True)
 
 
+class _Misaligned(Exception):
+    """A person map read in step with its extract named another pseudonym on some row."""
+
+
+def aligned_dataset(paths: dict[str, Path], person_maps: Sequence[Path]) -> str | None:
+    """The dataset whose extract the one person map may list row for row: one with as many
+    rows as the map, the dataset the map's folder names first (maps are laid out as
+    ``.../person-space/<dataset>/<key>/persons.parquet``). Only a candidate: the query checks
+    every row's pseudonym against the map's."""
+    if len(person_maps) != 1:
+        return None
+    import pyarrow.parquet as pq
+
+    path = Path(person_maps[0])
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+        named = path.parent.parent.name
+        order = sorted(paths, key=lambda d: d != named)
+        for dataset in order:
+            if pq.ParquetFile(paths[dataset]).metadata.num_rows == rows:
+                return dataset
+    except (OSError, ValueError):
+        return None  # unreadable here: the plain join reports it
+    return None
+
+
 def _run(con: Any, sql: str, params: dict[str, Any], memory_limit: str) -> pd.DataFrame:
     import duckdb
 
@@ -434,6 +494,8 @@ def _run(con: Any, sql: str, params: dict[str, Any], memory_limit: str) -> pd.Da
             "float or filter the rows first."
         ) from None
     except duckdb.Error as exc:
+        if _MISALIGNED in str(exc):
+            raise _Misaligned() from None
         raise PlanError(f"The plan could not be evaluated ({_first_line(exc)}).") from None
     return table.to_pandas()
 
@@ -449,19 +511,66 @@ def _bools(frame: pd.DataFrame, schema: Schema) -> None:
             frame[name] = frame[name].astype("boolean")
 
 
+def coded_columns(plan: Plan) -> dict[str, tuple[str | int, ...]]:
+    """The output's grouping columns whose labels the query returns as category codes (0 for
+    the first declared category, -1 for a value outside them or missing), with their
+    categories: text and integer columns with declared code lists, in tables. Looking a label
+    up in the engine, as a small integer, saves turning millions of strings into pandas ones."""
+    output = plan.output
+    if output.command in MODEL_COMMANDS:
+        return {}
+    out: dict[str, tuple[str | int, ...]] = {}
+    for name in output.used:
+        if output.command == "hist" and name == output.spec["column"]:
+            continue
+        f = plan.frame.schema.fields.get(name)
+        if f is None or f.key != "category" or not f.categories:
+            continue
+        texts = f.kind == "string" and all(isinstance(c, str) for c in f.categories)
+        numbers = f.kind == "int" and all(
+            isinstance(c, int) and not isinstance(c, bool) for c in f.categories
+        )
+        if texts or numbers:
+            out[name] = f.categories
+    return out
+
+
+def _code_sql(compiler: _Compiler, column: str, kind: str, categories: Sequence[Any]) -> str:
+    """The position of ``column``'s value among ``categories`` (0-based), -1 when none."""
+    listed = compiler.param(list(categories))
+    of = "VARCHAR[]" if kind == "string" else "BIGINT[]"
+    return (
+        f"CAST(CASE WHEN {column} IS NULL THEN -1 ELSE "
+        f"coalesce(list_position(CAST({listed} AS {of}), {column}), 0) - 1 END AS INTEGER)"
+    )
+
+
 def compile_plan(
-    plan: Plan, paths: dict[str, Path], person_maps: Sequence[Path] = ()
+    plan: Plan,
+    paths: dict[str, Path],
+    person_maps: Sequence[Path] = (),
+    *,
+    aligned: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The SQL text and its parameters for ``plan`` (paths: each dataset's extract file).
 
     With ``person_maps`` (the server's maps from the project's pseudonyms to the holder's
     person space: Parquet files of ``person_id`` and ``space``) the person column of the result
-    is the person-space key, joined in the engine rather than looked up row by row after."""
-    compiler = _Compiler(paths)
+    is the person-space key, joined in the engine rather than looked up row by row after.
+
+    ``aligned`` names the dataset whose extract the one map in ``person_maps`` lists row for row
+    (spe.projects.extracts writes them together): the map is then read in step with that scan
+    (a positional join that checks every row's pseudonym) and its key carried to the result,
+    which saves a hash join and a DISTINCT over the pseudonyms. When no key reaches every
+    result row that way (the dataset is not scanned, or only on the right of a left join), the
+    map is joined on the pseudonyms as without ``aligned``."""
+    pair = (aligned, Path(person_maps[0])) if aligned and len(person_maps) == 1 else None
+    compiler = _Compiler(paths, pair)
     last = compiler.frame(plan.frame)
     output = plan.output
     schema = plan.frame.schema
     items = [quote(schema.person)]
+    coded = coded_columns(plan)
     for name in output.used:
         if output.command == "hist" and name == output.spec["column"]:
             spec = output.hist_bin or BinSpec()
@@ -471,10 +580,18 @@ def compile_plan(
             else:
                 value = bin_index_sql(compiler, x, spec.edges or ())
             items.append(f"{value} AS {quote(name)}")
+        elif name in coded:
+            value = _code_sql(compiler, quote(name), schema.fields[name].kind, coded[name])
+            items.append(f"{value} AS {quote(name)}")
         else:
             items.append(quote(name))
     sql = f"WITH {', '.join(compiler.ctes)} SELECT {', '.join(items)} FROM {last}"
-    if person_maps:
+    if person_maps and last in compiler.spaced:
+        items[0] = f"{SPACE} AS {quote(schema.person)}"
+        sql = f"WITH {', '.join(compiler.ctes)} SELECT {', '.join(items)} FROM {last}"
+    elif person_maps:
+        if pair is not None:  # the carried key does not reach every row: join the map after
+            return compile_plan(plan, paths, person_maps)
         person = quote(schema.person)
         maps = compiler.param([str(p) for p in person_maps])
         outer = [f"m.space AS {person}", *(f"e.{quote(n)}" for n in output.used)]
@@ -500,16 +617,32 @@ def evaluate(
     ``person_maps`` (server only): the person column comes back as the holder's person-space
     key (int64), see ``compile_plan``."""
     paths = _resolve(_sources(plan.frame), catalogue)
-    sql, params = compile_plan(plan, paths, person_maps)
+    aligned = aligned_dataset(paths, person_maps)
     readable = [*paths.values(), *(Path(p).resolve() for p in person_maps)]
     with _connection(readable, memory_limit, threads, temp_directory) as con:
-        frame = _run(con, sql, params, memory_limit)
+        frame = None
+        if aligned is not None:
+            sql, params = compile_plan(plan, paths, person_maps, aligned=aligned)
+            try:
+                frame = _run(con, sql, params, memory_limit)
+            except _Misaligned:
+                frame = None  # a map written otherwise: joined on the pseudonyms below
+        if frame is None:
+            sql, params = compile_plan(plan, paths, person_maps)
+            frame = _run(con, sql, params, memory_limit)
     schema = plan.frame.schema
     output = plan.output
     _bools(frame, schema)
     spec = {**output.spec, "person_id": schema.person}
     model = output.command in MODEL_COMMANDS
+    coded = coded_columns(plan)
     for name in output.used:
+        if name in coded:
+            codes = frame[name].to_numpy(dtype=np.int64)
+            frame[name] = pd.Categorical.from_codes(
+                codes, categories=list(coded[name]), ordered=True
+            )
+            continue
         if output.command == "hist" and name == output.spec["column"]:
             bin_spec = output.hist_bin or BinSpec()
             if bin_spec.width is not None:
