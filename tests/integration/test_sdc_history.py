@@ -116,3 +116,49 @@ def test_releases_that_confine_a_small_group_through_non_negativity_fail_the_exp
     assert not re.search(r"\d", re.sub(r"\d{4}-\d{2}-\d{2}|fewer than 10", "", sentence))
     other = export_audit("other-holder", "req-9", "beta", "New", [cell("CE")], [], rules)
     assert other.passed
+
+
+def test_released_values_are_kept_sealed_and_read_back_for_the_p_percent_rule(
+    spe_env: dict[str, str],
+) -> None:
+    """What each person contributed to a released sum is stored only sealed (no value's bytes
+    in any row), is read back through the holder's value map, is rebuilt from the releases'
+    sealed rows when the map is missing, and disagreeing contributions become unknown."""
+    from spe.audit import record
+    from spe.sdc.audit import load_value_maps, sum_space
+    from spe.sdc.audit.models import SDCReleaseValues, SDCValueMap
+    from spe.sdc.audit.store import _rebuild_values
+
+    pop = _population()
+    ids = np.sort(pop["id"][:40])
+    wage = np.round(np.linspace(31_000.5, 97_000.25, 40), 2)
+    first = [NewCell("sum", ids[:30], "survey.wage", "a", wage[:30])]
+    later = [
+        NewCell(
+            "sum", ids[20:40], "survey.wage", "b", np.concatenate([wage[20:29], [1.5], wage[30:]])
+        )
+    ]
+    with transaction() as s:
+        record_release(s, "statistics-norway", _release("alpha", 2, "Wages"), first)
+    with transaction() as s:
+        record_release(s, "statistics-norway", _release("beta", 3, "Wages again"), later)
+    space = sum_space("survey.wage")
+    with readonly() as s:
+        stored = [*s.scalars(select(SDCReleaseValues.data)), *s.scalars(select(SDCValueMap.data))]
+        assert len(stored) == 3
+        for blob in stored:
+            assert wage[:30].tobytes() not in blob and wage[5:6].tobytes() not in blob
+        (values,) = load_value_maps(s, "statistics-norway", later).values()
+        rebuilt = _rebuild_values(s, "statistics-norway", space)
+    found, known = values.lookup(ids)
+    assert known.all()
+    assert np.array_equal(found[:29], wage[:29]) and np.array_equal(found[30:], wage[30:])
+    assert np.isnan(found[29])  # two releases gave person 29 two values: not one number
+    assert np.array_equal(rebuilt.persons, values.persons)
+    assert np.array_equal(rebuilt.values, values.values, equal_nan=True)
+    with transaction() as s:  # a map that fell behind is rebuilt from the sealed releases
+        s.delete(s.get(SDCValueMap, ("statistics-norway", space)))
+        record(s, "test:operator", "sdc.value_map_drop", "statistics-norway", {})
+    with readonly() as s:
+        (again,) = load_value_maps(s, "statistics-norway", later).values()
+    assert np.array_equal(again.values, values.values, equal_nan=True)

@@ -265,6 +265,46 @@ def test_a_determined_total_dominated_by_one_person_fails_the_p_percent_rule() -
     assert "a reviewer must look" in unchecked.findings[0].sentence
 
 
+def test_the_values_cells_carry_decide_the_p_percent_rule_and_unknown_ones_go_to_review() -> None:
+    """The export path's contributions (spe.sdc.audit.contributions_of): the earlier release's
+    values from the holder's map, the new output's from its cells; a person whose values
+    disagree, or whom no value is known for, sends a determined total to a reviewer."""
+    from spe.sdc.audit import ValueMap, contributions_of
+
+    ids = persons_space(40, seed=8)
+    p_set, q_set = np.sort(ids[:20]), np.sort(ids[20:32])
+    union = np.sort(np.concatenate([p_set, q_set]))
+    wage = {int(x): 100.0 + i for i, x in enumerate(ids)}
+    wage[int(q_set[0])] = 1e6  # q's total is one person's wage within p %
+    first = NewCell("sum", union, "survey.wage", "all", np.array([wage[int(x)] for x in union]))
+    history = History.empty("holder", WAGE).extended(release(2, "Wage, all"), [first])
+    released = {WAGE: ValueMap.of_cells([first], WAGE)}
+    new = [NewCell("sum", p_set, "survey.wage", "p", np.array([wage[int(x)] for x in p_set]))]
+    result = audit(history, new, THRESHOLD, 10, contributions=contributions_of(released, new))
+    assert result.status == Verdict.FAIL and result.findings[0].rule == "p_percent"
+    assert "'Wage, all' (released 2026-11-02)" in result.findings[0].sentence
+
+    # the same persons without the dominant wage pass
+    even = NewCell("sum", union, "survey.wage", "all", np.full(len(union), 100.0))
+    history = History.empty("holder", WAGE).extended(release(2, "Wage, all"), [first])
+    flat = {WAGE: ValueMap.of_cells([even], WAGE)}
+    new_even = [NewCell("sum", p_set, "survey.wage", "p", np.full(len(p_set), 100.0))]
+    assert audit(
+        history, new_even, THRESHOLD, 10, contributions=contributions_of(flat, new_even)
+    ).passed
+
+    # no value known for q's persons (a release the server did not compute): a reviewer
+    unknown = audit(history, new_even, THRESHOLD, 10, contributions=contributions_of({}, new_even))
+    assert unknown.status == Verdict.REVIEW and unknown.findings[0].rule == "review"
+
+    # the new output says another value for a person of p than the history: not one number
+    clash = np.full(len(p_set), 100.0)
+    clash[0] = 5.0
+    wrong = [NewCell("sum", p_set, "survey.wage", "p", clash)]
+    look = contributions_of(flat, wrong)("survey.wage", p_set)
+    assert np.isnan(look[0]) and (look[1:] == 100.0).all()
+
+
 def test_counts_and_sums_are_separate_spaces() -> None:
     ids = persons_space(60, seed=7)
     p_set, t, q_set = ids[:20], ids[20:21], ids[30:45]

@@ -24,19 +24,32 @@ reach the threshold fails, one that can passes only on an integer witness checke
 what the time budget does not settle goes to a reviewer. For sums with values given (none
 negative), a total bounded from above within the p % rule's upper protection level fails.
 
-Limits. Only the upper protection level is asked of bounds, not the lower one; the export check
-gives no values, so bounds on sums are audited only where a caller gives them. Released numbers
+Values (``values``). The export check passes what each person contributed to a server-computed
+sum or mean cell (spe.exports.checking.with_values); ``record_release`` keeps them per release
+and as one map per holder and sum space, sealed under the platform key (the extract may be
+destroyed with its project; the history must not forget), and ``load_value_maps`` reads them
+back for the p % rule. A person with no known value (an output the workspace computed) or two
+disagreeing ones (in two cells of a table, or two years under one column) has none: a
+determined total that needs it goes to a reviewer.
+
+Limits. Only the upper protection level is asked of bounds, not the lower one; bounds on sums
+are computed only where every person's value in the space is known (else skipped). A sum space
+is one value per person: a table whose persons fall in several cells (by year) is audited as
+if each person had one value, and their values are unknown, so its totals go to reviewers.
+The p % rule is asked of single atoms; unions of atoms only below the threshold. Released numbers
 are taken as exact (rounded releases are audited as if exact, which is conservative). DP
 answers take no part. Cells whose persons the server does not know cannot be audited. Cost
 grows with the number of atoms squared (dense basis).
 
 Public entry points: ``NewCell``, ``History``, ``audit``, ``AuditResult``, ``Finding``,
-``record_release`` and ``load_history``.
+``record_release``, ``load_history``, ``load_value_maps``, ``ValueMap`` and
+``contributions_of``.
 """
 
 from spe.sdc.audit.expert import AuditResult, Finding, audit, audit_output
 from spe.sdc.audit.history import COUNT_SPACE, History, NewCell, ReleaseInfo, sum_space
-from spe.sdc.audit.store import load_histories, load_history, record_release
+from spe.sdc.audit.store import load_histories, load_history, load_value_maps, record_release
+from spe.sdc.audit.values import ValueMap, contributions_of
 
 __all__ = [
     "COUNT_SPACE",
@@ -45,10 +58,13 @@ __all__ = [
     "History",
     "NewCell",
     "ReleaseInfo",
+    "ValueMap",
     "audit",
     "audit_output",
+    "contributions_of",
     "load_histories",
     "load_history",
+    "load_value_maps",
     "record_release",
     "sum_space",
 ]

@@ -252,6 +252,11 @@ def _sum_bounds(
     values = np.asarray(contributions(history.space[4:], ref.persons), dtype=np.float64)
     if len(values) != len(ref.persons) or (values < 0).any():
         return []  # a variable that can be negative gives the intruder no such bound
+    if np.isnan(values).any():
+        # Some person's contribution is not known as one number (an output the server did not
+        # compute, or disagreeing contributions): no bound on sums is computed (a limit).
+        stats["unknown_values"] = float(np.isnan(values).sum())
+        return []
     totals = np.bincount(ref.atom_of, weights=values, minlength=ref.n_atoms)
     new_cells = merge.new_rows.tocsr()
     lone = {
@@ -398,6 +403,10 @@ def _determined_atoms(
             continue
         members = ref.persons[ref.atom_of == atom]
         values = np.sort(np.abs(np.asarray(contributions(history.space[4:], members), float)))
+        if len(values) != len(members) or np.isnan(values).any():
+            # a member's contribution is not known as one number: a reviewer decides
+            groups.append(_Group(atom_arr, "review", Verdict.REVIEW))
+            continue
         if len(values) >= 2 and values[:-2].sum() < p / 100.0 * values[-1]:
             groups.append(_Group(atom_arr, "p_percent", Verdict.FAIL))
     return groups

@@ -32,12 +32,15 @@ def sum_space(variable: str) -> str:
 class NewCell:
     """A cell about to be released: a count, a sum of ``variable`` (dataset.column), or a mean
     (its sum and its count). ``persons`` are the sorted int64 hashes of the persons behind it,
-    in the holder-wide person space."""
+    in the holder-wide person space. ``values`` (sums and means of a server-computed output
+    only): each person's contribution to the cell, aligned with ``persons``; NaN where the
+    server cannot say it (never shown: the audit's p % rule reads it)."""
 
     kind: str
     persons: np.ndarray
     variable: str | None = None
     label: str = ""
+    values: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in CELL_KINDS:
@@ -50,9 +53,20 @@ class NewCell:
                 f"A {self.kind} cell needs the variable it sums (dataset.column); give variable."
             )
         persons = np.asarray(self.persons, dtype=np.int64)
+        values = None if self.values is None else np.asarray(self.values, dtype=np.float64)
+        if values is not None and len(values) != len(persons):
+            raise SDCInputError(
+                f"A cell has {len(persons)} persons but {len(values)} values; give one value "
+                "per person."
+            )
         if len(persons) > 1 and not (np.diff(persons) > 0).all():
-            persons = np.unique(persons)
+            raw = persons
+            persons, first = np.unique(raw, return_index=True)
+            if values is not None:  # a person listed twice: their value is not one number
+                counts = np.bincount(np.searchsorted(persons, raw), minlength=len(first))
+                values = np.where(counts > 1, np.nan, values[first])
         object.__setattr__(self, "persons", persons)
+        object.__setattr__(self, "values", values)
 
     @property
     def spaces(self) -> tuple[str, ...]:

@@ -57,3 +57,27 @@ class SDCHistorySnapshot(Base):
     n_releases: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SDCReleaseValues(Base):
+    """What each person contributed to a release's cells in a sum space (server-computed
+    outputs only), aligned with the cells' persons: sealed under the platform key, never shown
+    (the p % rule of later audits reads them)."""
+
+    __tablename__ = "sdc_release_values"
+
+    cells: Mapped[uuid.UUID] = mapped_column(ForeignKey("sdc_release_cells.id"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SDCValueMap(Base):
+    """Each person's released value in a holder's sum space (spe.sdc.audit.values.ValueMap),
+    sealed; valid while ``n_releases`` equals the number of that space's release cells."""
+
+    __tablename__ = "sdc_value_maps"
+
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    space: Mapped[str] = mapped_column(String(300), primary_key=True)
+    n_releases: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

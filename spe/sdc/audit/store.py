@@ -2,7 +2,9 @@
 
 ``record_release`` stores a released output's cells (hashed person sets) and brings the holder's
 compact history up to date in the same transaction; ``load_history`` reads that compact form,
-or rebuilds it from the recorded cells when it is missing or behind.
+or rebuilds it from the recorded cells when it is missing or behind. In sum spaces it also
+keeps what each person contributed (server-computed outputs only), sealed under the platform
+key (spe.keys.sealing) with a context naming the row, and ``load_value_maps`` opens them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from sqlalchemy.orm import Session
 from spe.audit import record, state_change
 from spe.db.base import utcnow
 from spe.sdc.audit.history import COUNT_SPACE, History, NewCell, ReleaseInfo, sum_space
-from spe.sdc.audit.models import SDCHistorySnapshot, SDCRelease, SDCReleaseCells
+from spe.sdc.audit.models import (
+    SDCHistorySnapshot,
+    SDCRelease,
+    SDCReleaseCells,
+    SDCReleaseValues,
+    SDCValueMap,
+)
+from spe.sdc.audit.values import ValueMap
 from spe.sdc.errors import SDCError
 
 ACTOR = "system:sdc-audit"
@@ -51,6 +60,54 @@ def _cells_from_bytes(data: bytes) -> list[NewCell]:
         NewCell(m["kind"], persons[offsets[i] : offsets[i + 1]], m["variable"], m["label"])
         for i, m in enumerate(meta)
     ]
+
+
+def _values_context(cells_id: object) -> str:
+    return f"sdc-release-values:{cells_id}"
+
+
+def _map_context(holder: str, space: str) -> str:
+    return f"sdc-value-map:{holder}:{space}"
+
+
+def _seal(data: bytes, context: str) -> bytes:
+    from spe.keys.sealing import seal_secret
+
+    return seal_secret(data, context)
+
+
+def _open(data: bytes, context: str) -> bytes:
+    from spe.keys.sealing import open_secret
+
+    return open_secret(data, context)
+
+
+def _values_bytes(cells: Sequence[NewCell]) -> bytes | None:
+    """The cells' values aligned with ``_cells_bytes``'s persons (NaN for a cell without), or
+    None when no cell carries any."""
+    if not any(c.values is not None for c in cells):
+        return None
+    parts = [
+        np.asarray(c.values, np.float64)
+        if c.values is not None
+        else np.full(len(c.persons), np.nan)
+        for c in cells
+    ]
+    buffer = io.BytesIO()
+    np.savez(buffer, values=np.concatenate(parts) if parts else np.zeros(0))
+    return buffer.getvalue()
+
+
+def _with_values(cells: list[NewCell], data: bytes) -> list[NewCell]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        values = npz["values"]
+    out, at = [], 0
+    for c in cells:
+        out.append(
+            NewCell(c.kind, c.persons, c.variable, c.label, values[at : at + len(c.persons)])
+        )
+        at += len(c.persons)
+    return out
 
 
 def _info(row: SDCRelease) -> ReleaseInfo:
@@ -99,10 +156,71 @@ def load_history(session: Session, holder: str, *, variable: str | None = None) 
     return history
 
 
+def _rebuild_values(session: Session, holder: str, space: str) -> ValueMap:
+    rows = session.execute(
+        select(SDCReleaseCells.data, SDCReleaseValues.data, SDCReleaseValues.cells)
+        .join(SDCReleaseValues, SDCReleaseValues.cells == SDCReleaseCells.id)
+        .where(SDCReleaseCells.holder == holder, SDCReleaseCells.space == space)
+        .order_by(SDCReleaseCells.seq)
+    )
+    cells: list[NewCell] = []
+    for data, sealed, cells_id in rows:
+        opened = _open(sealed, _values_context(cells_id))
+        cells += _with_values(_cells_from_bytes(data), opened)
+    return ValueMap.of_cells(cells, space)
+
+
+def _load_values(session: Session, holder: str, space: str, count: int) -> ValueMap:
+    row = session.get(SDCValueMap, (holder, space))
+    if row is not None and row.n_releases == count:
+        return ValueMap.from_bytes(_open(row.data, _map_context(holder, space)))
+    return _rebuild_values(session, holder, space)
+
+
+def load_value_maps(session: Session, holder: str, cells: Sequence[NewCell]) -> dict[str, ValueMap]:
+    """Each person's released value in every sum space the cells are statistics in (the
+    holder's, from any project): what the p % rule of ``audit_output`` reads. Never shown."""
+    spaces = sorted({s for c in cells for s in c.spaces if s != COUNT_SPACE})
+    out = {}
+    for space in spaces:
+        count = session.scalar(
+            select(func.count())
+            .select_from(SDCReleaseCells)
+            .where(SDCReleaseCells.holder == holder, SDCReleaseCells.space == space)
+        )
+        out[space] = _load_values(session, holder, space, int(count or 0))
+    return out
+
+
 def load_histories(session: Session, holder: str, cells: Sequence[NewCell]) -> dict[str, History]:
     """The histories of every space the cells are statistics in (for ``audit_output``)."""
     spaces = sorted({s for c in cells for s in c.spaces})
     return {s: _load(session, holder, s, lock=False)[0] for s in spaces}
+
+
+def _record_values(
+    session: Session,
+    holder: str,
+    space: str,
+    count: int,
+    cells_row: SDCReleaseCells,
+    chosen: Sequence[NewCell],
+) -> None:
+    """Seal the cells' values and bring the space's value map up to date (count + 1)."""
+    data = _values_bytes(chosen)
+    if data is not None:
+        session.flush()  # the cells row's id names the sealed values' context
+        session.add(
+            SDCReleaseValues(cells=cells_row.id, data=_seal(data, _values_context(cells_row.id)))
+        )
+    current = _load_values(session, holder, space, count)
+    updated = current.merged(ValueMap.of_cells(chosen, space)) if data is not None else current
+    sealed = _seal(updated.to_bytes(), _map_context(holder, space))
+    row = session.get(SDCValueMap, (holder, space))
+    if row is None:
+        session.add(SDCValueMap(holder=holder, space=space, n_releases=count + 1, data=sealed))
+    else:
+        row.n_releases, row.data, row.updated_at = count + 1, sealed, utcnow()
 
 
 @state_change("sdc.release_record")
@@ -138,11 +256,12 @@ def record_release(
     for space in spaces:
         chosen = [c for c in cells if space in c.spaces and len(c.persons)]
         history, count = _load(session, holder, space, lock=True)
-        session.add(
-            SDCReleaseCells(
-                release=row.id, holder=holder, space=space, seq=count, data=_cells_bytes(chosen)
-            )
+        cells_row = SDCReleaseCells(
+            release=row.id, holder=holder, space=space, seq=count, data=_cells_bytes(chosen)
         )
+        session.add(cells_row)
+        if space != COUNT_SPACE:
+            _record_values(session, holder, space, count, cells_row, chosen)
         history = history.extended(release_meta, chosen)
         snapshot = session.get(SDCHistorySnapshot, (holder, space))
         if snapshot is None:
