@@ -5,6 +5,12 @@ holder's person space, audited against everything the holder has released from a
 The check computes every table on evidence whose person column has been mapped to the holder's
 person space (spe.projects.extracts.person_space_of), so the persons behind a cell are the same
 numbers whichever project released it.
+
+Sums and means: a plan output's cells carry what each person contributed (the server computed
+them, spe.exports.checking), so a total that releases together determine is checked by the
+p % rule on the real values, the holder's released values read from their sealed store. A
+workspace-computed output's cells carry none (its numbers are claims): such a total goes to a
+reviewer, which the output reaches anyway, since nothing the workspace computed leaves alone.
 """
 
 from __future__ import annotations
@@ -34,12 +40,19 @@ def audit(
 ) -> Any:
     """Audit ``cells`` against the holder's releases and this request's earlier outputs."""
     from spe.db import readonly
-    from spe.sdc.audit import ReleaseInfo, audit_output, load_histories
+    from spe.sdc.audit import (
+        ReleaseInfo,
+        audit_output,
+        contributions_of,
+        load_histories,
+        load_value_maps,
+    )
 
     if not cells:
         return None
     with readonly() as session:
         histories = load_histories(session, holder, cells)
+        values = load_value_maps(session, holder, cells)
     if any(h.n_atoms > MAX_ATOMS for h in histories.values()):
         return _too_large(cells, histories)
     now = dt.datetime.now(dt.UTC)
@@ -47,7 +60,14 @@ def audit(
         info = ReleaseInfo(request_id, project, f"{title}: {before.name}", now, before.name)
         for space, history in list(histories.items()):
             histories[space] = history.extended(info, before.cells)
-    return audit_output(histories, cells, rules.threshold, rules.p_percent)
+    known = [*(c for before in earlier for c in before.cells), *cells]
+    return audit_output(
+        histories,
+        cells,
+        rules.threshold,
+        rules.p_percent,
+        contributions=contributions_of(values, known),
+    )
 
 
 # The audit's cost grows with the square of the atoms (a dense basis): past this many, an

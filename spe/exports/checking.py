@@ -261,11 +261,84 @@ def server_check(name: str, result: PlanResult) -> ServerCheck:
         report=report,
         released=released,
         datasets=list(evidence.datasets),
-        cells=once.audit_cells(name, evidence.datasets, withheld),
+        cells=with_values(once.audit_cells(name, evidence.datasets, withheld), computed, evidence),
         file_name=released_name(name),
         data=file.to_spe_csv().encode("utf-8"),
         plan_sha256=sha,
     )
+
+
+def with_values(cells: list[Any], computed: Any, evidence: Any) -> list[Any]:
+    """The audit cells of a server-computed output, each sum or mean cell with what every
+    person behind it contributed (spe.sdc.audit.NewCell.values), for the cumulative audit's
+    p % rule. Values are the server's own, from the evidence it evaluated; they stay on the
+    server (the audit's sealed store) and appear in nothing shown.
+
+    A person whose rows fall in two cells of a table contributed different amounts to each:
+    their value is NaN (unknown), and a total that needs it goes to a reviewer."""
+    import dataclasses
+
+    maps: dict[str, tuple[Any, Any]] = {}
+    source = "+".join(sorted(evidence.datasets)) or "data"
+    for part in computed.parts:
+        report = part.report
+        if report.agg not in ("sum", "mean") or report.person_id is None or not part.release:
+            continue
+        found = _person_values(report, evidence.frame)
+        if found is None:
+            continue
+        variable = f"{source}.{report.values}"
+        if variable in maps:  # two parts of one variable: keep a value only where both agree
+            from spe.sdc.audit import ValueMap
+
+            both = ValueMap(*maps[variable]).merged(ValueMap(*found))
+            found = (both.persons, both.values)
+        maps[variable] = found
+    if not maps:
+        return cells
+    import numpy as np
+
+    out = []
+    for cell in cells:
+        known = maps.get(cell.variable or "") if cell.kind in ("sum", "mean") else None
+        if known is None:
+            out.append(cell)
+            continue
+        persons, values = known
+        at = np.minimum(np.searchsorted(persons, cell.persons), max(len(persons) - 1, 0))
+        hit = persons[at] == cell.persons if len(persons) else np.zeros(len(cell.persons), bool)
+        out.append(dataclasses.replace(cell, values=np.where(hit, values[at], np.nan)))
+    return out
+
+
+def _person_values(report: Any, frame: Any) -> tuple[Any, Any] | None:
+    """(sorted person hashes, each one's total of the report's values over its rows), NaN for
+    a person in two or more of the table's cells; None where the rows cannot be matched to the
+    report's persons (then no value is known and the audit is stricter)."""
+    import numpy as np
+
+    info = report.persons_info
+    if info is None or report.values not in frame.columns:
+        return None
+    labels = [*report.index, *report.columns]
+    kept = frame[labels].notna().all(axis=1).to_numpy()
+    if len(info.codes) != int(kept.sum()):
+        return None
+    raw = frame[report.values].to_numpy(dtype=np.float64, na_value=np.nan)[kept]
+    present = ~np.isnan(raw)
+    # the hashes the report's own person sets are made of (TableReport.person_sets)
+    hashes = np.asarray(report._hash_codes(np.asarray(info.codes)[present]), dtype=np.int64)
+    order = np.argsort(hashes, kind="stable")
+    hashes, raw = hashes[order], raw[present][order]
+    if not len(hashes):
+        return None
+    starts = np.flatnonzero(np.concatenate([[True], hashes[1:] != hashes[:-1]]))
+    persons, totals = hashes[starts], np.add.reduceat(raw, starts)
+    sets = report.person_sets(include_margins=False)
+    listed, times = np.unique(sets.persons, return_counts=True)
+    if not np.array_equal(listed, persons):
+        return None
+    return persons, np.where(times > 1, np.nan, totals)
 
 
 def _refused(name: str, sentence: str, sha: str | None) -> ServerCheck:
