@@ -314,31 +314,33 @@ def with_values(cells: list[Any], computed: Any, evidence: Any) -> list[Any]:
 def _person_values(report: Any, frame: Any) -> tuple[Any, Any] | None:
     """(sorted person hashes, each one's total of the report's values over its rows), NaN for
     a person in two or more of the table's cells; None where the rows cannot be matched to the
-    report's persons (then no value is known and the audit is stricter)."""
+    report's persons (then no value is known and the audit is stricter). Works on the report's
+    dense person codes: no sort of (cell, person) pairs beyond the one the check made."""
     import numpy as np
 
-    info = report.persons_info
-    if info is None or report.values not in frame.columns:
+    info, pairs = report.persons_info, report.stats.pairs
+    if info is None or pairs is None or report.values not in frame.columns:
         return None
     labels = [*report.index, *report.columns]
     kept = frame[labels].notna().all(axis=1).to_numpy()
-    if len(info.codes) != int(kept.sum()):
+    codes = np.asarray(info.codes, dtype=np.int64)
+    if len(codes) != int(kept.sum()):
         return None
     raw = frame[report.values].to_numpy(dtype=np.float64, na_value=np.nan)[kept]
     present = ~np.isnan(raw)
+    size = int(info.size)
+    totals = np.bincount(codes[present], weights=raw[present], minlength=size)
+    seen = np.flatnonzero(np.bincount(codes[present], minlength=size))
+    if not len(seen):
+        return None
+    if pairs.keys is not None:  # (cell, person) pairs: a person in two cells has two values
+        cells_of = np.bincount(pairs.keys & np.int64((1 << pairs.bits) - 1), minlength=size)
+        totals = np.where(cells_of > 1, np.nan, totals)
+    # else every row is another person: one cell each
     # the hashes the report's own person sets are made of (TableReport.person_sets)
-    hashes = np.asarray(report._hash_codes(np.asarray(info.codes)[present]), dtype=np.int64)
-    order = np.argsort(hashes, kind="stable")
-    hashes, raw = hashes[order], raw[present][order]
-    if not len(hashes):
-        return None
-    starts = np.flatnonzero(np.concatenate([[True], hashes[1:] != hashes[:-1]]))
-    persons, totals = hashes[starts], np.add.reduceat(raw, starts)
-    sets = report.person_sets(include_margins=False)
-    listed, times = np.unique(sets.persons, return_counts=True)
-    if not np.array_equal(listed, persons):
-        return None
-    return persons, np.where(times > 1, np.nan, totals)
+    hashes = np.asarray(report._hash_codes(seen), dtype=np.int64)
+    order = np.argsort(hashes)
+    return hashes[order], totals[seen][order]
 
 
 def _refused(name: str, sentence: str, sha: str | None) -> ServerCheck:

@@ -470,3 +470,44 @@ def test_a_declared_largest_wage_narrows_the_bound_and_fails() -> None:
         value_bounds={"survey.wage": 100_000.0},
     )
     assert {f.rule for f in declared.findings} == {"p_percent_bound"}
+
+
+@pytest.mark.parametrize("ids", [["p1", "p1", "p2", "p2", "p3"], [7, 7, 9, 9, 11]])
+def test_the_server_gives_each_persons_total_and_none_for_a_person_in_two_cells(
+    ids: list[object],
+) -> None:
+    """spe.exports.checking.with_values on a checked table: p2's two rows in one cell are one
+    contribution (their total); p1's rows in two cells are two contributions, so p1's value is
+    unknown (NaN) rather than a wrong number; the hashes match the cells' persons."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from spe.exports.checking import with_values
+    from spe.sdc.check import check_table
+
+    frame = pd.DataFrame(
+        {
+            "person": ids,
+            "region": ["a", "b", "a", "a", "b"],
+            "kind": ["w"] * 5,
+            "wage": [10.0, 20.0, 30.0, 5.0, 7.0],
+        }
+    )
+    report = check_table(frame, "region", "kind", values="wage", agg="sum", person_id="person")
+    sets = report.person_sets(include_margins=False)
+    cells = [
+        NewCell("sum", sets.persons[sets.offsets[i] : sets.offsets[i + 1]], "survey.wage")
+        for i in range(report.n_cells)
+    ]
+    computed = SimpleNamespace(parts=[SimpleNamespace(report=report, release=True)])
+    evidence = SimpleNamespace(frame=frame, datasets=["survey"])
+    valued = with_values(cells, computed, evidence)
+    by_cell = {}
+    for i, cell in enumerate(valued):
+        assert cell.values is not None
+        by_cell[i] = sorted(cell.values.tolist(), key=lambda v: (not np.isnan(v), v))
+    assert report.n_cells == 2
+    a, b = by_cell[0], by_cell[1]  # region a: p1 (two cells) and p2; region b: p1 and p3
+    assert np.isnan(a[0]) and a[1] == 35.0
+    assert np.isnan(b[0]) and b[1] == 7.0
