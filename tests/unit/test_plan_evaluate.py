@@ -777,3 +777,79 @@ def test_a_map_that_does_not_reach_every_row_is_joined_on_the_pseudonyms(
     assert "POSITIONAL JOIN" not in sql and "DISTINCT" in sql
     evidence = evaluate(plan, extracts, person_maps=[person_map])
     _assert_as_pandas(evidence, extracts)  # the map has no key for income-only persons
+
+
+POPULATION = {"op": "scan", "dataset": "population", "version": 1, "columns": None}
+COUNT = {
+    "command": "crosstab",
+    "index": ["county"],
+    "columns": ["q"],
+    "values": None,
+    "agg": "count",
+    "safe": None,
+}
+IN_STEP_FRAMES = {
+    # income's map: a filter, a window and quantile groups on the aligned side, then a join
+    "income": {
+        "op": "join",
+        "left": {
+            "op": "quantile_group",
+            "input": {
+                "op": "window",
+                "input": {
+                    "op": "filter",
+                    "input": INCOME,
+                    "where": {"fn": "ge", "args": [{"col": "year"}, {"lit": 2018}]},
+                },
+                "order_by": "year",
+                "columns": {"w1": {"fn": "lag", "of": "wage", "n": 1}},
+            },
+            "name": "q",
+            "of": "wage",
+            "groups": 3,
+            "within": ["year"],
+        },
+        "right": POPULATION,
+        "how": "inner",
+    },
+    # population's map: population filtered, on the left of a left join
+    "population": {
+        "op": "quantile_group",
+        "input": {
+            "op": "join",
+            "left": {
+                "op": "filter",
+                "input": POPULATION,
+                "where": {"fn": "eq", "args": [{"col": "sex"}, {"lit": "F"}]},
+            },
+            "right": INCOME,
+            "how": "left",
+        },
+        "name": "q",
+        "of": "wage",
+        "groups": 2,
+        "within": [],
+    },
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(IN_STEP_FRAMES))
+def test_the_key_read_in_step_equals_the_key_joined_on_the_pseudonyms(
+    extracts: Catalogue, tmp_path: Path, dataset: str
+) -> None:
+    from spe.analysis.plan.evaluate import compile_plan
+
+    plan = validate(_plan(IN_STEP_FRAMES[dataset], COUNT), extracts)
+    in_step = _person_map(extracts, dataset, tmp_path)
+    out_of_step = _person_map(extracts, dataset, tmp_path, shuffled=True)
+    paths = {name: Path(s.path) for name, s in extracts.sources.items() if s.path is not None}
+    sql, _ = compile_plan(plan, paths, [in_step], aligned=dataset)
+    assert "POSITIONAL JOIN" in sql and "DISTINCT" not in sql
+
+    def rows(person_map: Path) -> list[tuple[str, ...]]:
+        frame = evaluate(plan, extracts, person_maps=[person_map]).frame
+        return sorted(tuple(map(str, r)) for r in frame.itertuples(index=False))
+
+    got = rows(in_step)
+    assert len(got) > 10
+    assert got == rows(out_of_step)
