@@ -378,16 +378,45 @@ def _warm(extracts: data.Extracts) -> None:
                 pass
 
 
+def available(engines: tuple[str, ...], figure: str, **common: Any) -> tuple[str, ...]:
+    """``engines`` whose library is installed; a skipped line for each of the others (Polars
+    is a peer measured here, not a dependency of SPE)."""
+    import importlib.util
+
+    out = []
+    for engine in engines:
+        library = engine.split("_")[0]
+        if importlib.util.find_spec(library) is None:
+            emit(
+                f"analysis.{figure}.{engine}",
+                0,
+                "s",
+                skipped=True,
+                reason=f"{library} is not installed here (pip install {library} to compare)",
+                **common,
+            )
+        else:
+            out.append(engine)
+    return tuple(out)
+
+
+def available_quietly(engines: tuple[str, ...]) -> list[str]:
+    import importlib.util
+
+    return [e for e in engines if importlib.util.find_spec(e.split("_")[0]) is not None]
+
+
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
 def bare_engines(extracts: data.Extracts, repeat: int) -> dict[str, dict[str, Any]]:
     """Figure 1: every engine ``repeat`` times, interleaved; the median run of each."""
-    runs: dict[str, list[dict[str, Any]]] = {e: [] for e in BARE}
+    engines = available(BARE, "bare", rows=extracts.income_rows)
+    runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
     _warm(extracts)
     for round_ in range(repeat):
-        for engine in BARE if round_ % 2 == 0 else tuple(reversed(BARE)):
+        for engine in engines if round_ % 2 == 0 else tuple(reversed(engines)):
             progress(
                 f"figure 1: {engine}, {extracts.income_rows:,} rows, run {round_ + 1}/{repeat}"
             )
@@ -443,9 +472,10 @@ def capped(extracts: data.Extracts, repeat: int, temp: Path) -> dict[str, dict[s
     common = {"rows": extracts.income_rows, "persons": extracts.persons, "threads": THREADS}
     results: dict[str, dict[str, Any]] = {}
     _warm(extracts)
-    all_runs: dict[str, list[dict[str, Any]]] = {e: [] for e in CAPPED}
+    engines = available(CAPPED, "cap", rows=extracts.income_rows)
+    all_runs: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
     for round_ in range(repeat):
-        for engine in CAPPED if round_ % 2 == 0 else tuple(reversed(CAPPED)):
+        for engine in engines if round_ % 2 == 0 else tuple(reversed(engines)):
             progress(
                 f"figure 2: {engine}, {extracts.income_rows:,} rows, run {round_ + 1}/{repeat}"
             )
@@ -883,10 +913,10 @@ def main(argv: list[str] | None = None) -> int:
         cap: dict[str, dict[str, Any]] = {}
         if figures & {1, 3}:
             bare = bare_engines(extracts[rows], args.repeat)
-            failed += [e for e in BARE if e not in bare]
+            failed += [e for e in available_quietly(BARE) if e not in bare]
         if 2 in figures:
             cap = capped(extracts[cap_rows], args.cap_repeat, temp)
-            failed += [e for e in CAPPED if e not in cap]
+            failed += [e for e in available_quietly(CAPPED) if e not in cap]
         if 1 in figures and 2 in figures:
             choose(bare, cap)
         if 3 in figures:
