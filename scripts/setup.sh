@@ -122,6 +122,10 @@ fi
 echo "==> installing Python packages into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+# jsonschema imports rfc3987-syntax when it is installed (optionally; jupyter_events asks for it)
+# and that builds a grammar at import: about 1 s of every hub start, for an IRI format that no
+# schema here uses. The workspace environment and image go without it too.
+"$VENV/bin/python" -m pip uninstall -q -y rfc3987-syntax
 setup_acro
 # configurable-http-proxy (JupyterHub's proxy) from npm, pinned by package-lock.json.
 if ! command -v npm >/dev/null; then

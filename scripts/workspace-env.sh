@@ -45,7 +45,11 @@ if [[ ! -x "$PYTHON" ]]; then
 fi
 
 # What is wanted, as text: the pins and the interpreter. A change reinstalls the dependencies.
-deps_wanted="$("$PYTHON" -c 'import sys; print(sys.version.split()[0])') ${PACKAGES[*]}"
+# Removed after the install: rfc3987-syntax, which jsonschema imports when present (optionally)
+# and which builds a grammar at import, 1 to 2 s of every workspace server's start, for an IRI
+# format no schema here uses (docker/Dockerfile.workspace removes it too).
+UNWANTED=(rfc3987-syntax)
+deps_wanted="$("$PYTHON" -c 'import sys; print(sys.version.split()[0])') ${PACKAGES[*]} -${UNWANTED[*]}"
 # SPE's own sources: a change reinstalls only SPE (seconds, not minutes).
 spe_wanted="$(
     find pyproject.toml spe -type f \( -name '*.py' -o -name '*.toml' -o -name '*.ini' \
@@ -95,6 +99,7 @@ if [[ ! -f "$DEPS_STAMP" || "$(<"$DEPS_STAMP")" != "$deps_wanted" ]]; then
     rm -f "$DEPS_STAMP" "$SPE_STAMP"
     echo "==> installing the workspace packages into $ENV_DIR (a few minutes the first time)"
     pip_install "${PACKAGES[@]}"
+    "$ENV_DIR/bin/python" -m pip uninstall -q -y "${UNWANTED[@]}"
     echo "$deps_wanted" >"$DEPS_STAMP"
 fi
 
