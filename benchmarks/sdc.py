@@ -451,6 +451,98 @@ def history_figures(counts: tuple[int, ...] = (10, 100, 1000), persons: int = 1_
         db.close()
 
 
+def sum_history_figures(
+    counts: tuple[int, ...] = (10, 100, 1000), persons: int = 1_000_000
+) -> None:
+    """The same history as ``history_figures``, of sums of a wage with each person's value (as
+    the export path passes them): a new 100-cell sum table is checked with the p % rule on the
+    values, read as the export check reads them (the stored history decoded, the holder's
+    value map unsealed and decoded, spe.sdc.audit.contributions_of). Goal: <= 2 s at 1,000."""
+    import os
+    import sqlite3
+
+    import numpy as np
+
+    from spe.keys.platform import PlatformKey
+    from spe.sdc.audit import History, NewCell, ReleaseInfo, ValueMap, audit, contributions_of
+    from spe.sdc.audit.history import sum_space
+
+    variable = "bench.wage"
+    space = sum_space(variable)
+    key = PlatformKey(os.urandom(32))  # the platform key's recipe, a throw-away key
+    world = _history_world(persons, seed=21)
+    wage = np.random.default_rng(23).lognormal(10.0, 0.7, persons)
+    rng = np.random.default_rng(22)
+
+    def table(which: int | None = None) -> list[Any]:
+        out = []
+        for c in _history_table(world, rng, which):
+            if len(c):
+                at = np.searchsorted(world["id"], c)
+                out.append(NewCell("sum", c, variable, "", wage[at]))
+        return out
+
+    history = History.empty("bench-holder", space)
+    values = ValueMap.empty()
+    built = 0
+    record_seconds = 0.0
+    previous = None
+    with tempfile.TemporaryDirectory(prefix="spe-bench-sum-history-") as tmp:
+        db = sqlite3.connect(str(Path(tmp) / "history.db"))
+        db.execute("CREATE TABLE snap (n INTEGER, data BLOB, sealed BLOB)")
+        for target in counts:
+            while built < target:
+                cells = table()
+                when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=built)
+                info = ReleaseInfo(f"r{built}", f"p{built % 7}", f"T{built}", when, "t.csv")
+                started = time.perf_counter()
+                history = history.extended(info, cells)
+                values = values.merged(ValueMap.of_cells(cells, space))
+                record_seconds += time.perf_counter() - started
+                built += 1
+            blob = history.to_bytes()
+            sealed = key.wrap(values.to_bytes(), f"sdc-value-map:bench-holder:{space}")
+            db.execute("DELETE FROM snap")
+            db.execute("INSERT INTO snap VALUES (?, ?, ?)", (target, blob, sealed))
+            db.commit()
+            new = table(0)  # over every person: the most work for the audit
+            runs = []
+            for _ in range(2):
+                started = time.perf_counter()
+                data, stored = db.execute("SELECT data, sealed FROM snap").fetchone()
+                loaded = History.from_bytes(data)
+                opened = ValueMap.from_bytes(
+                    key.unwrap(stored, f"sdc-value-map:bench-holder:{space}")
+                )
+                load_s = time.perf_counter() - started
+                result = audit(
+                    loaded, new, 10, contributions=contributions_of({space: opened}, new)
+                )
+                runs.append((time.perf_counter() - started, load_s))
+            total, load_s = min(runs)
+            emit(
+                "sdc.history.sum_audit",
+                total,
+                "s",
+                tables=target,
+                cells=history.n_cells,
+                persons=len(history.persons),
+                atoms=history.n_atoms,
+                values_mib=round(len(sealed) / 2**20, 1),
+                load_s=round(load_s, 3),
+                audit_s=round(total - load_s, 3),
+                findings=len(result.findings),
+                rules=sorted({f.rule for f in result.findings}),
+                bounds_s=round(result.figures.get("bounds_seconds", 0.0), 3),
+                growth=None if previous is None else round(total / previous, 2),
+                goal="<= 2 s at 1,000 tables",
+                record_s_per_table=round(record_seconds / built, 3),
+                loadavg_1min=os.getloadavg()[0],
+            )
+            previous = total
+        db.close()
+
+
 def small_groups_figure(persons: int = 20_000, tables: int = 100) -> None:
     """The audit's bounds where the history leaves many small groups: the same 100-cell tables
     over 20,000 persons (cells below 10 left out, as the threshold would), so that most atoms
@@ -547,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         emit("sdc.history.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
         failed.append("history")
+    try:
+        sum_history_figures(tuple(sorted(args.history_tables or [10, 100, 1000])))
+    except Exception as exc:
+        emit("sdc.history.sum_audit.error", 1, "error", error=f"{type(exc).__name__}: {exc}")
+        failed.append("sum_history")
     try:
         small_groups_figure()
     except Exception as exc:
