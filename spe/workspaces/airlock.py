@@ -20,7 +20,7 @@ from typing import Any
 
 from spe.errors import SPEError
 from spe.workspaces.layout import host_paths
-from spe.workspaces.quota import AirlockQuota
+from spe.workspaces.quota import REFUSED_UNCHECKED, AirlockQuota
 from spe.workspaces.registry import RunningWorkspace
 
 log = logging.getLogger("spe.airlock")
@@ -321,29 +321,70 @@ def handle_record(
     ws: RunningWorkspace, line: bytes, quota: AirlockQuota | None = None
 ) -> dict[str, Any]:
     """Store one record from the workspace's recorder, which runs outside the sandbox and is the
-    only one that can reach this socket: its records are the platform's own (source recorder)."""
-    from spe.audit.log import record
+    only one that can reach this socket: its records are the platform's own (source recorder).
+
+    A cell waits for this before it runs, so the quota's count and the record are one
+    transaction (one commit). Every line is counted, also one that is not a record; a refusal
+    keeps its count and alarm marker, and stores nothing else."""
+    from spe.audit.log import AuditError, record
     from spe.db.session import get_engine
 
-    refusal = charge(ws, len(line), quota)
-    if refusal is not None:
-        return refusal
     try:
         request = json.loads(line)
     except (ValueError, UnicodeDecodeError):
-        return {"ok": False, "error": "The record is not one line of JSON."}
+        request = None
     action = request.get("action") if isinstance(request, dict) else None
     details = request.get("details") if isinstance(request, dict) else None
-    if action not in RECORDER_ACTIONS or not isinstance(details, dict):
-        return {"ok": False, "error": "The recorder may write only its own kinds of record."}
-    details = {**details, "source": "recorder"}
-    if action == "workspace.contents_read":
-        from spe.workspaces.quota import charge_read
+    answer: dict[str, Any] = {"ok": True}
+    stored = False
+    verdict = None
+    try:
+        with get_engine().begin() as conn:
+            verdict = (quota or PROCESS_QUOTA).charge_on(conn, ws.name, len(line))
+            if verdict.refusal is not None:
+                answer = {"ok": False, "error": verdict.refusal}
+            elif not isinstance(request, dict):
+                answer = {"ok": False, "error": "The record is not one line of JSON."}
+            elif action not in RECORDER_ACTIONS or not isinstance(details, dict):
+                answer = {
+                    "ok": False,
+                    "error": "The recorder may write only its own kinds of record.",
+                }
+            elif action != "workspace.contents_read":
+                try:
+                    record(
+                        conn,
+                        ws.username,
+                        action,
+                        f"workspace:{ws.name}",
+                        {**details, "source": "recorder"},
+                        project=ws.project,
+                    )
+                    stored = True
+                except AuditError as exc:  # refused before the insert: the count still holds
+                    answer = {"ok": False, "error": exc.message}
+    except Exception as exc:
+        if verdict is None:
+            log.exception("the quota of %s could not be checked", ws.name)
+            return {"ok": False, "error": REFUSED_UNCHECKED}
+        log.exception("airlock could not store a record of %s's recorder", ws.name)
+        return {"ok": False, "error": f"The record could not be stored ({type(exc).__name__})."}
+    if verdict.alarm is not None:
+        try:
+            _alarm(ws, "workspace.quota_alarm", verdict.alarm)
+        except Exception:
+            log.exception("airlock could not record a quota alarm for %s", ws.name)
+    if stored or not answer["ok"]:
+        return answer
+    assert isinstance(details, dict) and isinstance(action, str)
+    # A read: the read budget (spe.workspaces.quota) first; a refused read is not shown, and not
+    # stored.
+    from spe.workspaces.quota import charge_read
 
-        # The read budget (spe.workspaces.quota): a refused read is not shown, and not stored.
-        refused = charge_read(ws.name, ws.project, ws.username, details)
-        if refused is not None:
-            return refused
+    details = {**details, "source": "recorder"}
+    refused = charge_read(ws.name, ws.project, ws.username, details)
+    if refused is not None:
+        return refused
     try:
         with get_engine().begin() as conn:
             record(conn, ws.username, action, f"workspace:{ws.name}", details, project=ws.project)

@@ -165,31 +165,39 @@ class AirlockQuota:
 
     def charge(self, workspace: str, nbytes: int, now: float | None = None) -> QuotaVerdict:
         """Count one request of ``nbytes`` from ``workspace``; refuse it when over a quota."""
+        try:
+            with _engine().begin() as conn:
+                return self.charge_on(conn, workspace, nbytes, now)
+        except Exception:
+            log.exception("the quota of %s could not be checked", workspace)
+            return QuotaVerdict(REFUSED_UNCHECKED)
+
+    def charge_on(
+        self, conn: Connection, workspace: str, nbytes: int, now: float | None = None
+    ) -> QuotaVerdict:
+        """:meth:`charge` in the caller's transaction, so that a request and its count commit
+        together (one commit per record, not two); raises when the database cannot be asked,
+        and the caller refuses (fail closed)."""
         limits = self.limits
         now = time.time() if now is None else now
         day = int(now // DAY) * DAY
         now_us, step_us = int(now * 1e6), max(1, int(1e6 / limits.events_per_second))
         rate, volume = f"{self.scope}:rate", f"{self.scope}:bytes"
-        try:
-            with _engine().begin() as conn:
-                used_bytes = _upsert(conn, workspace, volume, day, nbytes)
-                # The bucket's arrival time, in microseconds (window 0: one row per workspace).
-                arrival = _upsert(conn, workspace, rate, 0, step_us, floor=now_us)
-                if used_bytes == nbytes:  # the day's first request: tidy up
-                    _forget_old(conn, workspace, day)
-                kind: str | None = None
-                if used_bytes > limits.bytes_per_day:
-                    kind = VOLUME
-                elif arrival - now_us > limits.burst * step_us:
-                    kind = RATE
-                if kind is None:
-                    return QuotaVerdict()
-                _take_back(conn, workspace, volume, day, nbytes)
-                _take_back(conn, workspace, rate, 0, step_us)
-                first = _first_alarm(conn, workspace, f"{self.scope}:{kind}", day)
-        except Exception:
-            log.exception("the quota of %s could not be checked", workspace)
-            return QuotaVerdict(REFUSED_UNCHECKED)
+        used_bytes = _upsert(conn, workspace, volume, day, nbytes)
+        # The bucket's arrival time, in microseconds (window 0: one row per workspace).
+        arrival = _upsert(conn, workspace, rate, 0, step_us, floor=now_us)
+        if used_bytes == nbytes:  # the day's first request: tidy up
+            _forget_old(conn, workspace, day)
+        kind: str | None = None
+        if used_bytes > limits.bytes_per_day:
+            kind = VOLUME
+        elif arrival - now_us > limits.burst * step_us:
+            kind = RATE
+        if kind is None:
+            return QuotaVerdict()
+        _take_back(conn, workspace, volume, day, nbytes)
+        _take_back(conn, workspace, rate, 0, step_us)
+        first = _first_alarm(conn, workspace, f"{self.scope}:{kind}", day)
         if kind == VOLUME:
             refusal = REFUSED_VOLUME.format(limit=round(limits.bytes_per_day / (1 << 20), 2))
             limit: float = limits.bytes_per_day
