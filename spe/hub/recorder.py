@@ -25,7 +25,7 @@ import re
 import resource
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -81,8 +81,9 @@ def _answer_of(result: Any) -> None:
 
 
 def airlock_sink(record_socket: str, timeout: float = 10.0) -> Sink:
-    """Hands each record to the airlock service on the workspace's record socket and waits for
-    it to be stored; anything else is RecordingFailed."""
+    """Hands each record to the airlock service on the workspace's record socket, on a
+    connection of its own, and waits for it to be stored; anything else is RecordingFailed.
+    (For callers without an event loop; the recorder uses :class:`AirlockRecords`.)"""
 
     def write(action: str, details: dict[str, Any]) -> None:
         line = json.dumps({"action": action, "details": details}, ensure_ascii=False)
@@ -100,27 +101,93 @@ def airlock_sink(record_socket: str, timeout: float = 10.0) -> Sink:
     return write
 
 
-def tcp_airlock_sink(airlock_url: str, token_file: str, timeout: float = 10.0) -> Sink:
-    """Sidecar mode: each record goes to the TCP airlock with the recorder's pod-bound token
-    (read from its file each time: the spawner renews it); anything else is RecordingFailed."""
-    host, port = _host_port(airlock_url)
+class AirlockRecords:
+    """The recorder's way to the airlock: one JSON line out, one back, on a connection kept open
+    between records (opening one per record, and a thread to wait on it, cost more than storing
+    the record). One record at a time: records from the workspace's websockets queue here.
 
-    def write(action: str, details: dict[str, Any]) -> None:
+    When a connection kept from earlier fails (the airlock restarted, or closed it), the record
+    is sent once more on a new one: it may be stored twice, never passed unstored. Any other
+    failure, and no answer within ``timeout``, is RecordingFailed."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
+        token_file: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self._connect = connect
+        self._token_file = token_file
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def __call__(self, action: str, details: dict[str, Any]) -> None:
+        fields: dict[str, Any] = {"action": action, "details": details}
         try:
-            with open(token_file, encoding="utf-8") as handle:
-                token = handle.read().strip()
-            line = json.dumps(
-                {"token": token, "action": action, "details": details}, ensure_ascii=False
-            )
-            with socket.create_connection((host, port), timeout=timeout) as conn:
-                conn.sendall(line.encode("utf-8", "surrogatepass") + b"\n")
-                answer = conn.makefile("rb").readline()
-            result = json.loads(answer)
+            if self._token_file is not None:
+                # Read each time: the spawner renews it.
+                with open(self._token_file, encoding="utf-8") as handle:
+                    fields = {"token": handle.read().strip(), **fields}
+            line = json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogatepass")
         except (OSError, ValueError) as exc:
-            raise RecordingFailed(f"the airlock is not answering ({exc})") from None
+            raise RecordingFailed(f"the record could not be written ({exc})") from None
+        async with self._lock:
+            try:
+                result = await asyncio.wait_for(self._ask(line + b"\n"), self._timeout)
+            except (OSError, ValueError, EOFError, asyncio.LimitOverrunError) as exc:
+                # TimeoutError is an OSError: a late answer must not be read as the next one's.
+                self._drop()
+                raise RecordingFailed(f"the airlock is not answering ({exc!r})") from None
+            except asyncio.CancelledError:
+                self._drop()  # an answer may still come: never read it as the next record's
+                raise
         _answer_of(result)
 
-    return write
+    async def _ask(self, line: bytes) -> Any:
+        if self._stream is not None:
+            try:
+                return await self._exchange(line)
+            except (OSError, EOFError):  # EOFError: closed before its answer
+                self._drop()
+        return await self._exchange(line)
+
+    async def _exchange(self, line: bytes) -> Any:
+        if self._stream is None:
+            self._stream = await self._connect()
+        reader, writer = self._stream
+        writer.write(line)
+        await writer.drain()
+        answer = await reader.readuntil(b"\n")
+        return json.loads(answer)
+
+    def _drop(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream[1].close()
+
+
+def airlock_records(record_socket: str, timeout: float = 10.0) -> AirlockRecords:
+    """Records to the airlock service on the workspace's record socket (one machine)."""
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_unix_connection(record_socket, limit=MAX_HEAD)
+
+    return AirlockRecords(connect, timeout=timeout)
+
+
+def tcp_airlock_records(airlock_url: str, token_file: str, timeout: float = 10.0) -> AirlockRecords:
+    """Sidecar mode: records to the TCP airlock with the recorder's pod-bound token."""
+    host, port = _host_port(airlock_url)
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, port, limit=MAX_HEAD)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    return AirlockRecords(connect, token_file, timeout)
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -411,7 +478,7 @@ class Recorder:
     def __init__(
         self,
         upstream: str,
-        sink: Sink,
+        sink: Sink | AirlockRecords,
         code_text_bytes: int = 1 << 20,
         read_budget: ReadBudget | None = None,
     ) -> None:
@@ -421,7 +488,10 @@ class Recorder:
         self.read_budget = read_budget or ReadBudget(64 << 10)
 
     async def _record(self, action: str, details: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.sink, action, details)
+        if isinstance(self.sink, AirlockRecords):
+            await self.sink(action, details)  # on the event loop: no thread to wake
+        else:
+            await asyncio.to_thread(self.sink, action, details)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -682,9 +752,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.airlock_url and not args.token_file:
         parser.error("--airlock-url needs --token-file")
     records = (
-        airlock_sink(args.record_socket)
+        airlock_records(args.record_socket)
         if args.record_socket
-        else tcp_airlock_sink(args.airlock_url, args.token_file)
+        else tcp_airlock_records(args.airlock_url, args.token_file)
     )
     listener = socket.socket(fileno=args.fd) if args.fd is not None else tcp_listener(args.listen)
     recorder = Recorder(

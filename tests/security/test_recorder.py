@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,14 @@ from typing import Any
 import pytest
 
 from spe.hub.kernel_messages import UnreadableMessage, read_kernel_message
-from spe.hub.recorder import ReadBudget, Recorder, airlock_sink, looks_encoded
+from spe.hub.recorder import (
+    ReadBudget,
+    Recorder,
+    RecordingFailed,
+    airlock_records,
+    airlock_sink,
+    looks_encoded,
+)
 
 
 def message(msg_type: str, content: dict[str, Any], channel: str = "shell") -> dict[str, Any]:
@@ -116,7 +124,7 @@ def _ws_frame(payload: bytes, opcode: int = 1) -> bytes:
     return head + mask + masked
 
 
-async def _scenario(sock_dir: Path) -> dict[str, Any]:
+async def _scenario(sock_dir: Path, kept: bool) -> dict[str, Any]:
     received: list[bytes] = []
 
     async def notebook_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -135,7 +143,8 @@ async def _scenario(sock_dir: Path) -> dict[str, Any]:
 
     upstream = sock_dir / "server.sock"
     server = await asyncio.start_unix_server(notebook_server, path=str(upstream))
-    recorder = Recorder(str(upstream), airlock_sink(str(sock_dir / "gone" / "record.sock")))
+    gone = str(sock_dir / "gone" / "record.sock")
+    recorder = Recorder(str(upstream), airlock_records(gone) if kept else airlock_sink(gone))
     front = sock_dir / "recorder.sock"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(front))
@@ -176,10 +185,13 @@ async def _scenario(sock_dir: Path) -> dict[str, Any]:
     return out
 
 
-def test_when_the_audit_log_cannot_be_written_nothing_reaches_the_notebook_server() -> None:
+@pytest.mark.parametrize("kept", [True, False], ids=["recorder's-sink", "one-shot-sink"])
+def test_when_the_audit_log_cannot_be_written_nothing_reaches_the_notebook_server(
+    kept: bool,
+) -> None:
     folder = Path(tempfile.mkdtemp(prefix="spe-rec-"))
     try:
-        out = asyncio.run(_scenario(folder))
+        out = asyncio.run(_scenario(folder, kept))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     handshake_upstream = out["received"][0]
@@ -190,6 +202,73 @@ def test_when_the_audit_log_cannot_be_written_nothing_reaches_the_notebook_serve
     assert all(b"unrecorded" not in chunk for chunk in out["received"])  # ... and sent nothing
     assert out["upload"].startswith(b"HTTP/1.1 503") and b"could not record" in out["upload"]
     assert len(out["received"]) == 2  # the upload never reached the server
+
+
+async def _kept_connection_story(folder: Path) -> dict[str, Any]:
+    """An airlock stand-in that closes each connection after two answers, then one that never
+    answers, then one that is gone."""
+    sock = folder / "record.sock"
+    stored: list[dict[str, Any]] = []
+    connections = 0
+    silent = False
+    open_writers: list[asyncio.StreamWriter] = []
+
+    async def airlock(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        open_writers.append(writer)
+        for _ in range(2):
+            line = await reader.readline()
+            if not line:
+                break
+            if silent:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(5)
+                break
+            stored.append(json.loads(line))
+            writer.write(json.dumps({"ok": True, "n": len(stored)}).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    out: dict[str, Any] = {}
+    server = await asyncio.start_unix_server(airlock, path=str(sock))
+    records = airlock_records(str(sock), timeout=0.5)
+    for n in range(3):
+        await records("workspace.cell", {"code": f"x = {n}"})
+    out["stored"] = [r["details"]["code"] for r in stored]
+    out["connections"] = connections
+    silent = True
+    with pytest.raises(RecordingFailed, match="not answering"):
+        await records("workspace.cell", {"code": "late"})
+    silent = False
+    await records("workspace.cell", {"code": "after the late one"})
+    out["after late"] = stored[-1]["details"]["code"]
+    server.close()  # the airlock process is gone: its connections with it
+    for writer in open_writers:
+        writer.close()
+    await server.wait_closed()
+    sock.unlink()
+    out["refused when gone"] = False
+    try:
+        await records("workspace.cell", {"code": "nowhere"})
+    except RecordingFailed:
+        out["refused when gone"] = True
+    return out
+
+
+def test_records_go_on_one_kept_connection_which_is_replaced_when_the_airlock_drops_it() -> None:
+    """The recorder keeps its connection to the airlock open (a new one per record cost more
+    than storing it); a connection the airlock closed is replaced and the record sent again, an
+    airlock that does not answer in time or is gone is a refusal, never a pass."""
+    folder = Path(tempfile.mkdtemp(prefix="spe-rec-"))
+    try:
+        out = asyncio.run(_kept_connection_story(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert out["stored"] == ["x = 0", "x = 1", "x = 2"]
+    assert out["connections"] == 2  # two records on the first, the third on a new one
+    assert out["after late"] == "after the late one"  # no stale answer read as its own
+    assert out["refused when gone"]
 
 
 # --- the read budget ------------------------------------------------------------------------------
