@@ -248,6 +248,8 @@ def test_a_group_of_zero_wages_and_one_earner_fails_the_p_percent_rule_across_re
     assert "'Wages by sex" in reason and day in reason, reason
     assert re.search(r"one person.s value can be estimated within \d+ %", reason), reason
     assert names_only_releases(reason), reason
+    top = int(group["wage_income"].max())
+    assert str(top) not in json.dumps(view) and str(top) not in json.dumps(seen(first))
 
 
 def test_three_sums_over_p_and_t_over_q_and_over_p_and_q_fail_naming_both(ws):
