@@ -1128,6 +1128,7 @@ def preflight(env_dir: Path) -> str | None:
 
 GOAL_RECORDER_MS = 5.0  # p50 overhead of the recorder on a cell's round trip
 GOAL_RECORDER_RATIO = 1.10
+CELLS_PER_BLOCK = 10
 
 
 def _http_unix(path: Path, request: bytes) -> bytes:
@@ -1140,49 +1141,63 @@ def _http_unix(path: Path, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+class _KernelChannel:
+    """A browser's kernel websocket on ``sock``: cells sent one at a time, each timed from its
+    execute_request to its execute_reply."""
+
+    def __init__(self, sock: Path, kernel: str) -> None:
+        import uuid
+
+        import websocket
+
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(str(sock))
+        self.ws = websocket.create_connection(
+            f"ws://localhost/api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}",
+            socket=conn,
+            timeout=30,
+        )
+        self.cells = 0
+
+    def cell(self) -> float:
+        import uuid
+
+        msg_id = uuid.uuid4().hex
+        self.cells += 1
+        msg = {
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": "b",
+                       "username": "bench", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": f"x = {self.cells} * 2", "silent": False, "store_history": True,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+        }  # fmt: skip
+        started = time.perf_counter()
+        self.ws.send(json.dumps(msg))
+        while True:
+            raw = self.ws.recv()
+            if not isinstance(raw, str):
+                continue
+            reply = json.loads(raw)
+            if (
+                reply.get("channel") == "shell"
+                and (reply.get("parent_header") or {}).get("msg_id") == msg_id
+            ):
+                return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.ws.close()
+
+
 def _cell_round_trips(sock: Path, kernel: str, cells: int) -> list[float]:
     """Seconds from sending an execute_request to its execute_reply, ``cells`` times."""
-    import uuid
-
-    import websocket
-
-    conn = socket.socket(socket.AF_UNIX)
-    conn.connect(str(sock))
-    ws = websocket.create_connection(
-        f"ws://localhost/api/kernels/{kernel}/channels?session_id={uuid.uuid4().hex}",
-        socket=conn,
-        timeout=30,
-    )
-    times = []
+    channel = _KernelChannel(sock, kernel)
     try:
-        for i in range(cells):
-            msg_id = uuid.uuid4().hex
-            msg = {
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": "b",
-                           "username": "bench", "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": f"x = {i} * 2", "silent": False, "store_history": True,
-                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-            }  # fmt: skip
-            started = time.perf_counter()
-            ws.send(json.dumps(msg))
-            while True:
-                raw = ws.recv()
-                if not isinstance(raw, str):
-                    continue
-                reply = json.loads(raw)
-                if (
-                    reply.get("channel") == "shell"
-                    and (reply.get("parent_header") or {}).get("msg_id") == msg_id
-                ):
-                    break
-            times.append(time.perf_counter() - started)
+        return [channel.cell() for _ in range(cells)]
     finally:
-        ws.close()
-    return times
+        channel.close()
 
 
-def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
+def recorder_phase(env_dir: Path, tmp: Path, cells: int = 300) -> None:
     """One plain notebook server and kernel from the workspace environment on a unix socket;
     cells alternate between the server's socket and the recorder's in front of it (the real
     ``python -m spe.hub.recorder``, its records stored by the airlock's record handler in a real
@@ -1203,6 +1218,9 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
     ensure_keys()
     server_sock, recorder_sock = state / "server.sock", state / "recorder.sock"
     record_sock = state / "record.sock"
+    # A second recorder whose records are answered at once and stored nowhere: what the proxy
+    # costs apart from storing the record.
+    bare_sock, bare_record_sock = state / "bare.sock", state / "bare-record.sock"
     ws = RunningWorkspace("bench--bench", "bench", "bench")
     quota = AirlockQuota(scope="recorder")  # as the airlock's: counted in the database
     loop = asyncio.new_event_loop()
@@ -1211,6 +1229,11 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
         await asyncio.start_unix_server(
             lambda r, w: serve_lines(r, w, lambda line: handle_record(ws, line, quota)),
             path=str(record_sock),
+            limit=MAX_RECORD_LINE,
+        )
+        await asyncio.start_unix_server(
+            lambda r, w: serve_lines(r, w, lambda line: {"ok": True}),
+            path=str(bare_record_sock),
             limit=MAX_RECORD_LINE,
         )
 
@@ -1225,16 +1248,19 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
          f"--ServerApp.root_dir={home}", "--ServerApp.allow_root=True"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=home,
     )  # fmt: skip
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(recorder_sock))
-    listener.listen(64)
-    recorder = subprocess.Popen(
-        [sys.executable, "-m", "spe.hub.recorder", f"--fd={listener.fileno()}",
-         f"--upstream={server_sock}", f"--record-socket={record_sock}",
-         "--workspace=bench--bench"],
-        pass_fds=[listener.fileno()], env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    listener.close()
+    recorders = []
+    for front, records in ((recorder_sock, record_sock), (bare_sock, bare_record_sock)):
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(front))
+        listener.listen(64)
+        recorders.append(subprocess.Popen(
+            [sys.executable, "-m", "spe.hub.recorder", f"--fd={listener.fileno()}",
+             f"--upstream={server_sock}", f"--record-socket={records}",
+             "--workspace=bench--bench"],
+            pass_fds=[listener.fileno()], env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        ))  # fmt: skip
+        listener.close()
+    recorder = recorders[0]
     try:
         deadline = time.monotonic() + 60
         while not server_sock.exists():
@@ -1252,20 +1278,52 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
             raise BenchError(f"no kernel for the recorder benchmark: {answer[:500]!r}") from None
         _cell_round_trips(server_sock, kernel, 20)  # warm both paths
         _cell_round_trips(recorder_sock, kernel, 20)
+        _cell_round_trips(bare_sock, kernel, 20)
         direct: list[float] = []
         through: list[float] = []
-        for _ in range(4):  # interleaved blocks: both see the same load
-            direct += _cell_round_trips(server_sock, kernel, cells // 4)
-            through += _cell_round_trips(recorder_sock, kernel, cells // 4)
+        bare: list[float] = []
+        # Short blocks of cells, rotating between the paths (which goes first rotates too): each
+        # round sees the same load, where four blocks of 50 saw the machine change between them
+        # (the p50 of a block moved by more than the recorder adds). One websocket at a time, as
+        # a browser tab has: a kernel sends its iopub messages to every open websocket, so with
+        # all three open each recorder would also relay the other paths' cells.
+        socks = (server_sock, recorder_sock, bare_sock)
+        cpu = [cpu_seconds(r.pid, children=False) for r in recorders]
+        for round_ in range(cells // CELLS_PER_BLOCK):
+            block: dict[int, list[float]] = {}
+            for k in range(3):
+                which = (round_ + k) % 3
+                block[which] = _cell_round_trips(socks[which], kernel, CELLS_PER_BLOCK)
+            direct += block[0]
+            through += block[1]
+            bare += block[2]
+        cpu = [
+            (cpu_seconds(r.pid, children=False) - c) * 1000 / cells
+            for r, c in zip(recorders, cpu, strict=True)
+        ]
         p50_direct, p50_through = quantile(direct, 0.5) * 1000, quantile(through, 0.5) * 1000
+        paired = quantile([t - d for d, t in zip(direct, through, strict=True)], 0.5) * 1000
         overhead = p50_through - p50_direct
         emit("workspaces.cell_round_trip.direct.p50", p50_direct, "ms", cells=len(direct))
         emit("workspaces.cell_round_trip.recorder.p50", p50_through, "ms", cells=len(through))
+        emit(
+            "workspaces.cell_round_trip.recorder_unstored.p50",
+            quantile(bare, 0.5) * 1000,
+            "ms",
+            cells=len(bare),
+            paired_p50_ms=round(
+                quantile([t - d for d, t in zip(direct, bare, strict=True)], 0.5) * 1000, 3
+            ),
+            what="a recorder whose records are answered at once and stored nowhere",
+            cpu_ms_per_cell=round(cpu[1], 3),
+        )
         emit(
             "workspaces.recorder.overhead.p50",
             overhead,
             "ms",
             ratio=round(p50_through / p50_direct, 3),
+            paired_p50_ms=round(paired, 3),
+            recorder_cpu_ms_per_cell=round(cpu[0], 3),
             p90_direct_ms=round(quantile(direct, 0.9) * 1000, 2),
             p90_recorder_ms=round(quantile(through, 0.9) * 1000, 2),
             goal=f"<= {GOAL_RECORDER_MS} ms and <= {round((GOAL_RECORDER_RATIO - 1) * 100)} %",
@@ -1284,7 +1342,7 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 200) -> None:
         )
         quota_cost(ws)
     finally:
-        for process in (recorder, server):
+        for process in (*recorders, server):
             process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)
@@ -1299,8 +1357,11 @@ def quota_cost(ws: Any, records: int = 300) -> None:
     from spe.workspaces.quota import AirlockQuota, QuotaLimits, QuotaVerdict
 
     class Uncounted:
-        def charge(self, workspace: str, nbytes: int) -> QuotaVerdict:
+        def charge_on(self, conn: Any, workspace: str, nbytes: int) -> QuotaVerdict:
             return QuotaVerdict()
+
+        def charge(self, workspace: str, nbytes: int) -> QuotaVerdict:
+            return QuotaVerdict()  # the handler before the quota shared its transaction
 
     counted = AirlockQuota(QuotaLimits(1e9, 10**9, 10**15), scope="bench")
     line = json.dumps({"action": "workspace.cell", "details": {"code": "x = 1"}}).encode()
@@ -1352,6 +1413,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the recorder's figures (cell round trip with and without it, its memory)",
     )
+    parser.add_argument(
+        "--recorder-cells",
+        type=int,
+        default=300,
+        help="timed cells per path in the recorder's figures (default 300)",
+    )
     args, _unknown = parser.parse_known_args(argv)  # run.py passes every benchmark's options
     spawns = args.spawns or (4 if args.quick else 10)
     concurrent = args.concurrent or (5 if args.quick else 20)
@@ -1373,12 +1440,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.recorder_only:
         with clean_run() as run:
-            recorder_phase(env_dir, run.tmp)
+            recorder_phase(env_dir, run.tmp, args.recorder_cells)
         return 0
 
     with clean_run() as run:
         log("the recorder: cell round trips with and without it")
-        recorder_phase(env_dir, run.tmp)
+        recorder_phase(env_dir, run.tmp, args.recorder_cells)
         for mode in ("none", "bwrap"):
             state = run.tmp / mode / "var"  # short: a socket path holds 107 bytes
             env = {
