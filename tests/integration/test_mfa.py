@@ -309,3 +309,43 @@ def test_an_oidc_login_without_mfa_in_amr_or_acr_is_refused_with_a_sentence(
     assert _events("request.refused")[-1]["sentence"] == NO_MFA
     assert login({"sub": "researcher", "amr": ["pwd", "otp"]})["name"] == "researcher"
     assert login({"sub": "researcher", "acr": "idporten-loa-high"})["name"] == "researcher"
+
+
+@pytest.mark.parametrize("setting", ["1", "0"], ids=["researchers-need-mfa", "they-do-not"])
+def test_researchers_need_mfa_where_the_setting_says_so_at_the_hub_and_on_the_pages(
+    mfa_world: World, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """SPE_MFA_RESEARCHERS=1: a researcher without TOTP opens only the enrolment (hub login,
+    spawn, pages and their data routes); with 0 (the default) the password alone opens all."""
+    from tornado import web
+
+    from spe.config import reset_settings
+
+    monkeypatch.setenv("SPE_MFA_RESEARCHERS", setting)
+    reset_settings()
+    must = setting == "1"
+    first = check_login("researcher", PASSWORD, "test", address="10.4.0.1")
+    assert first.username == "researcher" and first.must_enrol_mfa is must
+    hub = SPEAuthenticator()
+    handler = SimpleNamespace(request=SimpleNamespace(remote_ip="10.4.0.2"), db=None)
+    login = {"username": "researcher", "password": PASSWORD}
+    assert asyncio.run(hub.authenticate(handler, login)) == "researcher"
+    browser = _browser("researcher")
+    data_routes = ["/projects", "/catalogue", "/exports"]
+    if must:
+        with pytest.raises(web.HTTPError) as refused:  # no workspace before enrolment
+            asyncio.run(hub.pre_spawn_start(SimpleNamespace(name="researcher"), None))
+        assert refused.value.status_code == 403 and refused.value.log_message == MFA_FIRST
+        for route in data_routes:
+            page = browser.get(PREFIX + route, follow_redirects=False)
+            assert page.status_code == 303 and page.headers["location"].endswith("/mfa"), route
+        secret, _codes = _enrol_on_the_pages(browser)
+        later = _at(2)
+        done = check_login(
+            "researcher", PASSWORD, "test", now=later, otp=pyotp.TOTP(secret).at(later)
+        )
+        assert done.username == "researcher" and done.second_factor == "totp"
+        assert not done.must_enrol_mfa
+    asyncio.run(hub.pre_spawn_start(SimpleNamespace(name="researcher"), None))  # allowed
+    for route in data_routes:
+        assert browser.get(PREFIX + route, follow_redirects=False).status_code == 200, route
