@@ -1205,7 +1205,7 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 300) -> None:
     from spe.db.migrate import upgrade
     from spe.setup import ensure_keys
     from spe.workspaces.airlock import MAX_RECORD_LINE, handle_record, serve_lines
-    from spe.workspaces.quota import AirlockQuota
+    from spe.workspaces.quota import AirlockQuota, QuotaLimits
     from spe.workspaces.registry import RunningWorkspace
 
     state = tmp / "recorder" / "var"
@@ -1222,7 +1222,10 @@ def recorder_phase(env_dir: Path, tmp: Path, cells: int = 300) -> None:
     # costs apart from storing the record.
     bare_sock, bare_record_sock = state / "bare.sock", state / "bare-record.sock"
     ws = RunningWorkspace("bench--bench", "bench", "bench")
-    quota = AirlockQuota(scope="recorder")  # as the airlock's: counted in the database
+    # As the airlock's (counted in the database), with limits no run reaches: at 30 cells a
+    # second the settings' 20 a second refuse a cell once the burst is spent, and the recorder
+    # then ends the websocket.
+    quota = AirlockQuota(QuotaLimits(1e6, 10**9, 10**15), scope="recorder")
     loop = asyncio.new_event_loop()
 
     async def record_service() -> None:
