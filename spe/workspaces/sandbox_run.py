@@ -99,6 +99,19 @@ def _taken(uid: int) -> bool:
     return False
 
 
+def _shadow_tool(args: list[str], seconds: float = 10.0) -> subprocess.CompletedProcess[str]:
+    """Run useradd/groupadd/userdel/groupdel, again while another process holds the lock on
+    /etc/passwd or /etc/group (they give up at once with "cannot lock ...; try again later"):
+    two workspaces starting together, or the hub and the CLI, must both get their users."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = subprocess.run(args, capture_output=True, text=True, check=False)
+        busy = "cannot lock" in result.stderr or "try again later" in result.stderr
+        if result.returncode == 0 or not busy or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
 def workspace_user(workspace_id: str) -> tuple[int, int]:
     """The (uid, gid) of the workspace's own unix user, created on first use (root only)."""
     name = user_name(workspace_id)
@@ -114,10 +127,8 @@ def workspace_user(workspace_id: str) -> tuple[int, int]:
     while _taken(uid):  # another workspace hashed here: take the next free id
         uid += 1
     # The group first, with gid = uid, so that the group is as stable as the user.
-    subprocess.run(
-        ["groupadd", "--system", "--gid", str(uid), name], capture_output=True, check=False
-    )
-    result = subprocess.run(
+    _shadow_tool(["groupadd", "--system", "--gid", str(uid), name])
+    result = _shadow_tool(
         [
             "useradd",
             "--system",
@@ -133,10 +144,7 @@ def workspace_user(workspace_id: str) -> tuple[int, int]:
             "--comment",
             f"SPE workspace {workspace_id}"[:200],
             name,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+        ]
     )
     try:
         entry = pwd.getpwnam(name)  # also right when a concurrent start created it first
@@ -153,10 +161,10 @@ def remove_workspace_user(workspace_id: str) -> None:
     name = user_name(workspace_id)
     with contextlib.suppress(KeyError):
         pwd.getpwnam(name)
-        subprocess.run(["userdel", name], capture_output=True, check=False)
+        _shadow_tool(["userdel", name])
     with contextlib.suppress(KeyError):
         grp.getgrnam(name)
-        subprocess.run(["groupdel", name], capture_output=True, check=False)
+        _shadow_tool(["groupdel", name])
 
 
 # --- host folders ------------------------------------------------------------------------------
