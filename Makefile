@@ -24,8 +24,15 @@ setup: $(STAMP) $(ACRO_STAMP)
 demo: setup
 	$(BIN)/spe demo
 
+# The suite runs in TEST_WORKERS parallel processes, a file at a time each (tests/conftest.py
+# keeps the files that start sandboxes in one worker); TEST_WORKERS=0 runs it in this process.
+# A short base folder: each worker's test folders sit under popen-gwN/ in it, and the unix
+# sockets SPE makes in a test's state folder must stay within 107 bytes.
+TEST_WORKERS ?= 3
+TEST_TMP ?= /tmp/spe-tests
+
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --no-loadscope-reorder --basetemp=$(TEST_TMP)
 
 lint: setup
 	$(BIN)/ruff format --check .

@@ -44,6 +44,34 @@ def _pg_reachable() -> str | None:
     return _pg_state["reason"]
 
 
+# --- parallel runs -----------------------------------------------------------------------------
+# `make test` runs the suite in parallel worker processes (pytest-xdist), one file at a time per
+# worker, so that module fixtures are built once. The files that start real sandboxes form one
+# scope, run by one worker one after another: a sandbox's unix user, uid and cgroup are derived
+# from its workspace name (project--user), and the test worlds of different files share names.
+# The scope comes first in the queue (its first file is the browser story), so the longest
+# serial chain starts at once.
+SANDBOX_FILES = (
+    "tests/browser/",
+    "tests/security/",
+    "tests/integration/test_hub.py",
+    "tests/integration/test_workspace_story.py",
+    "tests/integration/test_egress_selftest.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndSandboxes(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "sandboxes" if path.startswith(SANDBOX_FILES) else path
+
+    return FilesAndSandboxes(config, log)
+
+
 def _clear_spe_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("SPE_") and not key.startswith("SPE_TEST_"):

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,33 @@ def _wait_until_part_way(job_id: str, timeout: float = 120.0) -> Any:
             return view
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} showed no progress within {timeout:.0f} s")
+
+
+def _first_running_part_way(count: int, timeout: float = 120.0) -> tuple[str, str]:
+    """Once ``count`` jobs exist and one of them is running part way: (its id, another's id)."""
+    from spe.db import transaction
+    from spe.jobs.models import Job
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with transaction() as s:
+            ids = [str(job_id) for job_id in s.scalars(select(Job.id)).all()]
+        if len(ids) == count:
+            for job_id in ids:
+                if _is_running(job_id):
+                    return job_id, next(other for other in ids if other != job_id)
+        time.sleep(0.05)
+    raise AssertionError(f"no job of {count} was seen running part way within {timeout:.0f} s")
+
+
+def _is_running(job_id: str) -> bool:
+    from spe.jobs.service import get
+
+    view = get(job_id)
+    assert view.status in ("queued", "running"), (
+        f"job ended ({view.status}: {view.error}) before it could be interrupted"
+    )
+    return view.status == "running" and 0 < (view.done or 0) < (view.total or 0)
 
 
 def _send_income_ingest(run_spe: Any, source: Path, broker_url: str) -> str:
@@ -480,13 +508,18 @@ def test_job_queued_when_redis_restarts_still_runs_while_the_worker_lives(
     _registry_platform()
     workers.start(private_redis.url, job_stale_after_seconds=stale)
     time.sleep(stale + 1.5)  # past the worker's own look-again after its start
-    running = _send_income_ingest(run_spe, source, private_redis.url)
-    # Both sent before the wait: the restart then follows the first job's progress at once, so
-    # the first is still running (and the second still waiting) however long a command takes
-    # to start on a loaded machine (the second is the same input: once taken, it is done at once).
-    waiting = _send_income_ingest(run_spe, source, private_redis.url)
-    _wait_until_part_way(running)
-    private_redis.restart()
+    # Both sent at once, from two commands started together: whichever reaches the worker first
+    # runs, the other waits in the queue, and the restart follows the running job's progress at
+    # once, however long a command takes to start or end on a loaded machine (sent one after
+    # the other, the first 3-s ingest could end while the second command was still starting).
+    # The second is the same input: once taken, it is done at once.
+    with ThreadPoolExecutor(2) as pool:
+        sends = [
+            pool.submit(_send_income_ingest, run_spe, source, private_redis.url) for _ in range(2)
+        ]
+        running, waiting = _first_running_part_way(2)
+        private_redis.restart()
+        assert {running, waiting} == {sent.result() for sent in sends}
     assert get(waiting).status == "queued"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPE_BROKER_URL", private_redis.url)

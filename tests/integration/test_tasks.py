@@ -26,7 +26,18 @@ from sqlalchemy import select
 
 from tests.conftest import IN_CI, synthetic_numbers, write_people_csv, write_policy
 
-REDIS_URL = os.environ.get("SPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+
+def _private_redis_url() -> str:
+    """A Redis database of this test process's own: 7 for a serial run, 7 + n for the n-th
+    parallel worker (pytest-xdist's gw0, gw1, ...), so that no worker flushes another's jobs."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    offset = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    base = os.environ.get("SPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+    root, _, db = base.rpartition("/")
+    return f"{root}/{int(db) + offset}" if db.isdigit() else base
+
+
+REDIS_URL = _private_redis_url()
 WORKER_READY_SECONDS = 60.0
 JOB_SECONDS = 120.0
 _STATUS = re.compile(
