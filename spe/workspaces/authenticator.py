@@ -29,6 +29,9 @@ MFA_FIRST = (
     "Set up two-step login first: open /services/spe/mfa (your role needs a code from an "
     "authenticator app at every login)."
 )
+REVOKED_LOGIN = (
+    "This token was revoked (password change or reset, deactivation or role removal); log in again."
+)
 OTP_PROMPT = "Code from your authenticator app, or a recovery code (if you have two-step login)"
 
 
@@ -360,6 +363,15 @@ def end_hub_sessions(db: Any, orm_user: Any) -> int:
     return count
 
 
+def _token_note(handler: Any) -> str | None:
+    """The note of the hub token this request authenticated with, or None (a cookie, or no
+    request at hand)."""
+    if handler is None or not getattr(handler, "_token_authenticated", False):
+        return None
+    token = handler.get_token()
+    return str(token.note or "") if token is not None else ""
+
+
 class SPEAuthenticator(Authenticator):
     """Log in with an SPE account's password and, where the account has one, a second factor;
     refuses deactivated and locked accounts and throttled addresses; a one-time password logs
@@ -431,11 +443,18 @@ class SPEAuthenticator(Authenticator):
     async def refresh_user(self, user: Any, handler: Any = None) -> bool:
         """A deactivated account, or one whose sessions SPE revoked, is logged out within
         auth_refresh_age (SPE_HUB_AUTH_REFRESH_SECONDS)."""
-        if not await self._run(account_active, user.name):
-            return False
         db = getattr(user, "db", None) or getattr(handler, "db", None)
+        # The hub keeps honouring a token whose refresh fails (it cannot send a token to log in
+        # again), so a revoked or deactivated account's tokens are deleted, not only its cookie
+        # refused, and the token request that finds them revoked is refused itself.
+        note = _token_note(handler)
         revoked = db is not None and await self._apply_revocation(db, user.name)
-        return not revoked
+        active = bool(await self._run(account_active, user.name))
+        if note is not None and (not active or (revoked and not note.startswith("Server at"))):
+            from tornado import web
+
+            raise web.HTTPError(403, REVOKED_LOGIN)
+        return active and not revoked
 
     async def pre_spawn_start(self, user: Any, spawner: Any) -> None:
         """A one-time login opens no workspace (only the page that sets a password), nor does a
